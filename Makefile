@@ -1,0 +1,70 @@
+# FlashSale — developer entry points.
+#
+#   make demo    set up everything (venv, Redis, PostgreSQL) and run the demo
+#   make test    set up everything and run ruff + pytest
+#
+# Existing Redis (127.0.0.1:6379) / PostgreSQL (127.0.0.1:5432) are reused, as
+# are REDIS_URL / DATABASE_URL from the environment; see scripts/ensure-services.sh.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+# apt/dpkg must never run twice at once (venv and services may both install).
+.NOTPARALLEL:
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+SERVICES_ENV := .run/services.env
+PYTEST_ARGS ?=
+
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
+
+.PHONY: help venv services test demo lint clean
+
+help: ## List targets
+	@echo "FlashSale make targets:"
+	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-9s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@echo "Variables: PYTHON=$(PYTHON)  PYTEST_ARGS='...' (e.g. make test PYTEST_ARGS='-k tokens')"
+
+venv: $(STAMP) ## Create .venv and install the project with dev extras
+
+$(STAMP): pyproject.toml
+	@if ! command -v $(PYTHON) >/dev/null 2>&1; then \
+	    echo "make: $(PYTHON) not found; installing python3 and python3-venv with apt" >&2; \
+	    $(APT) update -qq && $(APT) install -y -qq --no-install-recommends python3 python3-venv; \
+	fi
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	    echo "make: FlashSale needs Python >= 3.11 but $(PYTHON) is $$($(PYTHON) -V 2>&1);" \
+	         "run e.g. 'make $(MAKECMDGOALS) PYTHON=python3.11'" >&2; \
+	    exit 1; }
+	@if ! $(VENV)/bin/python -m pip --version >/dev/null 2>&1; then \
+	    rm -rf $(VENV); \
+	    echo "make: creating $(VENV) with $(PYTHON)" >&2; \
+	    if ! $(PYTHON) -m venv $(VENV); then \
+	        echo "make: '$(PYTHON) -m venv' failed; installing python3-venv with apt and retrying" >&2; \
+	        rm -rf $(VENV); \
+	        $(APT) update -qq && $(APT) install -y -qq --no-install-recommends python3-venv; \
+	        $(PYTHON) -m venv $(VENV); \
+	    fi; \
+	fi
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	@touch $@
+
+services: ## Ensure Redis + PostgreSQL run; write .run/services.env
+	@scripts/ensure-services.sh
+
+test: $(STAMP) services ## Run ruff check and pytest (PYTEST_ARGS=... passed to pytest)
+	. $(SERVICES_ENV) && $(VENV)/bin/ruff check . && $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+demo: $(STAMP) services ## Migrate the database and run the demo
+	. $(SERVICES_ENV) && $(VENV)/bin/flashsale migrate && $(VENV)/bin/flashsale demo
+
+lint: $(STAMP) ## ruff check + ruff format --check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean: ## Remove .venv, caches, egg-info and .run/services.env (stops no services)
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info src/*.egg-info $(SERVICES_ENV)

@@ -1,0 +1,1 @@
+"""The HTTP API: shopper, admin, health and metrics endpoints on Starlette."""

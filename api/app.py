@@ -1,0 +1,83 @@
+"""The Starlette application: `create_app()` builds it (uvicorn calls it as a factory)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from api import admin, health, shopper
+from api.errors import EXCEPTION_HANDLERS
+from api.metrics import MetricsMiddleware
+from api.openapi import openapi_document
+from api.request_id import RequestIdMiddleware
+from api.services import Services
+from flashsale.logs import setup_logging
+from flashsale.settings import Settings
+from waiting_room.db import connect_pool
+from waiting_room.room import WaitingRoom
+from waiting_room.sales import Sales
+from waiting_room.tokens import Signer
+
+SALE = "/api/sales/{sale_id}"
+ADMIN_SALE = "/admin/sales/{sale_id}"
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_document(request.app.routes))
+
+
+ROUTES = [
+    Route("/healthz", health.healthz, methods=["GET"]),
+    Route("/readyz", health.readyz, methods=["GET"]),
+    Route("/metrics", health.metrics, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+    Route(SALE, shopper.sale_info, methods=["GET"]),
+    Route(f"{SALE}/join", shopper.join, methods=["POST"]),
+    Route(f"{SALE}/status", shopper.status, methods=["GET"]),
+    Route(f"{SALE}/leave", shopper.leave, methods=["POST"]),
+    Route("/admin/sales", admin.list_sales, methods=["GET"]),
+    Route("/admin/sales", admin.create_sale, methods=["POST"]),
+    Route(ADMIN_SALE, admin.get_sale, methods=["GET"]),
+    Route(ADMIN_SALE, admin.update_sale, methods=["PATCH"]),
+    Route(ADMIN_SALE, admin.put_sale, methods=["PUT"]),
+    Route(f"{ADMIN_SALE}/close", admin.close_sale, methods=["POST"]),
+]
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        redis = Redis.from_url(settings.redis_url, decode_responses=True,
+                               health_check_interval=30)
+        pool = await connect_pool(settings)
+        signer = Signer(settings.signing_keys())
+        room = WaitingRoom(redis, settings, signer)
+        app.state.services = Services(settings, redis, pool, signer, room, Sales(pool, room))
+        try:
+            yield
+        finally:
+            await pool.close()
+            await redis.aclose()
+
+    return Starlette(
+        routes=ROUTES,
+        middleware=[Middleware(RequestIdMiddleware), Middleware(MetricsMiddleware)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+
+
+def factory() -> Starlette:
+    """Entry point for `uvicorn --factory api.app:factory`: settings and logs from the env."""
+    settings = Settings.from_env()
+    setup_logging(settings.log_level, settings.log_json)
+    return create_app(settings)

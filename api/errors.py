@@ -1,0 +1,104 @@
+"""Every error leaves the API as JSON: `{"error": {"code", "message", "field"?}}`.
+
+Bad input is the caller's to fix, so it gets a 4xx that says what to change; anything else
+is logged with its request id and answered with a bare 500 that leaks no internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from flashsale.logs import request_id
+from waiting_room.sale import ValidationError
+from waiting_room.sales import SaleConflict, SaleNotFound
+from waiting_room.tokens import TokenExpired, TokenInvalid
+
+log = logging.getLogger(__name__)
+
+_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+          405: "method_not_allowed", 409: "conflict", 410: "gone", 413: "too_large",
+          415: "unsupported_media_type", 422: "invalid", 429: "rate_limited",
+          503: "unavailable"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, code: str | None = None,
+                 field: str | None = None, headers: Mapping[str, str] | None = None,
+                 extra: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code or _CODES.get(status, "error")
+        self.message = message
+        self.field = field
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    body: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.field:
+        body["field"] = error.field
+    return JSONResponse({"error": body, **error.extra}, status_code=error.status,
+                        headers=error.headers)
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    message = {404: "no such endpoint", 405: "method not allowed on this endpoint",
+               413: "the request body is too large"}.get(exc.status_code, str(exc.detail))
+    return error_response(ApiError(exc.status_code, message, headers=exc.headers))
+
+
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ValidationError)
+    return error_response(ApiError(422, exc.message, field=exc.field))
+
+
+async def _not_found(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(ApiError(404, f"no sale with id {exc.args[0]!r}", code="unknown_sale"))
+
+
+async def _conflict(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(ApiError(409, str(exc)))
+
+
+async def _token_invalid(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TokenInvalid)
+    return error_response(ApiError(401, exc.reason, code="invalid_token"))
+
+
+async def _token_expired(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TokenExpired)
+    return error_response(ApiError(410, exc.reason, code="token_expired"))
+
+
+async def _internal(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse(
+        {"error": {"code": "internal", "message": "internal error",
+                   "request_id": request_id.get()}},
+        status_code=500,
+    )
+
+
+EXCEPTION_HANDLERS = {
+    ApiError: _api_error,
+    HTTPException: _http_error,
+    ValidationError: _validation,
+    SaleNotFound: _not_found,
+    SaleConflict: _conflict,
+    TokenInvalid: _token_invalid,
+    TokenExpired: _token_expired,
+    Exception: _internal,
+}

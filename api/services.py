@@ -1,0 +1,73 @@
+"""What one API process holds while it runs: connections and the services built on them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import asyncpg
+from redis.asyncio import Redis
+
+from flashsale.settings import Settings
+from waiting_room.room import WaitingRoom
+from waiting_room.sale import Sale
+from waiting_room.sales import SaleNotFound, Sales
+from waiting_room.tokens import Signer
+
+# Unknown sale ids are remembered briefly so a flood of bogus ids cannot reach PostgreSQL.
+UNKNOWN_TTL_S = 5.0
+SALE_TTL_S = 1.0
+_CACHE_LIMIT = 10_000
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: Redis
+    pool: asyncpg.Pool
+    signer: Signer
+    room: WaitingRoom
+    sales: Sales
+    _unknown: dict[str, float] = field(default_factory=dict)
+    _sales: dict[str, tuple[float, Sale]] = field(default_factory=dict)
+
+    async def ensure_room(self, sale_id: str) -> Sale:
+        self._check_known(sale_id)
+        try:
+            return await self.sales.ensure_room(sale_id)
+        except SaleNotFound:
+            self._remember_unknown(sale_id)
+            raise
+
+    async def sale_cached(self, sale_id: str) -> Sale:
+        """The sale, re-read from PostgreSQL at most once a second per process."""
+        self._check_known(sale_id)
+        cached = self._sales.get(sale_id)
+        if cached and time.monotonic() - cached[0] < SALE_TTL_S:
+            return cached[1]
+        try:
+            sale = await self.sales.get(sale_id)
+        except SaleNotFound:
+            self._remember_unknown(sale_id)
+            raise
+        if len(self._sales) >= _CACHE_LIMIT:
+            self._sales.clear()
+        self._sales[sale_id] = (time.monotonic(), sale)
+        return sale
+
+    def _check_known(self, sale_id: str) -> None:
+        until = self._unknown.get(sale_id)
+        if until is not None:
+            if until > time.monotonic():
+                raise SaleNotFound(sale_id)
+            del self._unknown[sale_id]
+
+    def _remember_unknown(self, sale_id: str) -> None:
+        if len(self._unknown) >= _CACHE_LIMIT:
+            self._unknown.clear()
+        self._unknown[sale_id] = time.monotonic() + UNKNOWN_TTL_S
+
+    def forget(self, sale_id: str) -> None:
+        """Drop cached knowledge of a sale after an admin change."""
+        self._unknown.pop(sale_id, None)
+        self._sales.pop(sale_id, None)

@@ -1,0 +1,1 @@
+"""FlashSale: settings, logging and the `flashsale` command line."""

@@ -1,0 +1,312 @@
+"""The waiting room of every sale, over Redis: join, status, leave and batch admission.
+
+State per waiter is tiny (one visitor-index entry in a bucketed hash, and bits in bitmaps),
+so a million waiters fit in a few tens of megabytes. A poll normally reads nothing from
+Redis: the room's frontier comes from a per-process cache refreshed every
+`status_cache_ms`, and a heartbeat bit is written only once per heartbeat slice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from redis.asyncio import Redis
+
+from flashsale.settings import Settings
+from waiting_room.keys import HEARTBEAT_SLICES, SaleKeys, heartbeat_slice, heartbeat_slices
+from waiting_room.scripts import Scripts
+from waiting_room.shuffle import Permutation
+from waiting_room.status import Outcome, RoomView, State, Status, decide
+from waiting_room.tokens import ADMISSION, TICKET, Claims, Signer
+
+if TYPE_CHECKING:
+    from waiting_room.sale import Sale
+
+
+class NoSuchRoom(Exception):
+    """Redis holds no room for this sale (never installed, or Redis lost it)."""
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    outcome: str  # ok | rate_limited | closed | sold_out
+    ticket: str | None = None
+    claims: Claims | None = None
+    existing: bool = False
+    heartbeat: int | None = None  # slice the join recorded the visitor in
+    retry_after_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Poll:
+    status: Status
+    admission_token: str | None
+    heartbeat: int | None  # slice the waiter was last recorded in; echoed back by the client
+
+
+@dataclass(frozen=True)
+class AdmitResult:
+    outcome: str  # ok | stale | wait | not_open | opened | sold_out | closed | no_sale | idle
+    admitted: int = 0
+    skipped: int = 0
+    frontier: int = 0
+
+
+@dataclass(frozen=True)
+class Counters:
+    waiting: int
+    active: int
+    admitted_total: int
+    skipped_total: int
+    frontier: int
+    joined: int
+    opened: bool
+    sold_out: bool
+
+
+@lru_cache(maxsize=256)
+def _permutation(key: bytes, size: int) -> Permutation:
+    return Permutation(key, size)
+
+
+def place_of(view: RoomView, index: int) -> int:
+    """0-based position in line of join index `index` in an opened room."""
+    if index < view.prequeue:
+        return _permutation(view.shuffle_key, view.prequeue).forward(index)
+    return index
+
+
+def index_at(view: RoomView, position: int) -> int:
+    if position < view.prequeue:
+        return _permutation(view.shuffle_key, view.prequeue).inverse(position)
+    return position
+
+
+class WaitingRoom:
+    def __init__(self, redis: Redis, settings: Settings, signer: Signer,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.signer = signer
+        self.clock = clock
+        self.scripts = Scripts(redis)
+        self._views: dict[str, tuple[float, RoomView]] = {}
+        self._refreshing: dict[str, asyncio.Lock] = {}
+
+    def keys(self, sale_id: str) -> SaleKeys:
+        return SaleKeys(self.settings.redis_prefix, sale_id, self.settings.join_buckets)
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # -- configuration ---------------------------------------------------------------------
+
+    async def install(self, sale: Sale) -> None:
+        """Write the sale's admission settings into its room; counters are never touched, so
+        this is safe on a live sale (admission settings change live)."""
+        keys = self.keys(sale.id)
+        config = {
+            "opens_ms": int(sale.opens_at.timestamp() * 1000),
+            "closes_ms": int(sale.closes_at.timestamp() * 1000),
+            "batch_size": sale.batch_size,
+            "interval_ms": sale.batch_interval_ms,
+            "max_active": sale.max_active,
+            "admission_ttl_ms": sale.admission_ttl_seconds * 1000,
+            "abandon_ms": sale.abandon_after_seconds * 1000,
+            "closed": 1 if sale.closed_at else 0,
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.meta, mapping=config)
+            pipe.hsetnx(keys.meta, "shuffle_key", secrets.token_hex(16))
+            await pipe.execute()
+        self._views.pop(sale.id, None)
+
+    async def set_sold_out(self, sale_id: str, sold_out: bool = True) -> None:
+        """The inventory hook: once stock is gone every poll answers `sold_out` and admission
+        stops; clearing it (stock returned) resumes both."""
+        await self.redis.hset(self.keys(sale_id).meta, "sold_out", 1 if sold_out else 0)
+        self._views.pop(sale_id, None)
+
+    async def remove(self, sale_id: str) -> int:
+        """Delete every key of the sale's room; returns how many were deleted."""
+        removed = 0
+        async for key in self.redis.scan_iter(match=self.keys(sale_id).pattern, count=1000):
+            removed += await self.redis.unlink(key)
+        self._views.pop(sale_id, None)
+        return removed
+
+    # -- reading the room ------------------------------------------------------------------
+
+    async def view(self, sale_id: str, *, fresh: bool = False) -> RoomView:
+        """The room as Redis holds it, reused for `status_cache_ms` unless `fresh`."""
+        ttl = self.settings.status_cache_ms / 1000
+        cached = self._views.get(sale_id)
+        now = time.monotonic()
+        if not fresh and cached and now - cached[0] < ttl:
+            return cached[1]
+        lock = self._refreshing.setdefault(sale_id, asyncio.Lock())
+        async with lock:  # one refresh per process at a time; the rest reuse its result
+            cached = self._views.get(sale_id)
+            if not fresh and cached and time.monotonic() - cached[0] < ttl:
+                return cached[1]
+            keys = self.keys(sale_id)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(keys.meta)
+                pipe.lrange(keys.batches, 0, -1)
+                meta, batches = await pipe.execute()
+            if not meta or "opens_ms" not in meta:
+                self._views.pop(sale_id, None)
+                raise NoSuchRoom(sale_id)
+            view = RoomView.from_redis(meta, batches)
+            self._views[sale_id] = (time.monotonic(), view)
+            return view
+
+    async def counters(self, sale_id: str) -> Counters:
+        view = await self.view(sale_id, fresh=True)
+        active = await self.redis.zcount(self.keys(sale_id).active, self.now_ms(), "+inf")
+        return Counters(
+            waiting=view.waiting,
+            active=active,
+            admitted_total=view.admitted_total,
+            skipped_total=view.skipped_total,
+            frontier=view.frontier,
+            joined=view.seq if view.opened else view.pre,
+            opened=view.opened,
+            sold_out=view.sold_out,
+        )
+
+    # -- shoppers --------------------------------------------------------------------------
+
+    async def join(self, sale_id: str, visitor: str, address: str) -> JoinResult:
+        keys = self.keys(sale_id)
+        view = await self.view(sale_id)
+        now = self.now_ms()
+        current = heartbeat_slice(now, view.abandon_ms)
+        window_ms = self.settings.rate_window_seconds * 1000
+        status, value, existing = await self.scripts.join(
+            keys=[
+                keys.meta,
+                keys.visitors(visitor),
+                keys.heartbeat(current),
+                keys.rate("v", visitor),
+                keys.rate("a", address),
+            ],
+            args=[
+                visitor,
+                now,
+                self._heartbeat_ttl_ms(view),
+                window_ms,
+                self.settings.join_limit_per_visitor,
+                self.settings.join_limit_per_address,
+            ],
+        )
+        status = _text(status)
+        if status == "no_sale":
+            self._views.pop(sale_id, None)
+            raise NoSuchRoom(sale_id)
+        if status == "rate_limited":
+            return JoinResult("rate_limited", retry_after_seconds=max(1.0, int(value) / 1000))
+        if status != "ok":
+            return JoinResult(status)
+        claims = Claims(TICKET, sale_id, visitor, int(value), exp=view.closes_ms / 1000 + 3600)
+        return JoinResult("ok", ticket=self.signer.sign(claims), claims=claims,
+                          existing=bool(int(existing)), heartbeat=current)
+
+    async def poll(self, sale_id: str, ticket: Claims, heartbeat: int | None = None) -> Poll:
+        """The waiter's status; records their presence at most once per heartbeat slice."""
+        view = await self.view(sale_id)
+        now = self.now_ms()
+        keys = self.keys(sale_id)
+        j = ticket.index
+        position = place_of(view, j) if view.opened else None
+        passed = position is not None and position < view.frontier
+        current = heartbeat_slice(now, view.abandon_ms)
+        live = not view.is_closed(now) and not view.sold_out and not passed
+        write_heartbeat = live and heartbeat != current
+        outcome = None
+        if write_heartbeat or passed:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if write_heartbeat:
+                    pipe.setbit(keys.heartbeat(current), j, 1)
+                    pipe.pexpire(keys.heartbeat(current), self._heartbeat_ttl_ms(view))
+                if passed:
+                    pipe.getbit(keys.admitted, j)
+                    pipe.zscore(keys.active, j)
+                results = await pipe.execute()
+            if passed:
+                was_admitted, until = results[-2], results[-1]
+                active_until = int(until) if until is not None and until > now else None
+                outcome = Outcome(admitted=bool(was_admitted), active_until_ms=active_until)
+        spread = (j * 0.6180339887) % 1.0  # golden-ratio stagger: neighbours poll apart
+        status = decide(view, position=position, outcome=outcome, now_ms=now, spread=spread)
+        token = None
+        if status.state is State.ADMITTED and status.admitted_until_ms:
+            token = self.signer.sign(
+                Claims(ADMISSION, sale_id, ticket.visitor, j, exp=status.admitted_until_ms / 1000)
+            )
+        recorded = current if (write_heartbeat or heartbeat == current) and live else None
+        return Poll(status=status, admission_token=token, heartbeat=recorded)
+
+    async def leave(self, sale_id: str, ticket: Claims) -> None:
+        """Give up a place or an admission at once, so the slot goes to the next person."""
+        view = await self.view(sale_id)
+        keys = self.keys(sale_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for slice_no in heartbeat_slices(self.now_ms(), view.abandon_ms):
+                pipe.setbit(keys.heartbeat(slice_no), ticket.index, 0)
+            pipe.zrem(keys.active, ticket.index)
+            await pipe.execute()
+
+    async def finish(self, sale_id: str, index: int) -> None:
+        """A shopper is done (bought or gave up): their admission stops counting as active."""
+        await self.redis.zrem(self.keys(sale_id).active, index)
+
+    async def is_active(self, sale_id: str, index: int) -> bool:
+        until = await self.redis.zscore(self.keys(sale_id).active, index)
+        return until is not None and until > self.now_ms()
+
+    # -- admission -------------------------------------------------------------------------
+
+    async def admit_once(self, sale_id: str) -> AdmitResult:
+        """Admit the next batch if one is due. Safe to run from many admitters at once: the
+        script re-checks the frontier it was computed from and refuses stale work."""
+        view = await self.view(sale_id, fresh=True)
+        now = self.now_ms()
+        if view.is_closed(now):
+            return AdmitResult("closed")
+        if view.sold_out:
+            return AdmitResult("sold_out")
+        if not view.opened and now < view.opens_ms:
+            return AdmitResult("not_open")
+        if view.opened and now < view.next_batch_ms:
+            return AdmitResult("wait", frontier=view.frontier)
+        candidates: list[int] = []
+        if view.opened:
+            remaining = view.seq - view.frontier
+            if remaining <= 0:
+                return AdmitResult("idle", frontier=view.frontier)
+            scan = min(remaining, view.batch_size * 4 + 64, 5000)
+            candidates = [index_at(view, p) for p in range(view.frontier, view.frontier + scan)]
+        keys = self.keys(sale_id)
+        script_keys = [keys.meta, keys.active, keys.admitted, keys.batches]
+        script_keys += [keys.heartbeat(s) for s in heartbeat_slices(now, view.abandon_ms)]
+        status, a, b, c = await self.scripts.admit(
+            keys=script_keys, args=[now, view.frontier, *candidates]
+        )
+        self._views.pop(sale_id, None)
+        return AdmitResult(_text(status), admitted=int(a), skipped=int(b), frontier=int(c))
+
+    @staticmethod
+    def _heartbeat_ttl_ms(view: RoomView) -> int:
+        slice_ms = max(1, view.abandon_ms // HEARTBEAT_SLICES)
+        return slice_ms * (HEARTBEAT_SLICES + 2)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
