@@ -9,10 +9,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from api.errors import ApiError
 from api.inputs import bool_query, read_json, require_admin, sale_id_from_path
 from api.services import Services
 from waiting_room.room import NoSuchRoom
 from waiting_room.sale import Sale
+from waiting_room.stock import NotDrained
 
 
 def _services(request: Request) -> Services:
@@ -77,3 +79,24 @@ async def close_sale(request: Request) -> Response:
     sale = await services.sales.close(sale_id)
     services.forget(sale_id)
     return JSONResponse(await _detail(services, sale))
+
+
+async def prewarm(request: Request) -> Response:
+    """Load the sale's stock into Redis now (fenced: refused once warm unless force)."""
+    services = _services(request)
+    sale = await services.sales.get(sale_id_from_path(request))
+    result = await services.stock.prewarm(sale, force=bool_query(request, "force", False))
+    return JSONResponse(result, status_code=200 if result["outcome"] == "ok" else 409)
+
+
+async def reconcile(request: Request) -> Response:
+    """Compare Redis with PostgreSQL; POST with repair=true rebuilds Redis from PostgreSQL."""
+    services = _services(request)
+    sale = await services.sales.get(sale_id_from_path(request))
+    repair = request.method == "POST" and bool_query(request, "repair", False)
+    try:
+        report = await services.stock.reconcile(sale, repair=repair,
+                                                force=bool_query(request, "force", False))
+    except NotDrained as exc:
+        raise ApiError(409, str(exc), code="not_drained", headers={"Retry-After": "2"}) from exc
+    return JSONResponse(report.as_dict())

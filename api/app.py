@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import admin, health, shopper
+from api import admin, health, purchase, shopper
 from api.errors import EXCEPTION_HANDLERS
 from api.metrics import MetricsMiddleware
 from api.openapi import openapi_document
@@ -21,9 +21,6 @@ from api.services import Services
 from flashsale.logs import setup_logging
 from flashsale.settings import Settings
 from waiting_room.db import connect_pool
-from waiting_room.room import WaitingRoom
-from waiting_room.sales import Sales
-from waiting_room.tokens import Signer
 
 SALE = "/api/sales/{sale_id}"
 ADMIN_SALE = "/admin/sales/{sale_id}"
@@ -42,12 +39,20 @@ ROUTES = [
     Route(f"{SALE}/join", shopper.join, methods=["POST"]),
     Route(f"{SALE}/status", shopper.status, methods=["GET"]),
     Route(f"{SALE}/leave", shopper.leave, methods=["POST"]),
+    Route(f"{SALE}/seats", purchase.seats, methods=["GET"]),
+    Route(f"{SALE}/holds", purchase.create_hold, methods=["POST"]),
+    Route(f"{SALE}/orders", purchase.list_orders, methods=["GET"]),
+    Route(f"{SALE}/orders/{{order_id}}", purchase.get_order, methods=["GET"]),
+    Route(f"{SALE}/orders/{{order_id}}/pay", purchase.pay, methods=["POST"]),
+    Route(f"{SALE}/orders/{{order_id}}/cancel", purchase.cancel, methods=["POST"]),
     Route("/admin/sales", admin.list_sales, methods=["GET"]),
     Route("/admin/sales", admin.create_sale, methods=["POST"]),
     Route(ADMIN_SALE, admin.get_sale, methods=["GET"]),
     Route(ADMIN_SALE, admin.update_sale, methods=["PATCH"]),
     Route(ADMIN_SALE, admin.put_sale, methods=["PUT"]),
     Route(f"{ADMIN_SALE}/close", admin.close_sale, methods=["POST"]),
+    Route(f"{ADMIN_SALE}/prewarm", admin.prewarm, methods=["POST"]),
+    Route(f"{ADMIN_SALE}/reconcile", admin.reconcile, methods=["GET", "POST"]),
 ]
 
 
@@ -58,15 +63,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = Redis.from_url(settings.redis_url, decode_responses=True,
                                health_check_interval=30)
+        raw_redis = Redis.from_url(settings.redis_url, health_check_interval=30)
         pool = await connect_pool(settings)
-        signer = Signer(settings.signing_keys())
-        room = WaitingRoom(redis, settings, signer)
-        app.state.services = Services(settings, redis, pool, signer, room, Sales(pool, room))
+        app.state.services = Services.build(settings, redis, raw_redis, pool)
         try:
             yield
         finally:
             await pool.close()
             await redis.aclose()
+            await raw_redis.aclose()
 
     return Starlette(
         routes=ROUTES,

@@ -7,6 +7,7 @@ is logged with its request id and answered with a bare 500 that leaks no interna
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from flashsale.logs import request_id
+from waiting_room.purchase import PurchaseRefused
 from waiting_room.sale import ValidationError
 from waiting_room.sales import SaleConflict, SaleNotFound
 from waiting_room.tokens import TokenExpired, TokenInvalid
@@ -83,6 +85,17 @@ async def _token_expired(request: Request, exc: Exception) -> JSONResponse:
     return error_response(ApiError(410, exc.reason, code="token_expired"))
 
 
+async def _refused(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, PurchaseRefused)
+    headers = {"Retry-After": str(math.ceil(exc.retry_after))} if exc.retry_after else {}
+    extra: dict[str, Any] = dict(exc.extra)
+    if exc.order is not None:
+        extra["order"] = exc.order
+    field = extra.pop("field", None)
+    return error_response(ApiError(exc.status, exc.message, code=exc.code, field=field,
+                                   headers=headers, extra=extra))
+
+
 async def _internal(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return JSONResponse(
@@ -100,5 +113,6 @@ EXCEPTION_HANDLERS = {
     SaleConflict: _conflict,
     TokenInvalid: _token_invalid,
     TokenExpired: _token_expired,
+    PurchaseRefused: _refused,
     Exception: _internal,
 }

@@ -40,9 +40,32 @@ async def read_json(request: Request, limit: int, *, required: bool = True) -> A
     if content_type.split(";")[0].strip().lower() not in ("application/json", ""):
         raise ApiError(415, "the body must be JSON (Content-Type: application/json)")
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        value = json.loads(body)
+    # ValueError covers bad UTF-8, bad JSON and over-long integers; RecursionError, deep nesting
+    except (ValueError, RecursionError) as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+    if _has_lone_surrogate(value):
+        raise ApiError(400, "the body is not valid JSON: it holds an unpaired UTF-16 surrogate")
+    return value
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a string in `value` holds a lone surrogate (a `\\ud800` escape JSON parses but
+    UTF-8, PostgreSQL and our own JSON responses cannot carry)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def sale_id_from_path(request: Request) -> str:
@@ -98,7 +121,7 @@ def int_query(request: Request, name: str) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return None
-    if not raw.lstrip("-").isdigit() or len(raw) > 18:
+    if not re.fullmatch(r"-?[0-9]+", raw) or len(raw) > 18:  # ASCII digits: int() agrees
         raise ApiError(400, f"query parameter {name!r} must be a whole number", field=name)
     return int(raw)
 

@@ -30,6 +30,8 @@ REQUEST_SECONDS = Histogram(
 )
 JOINS = Counter("flashsale_joins", "Join requests by result", ["result"])
 POLLS = Counter("flashsale_polls", "Status polls by the state answered", ["state"])
+HOLDS = Counter("flashsale_holds", "Holds by result (created, replayed)", ["result"])
+PAYMENTS = Counter("flashsale_payments", "Payment attempts by outcome", ["outcome"])
 
 
 def render_metrics(request: Request) -> Response:

@@ -210,6 +210,108 @@ PATHS: dict[str, dict[str, Any]] = {
 }
 
 
+ORDER_ID_PARAM = {"name": "order_id", "in": "path", "required": True,
+                  "schema": {"type": "string", "format": "uuid"}}
+VISITOR_PARAM = {"name": "X-Visitor-Id", "in": "header", "schema": {"type": "string"},
+                 "description": "The visitor id from join (or the fs_vid cookie)."}
+_ORDER = {"$ref": "#/components/schemas/Order"}
+SCHEMAS["Order"] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "format": "uuid"}, "sale": {"type": "string"},
+        "status": {"enum": ["held", "paying", "confirmed", "released", "failed", "cancelled"]},
+        "quantity": {"type": "integer"},
+        "seats": {"type": "array", "items": {"type": "object", "properties": {
+            "id": {"type": "integer"}, "section": {"type": "string"},
+            "row": {"type": "string"}, "seat": {"type": "string"}}}},
+        "amount_cents": {"type": "integer"}, "currency": {"type": "string"},
+        "hold_expires_at": {"type": ["string", "null"], "format": "date-time"},
+        "reason": {"type": ["string", "null"]},
+    },
+}
+_ORDER_ERRORS = {"401": _error("No visitor id"), "404": _error("Unknown sale or order")}
+
+PATHS.update({
+    "/api/sales/{sale_id}/seats": {"get": {
+        "summary": "The venue's seats and which are free (seated sales)",
+        "parameters": [SALE_ID_PARAM],
+        "responses": {"200": _json({"type": "object"}, "Sections, rows and seats"),
+                      "404": _error("Unknown sale, or not a seated sale")}}},
+    "/api/sales/{sale_id}/holds": {"post": {
+        "summary": "Hold stock: a quantity, a party of seats chosen for you, or given seats",
+        "description": "Needs the admission token from status as a bearer token. A party "
+                       "gets adjacent seats in one row when any row has them. Send an "
+                       "Idempotency-Key so a retried request returns the same hold.",
+        "parameters": [SALE_ID_PARAM, {"name": "Idempotency-Key", "in": "header",
+                                       "schema": {"type": "string", "maxLength": 200}}],
+        "security": [{"admission": []}],
+        "requestBody": {"content": {"application/json": {"schema": {
+            "type": "object", "additionalProperties": False, "properties": {
+                "quantity": {"type": "integer", "minimum": 1, "maximum": 100},
+                "seats": {"type": "array", "items": {"oneOf": [
+                    {"type": "integer"},
+                    {"type": "object", "required": ["section", "row", "seat"]}]}}}}}}},
+        "responses": {
+            "201": _json(_ORDER, "Held; pay before hold_expires_at"),
+            "200": _json(_ORDER, "The hold this Idempotency-Key already made"),
+            "401": _error("Missing or tampered admission token"),
+            "403": _error("Admission not active"),
+            "404": _error("Unknown sale"),
+            "409": _error("Sold out, limit reached, not enough stock, seats taken, closed"),
+            "410": _error("Admission token expired"),
+            "422": _VALIDATION,
+            "503": _error("Stock being prepared; see Retry-After")}}},
+    "/api/sales/{sale_id}/orders": {"get": {
+        "summary": "The shopper's orders and their status",
+        "parameters": [SALE_ID_PARAM, VISITOR_PARAM],
+        "responses": {"200": _json({"type": "object", "properties": {
+            "orders": {"type": "array", "items": _ORDER}}}, "Orders, oldest first"),
+            **_ORDER_ERRORS}}},
+    "/api/sales/{sale_id}/orders/{order_id}": {"get": {
+        "summary": "One order",
+        "parameters": [SALE_ID_PARAM, ORDER_ID_PARAM, VISITOR_PARAM],
+        "responses": {"200": _json(_ORDER, "The order"), **_ORDER_ERRORS}}},
+    "/api/sales/{sale_id}/orders/{order_id}/pay": {"post": {
+        "summary": "Pay for a hold; confirmed only once PostgreSQL has the order",
+        "parameters": [SALE_ID_PARAM, ORDER_ID_PARAM, VISITOR_PARAM],
+        "requestBody": {"content": {"application/json": {"schema": {
+            "type": "object", "properties": {"payment_token": {"type": "string"}}}}}},
+        "responses": {
+            "200": _json(_ORDER, "Confirmed (also for a repeated call)"),
+            "402": _error("Declined; the hold was released"),
+            "409": _error("Payment in progress, or the order failed (refunded)"),
+            "410": _error("The hold expired or was released"),
+            "503": _error("Payment provider unavailable; the hold is kept, see Retry-After"),
+            **_ORDER_ERRORS}}},
+    "/api/sales/{sale_id}/orders/{order_id}/cancel": {"post": {
+        "summary": "Cancel a hold, or a confirmed order (refunded); the stock returns",
+        "parameters": [SALE_ID_PARAM, ORDER_ID_PARAM, VISITOR_PARAM],
+        "responses": {"200": _json(_ORDER, "Cancelled"),
+                      "409": _error("Not cancellable in its state"),
+                      "503": _error("Refund not possible now; see Retry-After"),
+                      **_ORDER_ERRORS}}},
+    "/admin/sales/{sale_id}/prewarm": {"post": {
+        "summary": "Load the sale's stock into Redis (refused once warm unless force=true)",
+        "security": ADMIN, "parameters": [SALE_ID_PARAM, {
+            "name": "force", "in": "query", "schema": {"type": "boolean"}}],
+        "responses": {"200": _json({"type": "object"}, "Warm"),
+                      "409": _json({"type": "object"}, "Already warm"),
+                      "404": _error("Unknown sale"), **_ADMIN_ERRORS}}},
+    "/admin/sales/{sale_id}/reconcile": {
+        "get": {"summary": "Check stock = sold + held + available in Redis and PostgreSQL",
+                "security": ADMIN, "parameters": [SALE_ID_PARAM],
+                "responses": {"200": _json({"type": "object"}, "The report"),
+                              "404": _error("Unknown sale"), **_ADMIN_ERRORS}},
+        "post": {"summary": "Reconcile; repair=true rebuilds Redis from PostgreSQL",
+                 "security": ADMIN, "parameters": [SALE_ID_PARAM, {
+                     "name": "repair", "in": "query", "schema": {"type": "boolean"}}, {
+                     "name": "force", "in": "query", "schema": {"type": "boolean"}}],
+                 "responses": {"200": _json({"type": "object"}, "The report"),
+                               "409": _error("Stream not drained yet"),
+                               "404": _error("Unknown sale"), **_ADMIN_ERRORS}}},
+})
+
+
 def openapi_document(routes: list[BaseRoute]) -> dict[str, Any]:
     documented = {path: methods for path, methods in PATHS.items()
                   if any(isinstance(r, Route) and r.path == path for r in routes)}
@@ -220,5 +322,7 @@ def openapi_document(routes: list[BaseRoute]) -> dict[str, Any]:
         "paths": documented,
         "components": {"schemas": SCHEMAS, "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer",
-                       "description": "FLASHSALE_ADMIN_TOKEN"}}},
+                       "description": "FLASHSALE_ADMIN_TOKEN"},
+            "admission": {"type": "http", "scheme": "bearer",
+                          "description": "The admission token from status"}}},
     }

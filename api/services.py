@@ -9,9 +9,12 @@ import asyncpg
 from redis.asyncio import Redis
 
 from flashsale.settings import Settings
+from waiting_room.payments import CircuitBreaker, GuardedProvider, make_provider
+from waiting_room.purchase import Purchases
 from waiting_room.room import WaitingRoom
 from waiting_room.sale import Sale
 from waiting_room.sales import SaleNotFound, Sales
+from waiting_room.stock import Stock
 from waiting_room.tokens import Signer
 
 # Unknown sale ids are remembered briefly so a flood of bogus ids cannot reach PostgreSQL.
@@ -24,12 +27,34 @@ _CACHE_LIMIT = 10_000
 class Services:
     settings: Settings
     redis: Redis
+    raw_redis: Redis
     pool: asyncpg.Pool
     signer: Signer
     room: WaitingRoom
     sales: Sales
+    stock: Stock
+    purchases: Purchases
     _unknown: dict[str, float] = field(default_factory=dict)
     _sales: dict[str, tuple[float, Sale]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, settings: Settings, redis: Redis, raw_redis: Redis, pool: asyncpg.Pool, *,
+              room: WaitingRoom | None = None, sales: Sales | None = None,
+              payments: GuardedProvider | None = None) -> Services:
+        """Wire every service from connections; one path for the app, CLI roles and tests."""
+        signer = room.signer if room else Signer(settings.signing_keys())
+        room = room or WaitingRoom(redis, settings, signer)
+        sales = sales or Sales(pool, room)
+        payments = payments or GuardedProvider(
+            make_provider(settings.payment_provider, redis, settings.redis_prefix,
+                          latency_ms=settings.simulated_payment_latency_ms),
+            CircuitBreaker(threshold=settings.breaker_threshold,
+                           reset_after=settings.breaker_reset_seconds),
+            timeout_s=settings.payment_timeout_seconds,
+        )
+        stock = Stock(redis, raw_redis, pool, room, payments=payments, clock=room.clock)
+        purchases = Purchases(redis, raw_redis, pool, room, stock, payments, clock=room.clock)
+        return cls(settings, redis, raw_redis, pool, signer, room, sales, stock, purchases)
 
     async def ensure_room(self, sale_id: str) -> Sale:
         self._check_known(sale_id)

@@ -1,20 +1,27 @@
-"""`flashsale ROLE`: one command, one image, every role (api, admitter, migrate, demo)."""
+"""`flashsale ROLE`: one command, one image, every role (api, admitter, persister, migrate,
+prewarm, reconcile, demo)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from flashsale.logs import setup_logging
 from flashsale.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from api.services import Services
 
 log = logging.getLogger("flashsale")
 
@@ -49,37 +56,117 @@ def run_api(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _admitter(settings: Settings) -> None:
-    from prometheus_client import start_http_server
+@contextlib.asynccontextmanager
+async def connected(settings: Settings, *, pool_size: int = 4) -> AsyncIterator[Services]:
+    """Connections and services for a command-line role, closed on the way out."""
     from redis.asyncio import Redis
 
-    from waiting_room.admitter import Admitter
+    from api.services import Services
     from waiting_room.db import connect_pool
-    from waiting_room.room import WaitingRoom
-    from waiting_room.sales import Sales
-    from waiting_room.tokens import Signer
 
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port)
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
-    pool = await connect_pool(settings, max_size=2)
-    room = WaitingRoom(redis, settings, Signer(settings.signing_keys()))
+    raw_redis = Redis.from_url(settings.redis_url)
+    pool = await connect_pool(settings, max_size=pool_size)
+    try:
+        yield Services.build(settings, redis, raw_redis, pool)
+    finally:
+        await pool.close()
+        await redis.aclose()
+        await raw_redis.aclose()
+
+
+def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        admitter = Admitter(Sales(pool, room), room, tick_ms=settings.admitter_tick_ms,
-                            refresh_seconds=settings.admitter_refresh_seconds)
-        await admitter.run(stop)
-    finally:
-        await pool.close()
-        await redis.aclose()
+    return stop
+
+
+def _metrics_server(settings: Settings) -> None:
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port)
+
+
+async def _admitter(settings: Settings) -> None:
+    from waiting_room.admitter import Admitter
+
+    _metrics_server(settings)
+    async with connected(settings, pool_size=2) as services:
+        admitter = Admitter(services.sales, services.room, services.stock,
+                            tick_ms=settings.admitter_tick_ms,
+                            refresh_seconds=settings.admitter_refresh_seconds,
+                            prewarm_lead_seconds=settings.prewarm_lead_seconds)
+        await admitter.run(_stop_on_signals())
 
 
 def run_admitter(settings: Settings, args: argparse.Namespace) -> int:
     asyncio.run(_admitter(settings))
     return 0
+
+
+async def _persister(settings: Settings) -> None:
+    from waiting_room.persister import Persister
+
+    _metrics_server(settings)
+    async with connected(settings) as services:
+        persister = Persister(
+            services.redis, services.pool, services.sales, services.purchases,
+            consumer=f"{socket.gethostname()}-{os.getpid()}",
+            batch=settings.persister_batch, claim_idle_ms=settings.persister_claim_idle_ms,
+            max_deliveries=settings.persister_max_deliveries,
+            sweep_interval_ms=settings.sweep_interval_ms,
+            refresh_seconds=settings.admitter_refresh_seconds,
+        )
+        await persister.run(_stop_on_signals())
+
+
+def run_persister(settings: Settings, args: argparse.Namespace) -> int:
+    asyncio.run(_persister(settings))
+    return 0
+
+
+async def _prewarm(settings: Settings, sale_id: str, force: bool) -> dict[str, Any]:
+    async with connected(settings) as services:
+        sale = await services.sales.get(sale_id)
+        return await services.stock.prewarm(sale, force=force)
+
+
+def run_prewarm(settings: Settings, args: argparse.Namespace) -> int:
+    from waiting_room.sales import SaleNotFound
+
+    try:
+        result = asyncio.run(_prewarm(settings, args.sale, args.force))
+    except SaleNotFound:
+        print(f"flashsale: no sale {args.sale!r}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0 if result["outcome"] == "ok" else 1
+
+
+async def _reconcile(settings: Settings, sale_id: str, repair: bool,
+                     force: bool) -> dict[str, Any]:
+    async with connected(settings) as services:
+        sale = await services.sales.get(sale_id)
+        return (await services.stock.reconcile(sale, repair=repair, force=force)).as_dict()
+
+
+def run_reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    from waiting_room.sales import SaleNotFound
+    from waiting_room.stock import NotDrained
+
+    try:
+        report = asyncio.run(_reconcile(settings, args.sale, args.repair, args.force))
+    except SaleNotFound:
+        print(f"flashsale: no sale {args.sale!r}", file=sys.stderr)
+        return 2
+    except NotDrained as exc:
+        print(f"flashsale: {exc}", file=sys.stderr)
+        return 3
+    print(json.dumps(report, indent=2))
+    return 0 if report["ok"] else 1
 
 
 def run_migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -107,9 +194,24 @@ def build_parser() -> argparse.ArgumentParser:
     roles.add_parser("admitter", help="admit waiting shoppers in batches").set_defaults(
         func=run_admitter
     )
+    roles.add_parser("persister", help="write orders from Redis to PostgreSQL; expire holds"
+                     ).set_defaults(func=run_persister)
     roles.add_parser("migrate", help="apply pending PostgreSQL migrations").set_defaults(
         func=run_migrate
     )
+    prewarm = roles.add_parser("prewarm", help="load a sale's stock from PostgreSQL into Redis")
+    prewarm.add_argument("sale")
+    prewarm.add_argument("--force", action="store_true",
+                         help="overwrite a sale already warm (use reconcile --repair instead)")
+    prewarm.set_defaults(func=run_prewarm)
+    reconcile = roles.add_parser("reconcile",
+                                 help="check stock = sold + held + available in both stores")
+    reconcile.add_argument("sale")
+    reconcile.add_argument("--repair", action="store_true",
+                           help="rebuild Redis from PostgreSQL when they differ")
+    reconcile.add_argument("--force", action="store_true",
+                           help="repair even while the stream is not drained")
+    reconcile.set_defaults(func=run_reconcile)
     demo = roles.add_parser("demo", help="run a local flash sale end to end")
     demo.add_argument("--shoppers", type=int, default=3000)
     demo.set_defaults(func=run_demo)

@@ -110,8 +110,58 @@ class Settings:
         5.0,
         "How often the admitter re-reads the list of live sales from PostgreSQL.",
     )
+    payment_provider: str = _s(
+        "FLASHSALE_PAYMENT_PROVIDER",
+        "simulated",
+        "Payment provider: `simulated` (approve, decline or time out by payment token).",
+    )
+    payment_timeout_seconds: float = _s(
+        "FLASHSALE_PAYMENT_TIMEOUT_SECONDS",
+        5.0,
+        "How long a call to the payment provider may take.",
+    )
+    breaker_threshold: int = _s(
+        "FLASHSALE_BREAKER_THRESHOLD",
+        5,
+        "Consecutive payment-provider failures that open the circuit breaker.",
+    )
+    breaker_reset_seconds: float = _s(
+        "FLASHSALE_BREAKER_RESET_SECONDS",
+        10.0,
+        "How long an open breaker refuses calls before letting one trial call through.",
+    )
+    simulated_payment_latency_ms: int = _s(
+        "FLASHSALE_SIMULATED_PAYMENT_LATENCY_MS",
+        0,
+        "Latency the simulated payment provider adds to each call.",
+    )
+    prewarm_lead_seconds: int = _s(
+        "FLASHSALE_PREWARM_LEAD_SECONDS",
+        300,
+        "The admitter pre-warms a sale's stock this long before it opens (if nothing did).",
+    )
+    persister_batch: int = _s(
+        "FLASHSALE_PERSISTER_BATCH", 500, "Stream entries the persister writes per transaction."
+    )
+    persister_claim_idle_ms: int = _s(
+        "FLASHSALE_PERSISTER_CLAIM_IDLE_MS",
+        15_000,
+        "Entries pending this long on a silent consumer are taken over by another persister.",
+    )
+    persister_max_deliveries: int = _s(
+        "FLASHSALE_PERSISTER_MAX_DELIVERIES",
+        5,
+        "Deliveries after which an entry that keeps failing goes to the dead-letter stream.",
+    )
+    sweep_interval_ms: int = _s(
+        "FLASHSALE_SWEEP_INTERVAL_MS",
+        1000,
+        "How often the persister looks for expired holds to release.",
+    )
     metrics_port: int = _s(
-        "FLASHSALE_METRICS_PORT", 9100, "Port of `/metrics` for background roles (admitter)."
+        "FLASHSALE_METRICS_PORT",
+        9100,
+        "Port of `/metrics` for background roles (admitter, persister); 0 turns it off.",
     )
     log_level: str = _s("FLASHSALE_LOG_LEVEL", "INFO", "Log level: DEBUG, INFO, WARNING, ERROR.")
     log_json: bool = _s("FLASHSALE_LOG_JSON", True, "Structured JSON log lines (else plain text).")

@@ -16,11 +16,13 @@ import asyncpg
 import httpx
 import pytest
 from redis.asyncio import Redis
+from starlette.applications import Starlette
 
 from api.app import create_app
 from api.services import Services
 from flashsale.settings import Settings
 from waiting_room.db import connect_pool, migrate
+from waiting_room.purchase import Purchases
 from waiting_room.room import WaitingRoom
 from waiting_room.sale import Sale
 from waiting_room.sales import Sales
@@ -34,11 +36,19 @@ class Clock:
 
     def __init__(self) -> None:
         self.offset = 0.0
+        self.frozen: float | None = None
 
     def __call__(self) -> float:
         import time
 
-        return time.time() + self.offset
+        return (time.time() if self.frozen is None else self.frozen) + self.offset
+
+    def freeze(self) -> None:
+        """Stop the clock at the current instant: from now on only `advance` moves it, so
+        tests can place the room's time to the millisecond."""
+        import time
+
+        self.frozen = time.time()
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
@@ -90,6 +100,14 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
+@pytest.fixture(scope="session")
+async def raw_redis(settings: Settings) -> AsyncIterator[Redis]:
+    """A client without response decoding, for binary values (the seat bitmap)."""
+    client = Redis.from_url(settings.redis_url)
+    yield client
+    await client.aclose()
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
@@ -135,11 +153,27 @@ def make_sale(sales: Sales) -> Callable[..., Any]:
 
 
 @pytest.fixture
-async def client(settings: Settings, redis: Redis, pool: asyncpg.Pool, signer: Signer,
-                 room: WaitingRoom, sales: Sales) -> AsyncIterator[httpx.AsyncClient]:
+def services(settings: Settings, redis: Redis, raw_redis: Redis, pool: asyncpg.Pool,
+             room: WaitingRoom, sales: Sales) -> Services:
+    return Services.build(settings, redis, raw_redis, pool, room=room, sales=sales)
+
+
+@pytest.fixture
+def purchases(services: Services) -> Purchases:
+    return services.purchases
+
+
+def app_for(services: Services) -> Starlette:
+    """The real app wired to `services` (its lifespan is not run: the services exist)."""
+    app = create_app(services.settings)
+    app.state.services = services
+    return app
+
+
+@pytest.fixture
+async def client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client talking to the real app (real Redis, real PostgreSQL) in process."""
-    app = create_app(settings)
-    app.state.services = Services(settings, redis, pool, signer, room, sales)
+    app = app_for(services)
     transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         yield http

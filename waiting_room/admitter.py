@@ -10,12 +10,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 
 from prometheus_client import Counter, Gauge
 
 from waiting_room.room import NoSuchRoom, WaitingRoom
 from waiting_room.sale import Sale
 from waiting_room.sales import Sales
+from waiting_room.stock import Stock
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +30,13 @@ LAST_BATCH = Gauge(
 
 
 class Admitter:
-    def __init__(self, sales: Sales, room: WaitingRoom, *, tick_ms: int,
-                 refresh_seconds: float) -> None:
+    def __init__(self, sales: Sales, room: WaitingRoom, stock: Stock, *, tick_ms: int,
+                 refresh_seconds: float, prewarm_lead_seconds: int = 300) -> None:
         self.sales = sales
         self.room = room
+        self.stock = stock
+        self.prewarm_lead = prewarm_lead_seconds
+        self._warm: set[str] = set()
         self.tick = tick_ms / 1000
         self.refresh_seconds = refresh_seconds
         self._live: list[Sale] = []
@@ -52,8 +57,21 @@ class Admitter:
         if time.monotonic() - self._refreshed >= self.refresh_seconds:
             self._live = await self.sales.live()
             self._refreshed = time.monotonic()
+        now = datetime.now(UTC)
         for sale in self._live:
+            if sale.id not in self._warm and now >= sale.opens_at - timedelta(
+                    seconds=self.prewarm_lead):
+                await self.prewarm(sale)
             await self.admit(sale.id)
+
+    async def prewarm(self, sale: Sale) -> None:
+        """Load stock ahead of the opening if nothing (the operator, an admin) did: the
+        fence makes this a no-op for a sale already warm."""
+        if not await self.stock.is_warm(sale.id):
+            result = await self.stock.prewarm(sale)
+            log.info("pre-warmed", extra={"sale": sale.id, "outcome": result["outcome"],
+                                          "available": result["available"]})
+        self._warm.add(sale.id)
 
     async def admit(self, sale_id: str) -> None:
         try:

@@ -53,6 +53,49 @@ class SaleKeys:
         """Counter for the join rate limit of one visitor (`v`) or client address (`a`)."""
         return f"{self.base}:rl:{kind}:{subject}"
 
+    # -- purchase ------------------------------------------------------------------------
+
+    @property
+    def inventory(self) -> str:
+        """Hash: stock, avail, held, sold (units) and `warmed`, the pre-warm fence."""
+        return f"{self.base}:inv"
+
+    @property
+    def seats(self) -> str:
+        """Bitmap: bit s set while seat s is held or sold."""
+        return f"{self.base}:seats"
+
+    @property
+    def holds(self) -> str:
+        """Sorted set: open holds (order id) scored by expiry, ms."""
+        return f"{self.base}:holds"
+
+    def hold(self, order_id: str) -> str:
+        """Hash: one hold/order as Redis knows it."""
+        return f"{self.base}:h:{order_id}"
+
+    def idempotency(self, visitor: str, key_digest: str) -> str:
+        """String: the order a shopper's Idempotency-Key already produced."""
+        return f"{self.base}:idem:{visitor}:{key_digest}"
+
+    def shopper_units(self, visitor: str) -> str:
+        """Counter: units a shopper holds or bought (the per-shopper limit)."""
+        return f"{self.base}:u:{visitor}"
+
+    def shopper_orders(self, visitor: str) -> str:
+        """List: a shopper's order ids, oldest first."""
+        return f"{self.base}:o:{visitor}"
+
+    @property
+    def orders_stream(self) -> str:
+        """Stream: order intents and releases on their way to PostgreSQL."""
+        return f"{self.base}:orders"
+
+    @property
+    def dead_letters(self) -> str:
+        """Stream: entries the persister could not apply, with the reason."""
+        return f"{self.base}:orders:dead"
+
     @property
     def pattern(self) -> str:
         """SCAN pattern matching every key of the sale (for teardown)."""

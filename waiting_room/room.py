@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
@@ -127,11 +127,21 @@ class WaitingRoom:
             await pipe.execute()
         self._views.pop(sale.id, None)
 
+    def forget(self, sale_id: str) -> None:
+        """Drop this process's cached view of the room (after a change made here)."""
+        self._views.pop(sale_id, None)
+
     async def set_sold_out(self, sale_id: str, sold_out: bool = True) -> None:
         """The inventory hook: once stock is gone every poll answers `sold_out` and admission
         stops; clearing it (stock returned) resumes both."""
         await self.redis.hset(self.keys(sale_id).meta, "sold_out", 1 if sold_out else 0)
         self._views.pop(sale_id, None)
+
+    async def restock(self, sale_id: str, delta: int) -> list[Any]:
+        keys = self.keys(sale_id)
+        result = await self.scripts.restock(keys=[keys.inventory, keys.meta], args=[delta])
+        self._views.pop(sale_id, None)
+        return [_text(result[0]), *result[1:]]
 
     async def remove(self, sale_id: str) -> int:
         """Delete every key of the sale's room; returns how many were deleted."""
@@ -159,11 +169,12 @@ class WaitingRoom:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hgetall(keys.meta)
                 pipe.lrange(keys.batches, 0, -1)
-                meta, batches = await pipe.execute()
+                pipe.hget(keys.inventory, "held")
+                meta, batches, held = await pipe.execute()
             if not meta or "opens_ms" not in meta:
                 self._views.pop(sale_id, None)
                 raise NoSuchRoom(sale_id)
-            view = RoomView.from_redis(meta, batches)
+            view = RoomView.from_redis(meta, batches, held_units=int(held or 0))
             self._views[sale_id] = (time.monotonic(), view)
             return view
 
@@ -227,7 +238,9 @@ class WaitingRoom:
         position = place_of(view, j) if view.opened else None
         passed = position is not None and position < view.frontier
         current = heartbeat_slice(now, view.abandon_ms)
-        live = not view.is_closed(now) and not view.sold_out and not passed
+        # a waiter keeps their place while stock may still come back from unpaid holds
+        may_return = not view.sold_out or view.held_units > 0
+        live = not view.is_closed(now) and may_return and not passed
         write_heartbeat = live and heartbeat != current
         outcome = None
         if write_heartbeat or passed:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -50,6 +50,8 @@ class Sale:
     seat_map: dict[str, Any] | None = None
     per_shopper_limit: int = 2
     hold_seconds: int = 300
+    price_cents: int = 0
+    currency: str = "USD"
     batch_size: int = ADMISSION_DEFAULTS["batch_size"]
     batch_interval_ms: int = ADMISSION_DEFAULTS["batch_interval_ms"]
     max_active: int = ADMISSION_DEFAULTS["max_active"]
@@ -80,6 +82,8 @@ class Sale:
             "timezone": self.timezone,
             "per_shopper_limit": self.per_shopper_limit,
             "hold_seconds": self.hold_seconds,
+            "price_cents": self.price_cents,
+            "currency": self.currency,
             "phase": self.phase(now),
         }
 
@@ -120,6 +124,8 @@ def _text(value: Any, field: str, max_len: int) -> str:
         raise ValidationError(field, "must be a non-empty string")
     if len(value) > max_len:
         raise ValidationError(field, f"must be at most {max_len} characters")
+    if "\x00" in value:
+        raise ValidationError(field, "must not contain NUL characters")
     return value.strip()
 
 
@@ -134,6 +140,10 @@ def parse_datetime(value: Any, field: str) -> datetime:
         ) from None
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise ValidationError(field, "must include a time zone offset, e.g. 'Z' or '+09:00'")
+    try:
+        parsed.astimezone(UTC)  # years 1 and 9999 with an offset fall outside datetime's range
+    except OverflowError:
+        raise ValidationError(field, f"{value!r} is out of range") from None
     return parsed
 
 
@@ -203,7 +213,8 @@ def _label(value: Any, field: str) -> str:
 
 
 ALLOWED = {"id", "name", "stock", "seat_map", "opens_at", "closes_at", "timezone",
-           "per_shopper_limit", "hold_seconds", "admission"}
+           "per_shopper_limit", "hold_seconds", "price_cents", "currency", "admission"}
+CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
 def parse_sale(body: Any, *, existing: Sale | None = None) -> Sale:
@@ -217,7 +228,7 @@ def parse_sale(body: Any, *, existing: Sale | None = None) -> Sale:
         for required in ("id", "name", "opens_at", "closes_at"):
             if required not in body:
                 raise ValidationError(required, "is required")
-        if "stock" not in body and "seat_map" not in body:
+        if "stock" not in body and body.get("seat_map") is None:
             raise ValidationError("stock", "give either stock (a quantity) or seat_map")
         sale_id = body["id"]
         if not isinstance(sale_id, str) or not SALE_ID.match(sale_id):
@@ -244,6 +255,12 @@ def parse_sale(body: Any, *, existing: Sale | None = None) -> Sale:
         changes["per_shopper_limit"] = _int(body["per_shopper_limit"], "per_shopper_limit", 1, 100)
     if "hold_seconds" in body:
         changes["hold_seconds"] = _int(body["hold_seconds"], "hold_seconds", 10, 3600)
+    if "price_cents" in body:
+        changes["price_cents"] = _int(body["price_cents"], "price_cents", 0, 100_000_000)
+    if "currency" in body:
+        if not isinstance(body["currency"], str) or not CURRENCY.match(body["currency"]):
+            raise ValidationError("currency", "must be a three-letter ISO 4217 code, e.g. EUR")
+        changes["currency"] = body["currency"]
     if "admission" in body:
         admission = _require_object(body["admission"], "admission")
         for key in sorted(set(admission) - set(ADMISSION_BOUNDS)):

@@ -75,10 +75,16 @@ class Sales:
         sale = parse_sale(body)
         placeholders = ", ".join(f"${i}" for i in range(1, len(_WRITABLE) + 1))
         try:
-            row = await self.pool.fetchrow(
-                f"INSERT INTO sales ({', '.join(_WRITABLE)}) VALUES ({placeholders}) RETURNING *",
-                *_params(sale),
-            )
+            async with self.pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(
+                    f"INSERT INTO sales ({', '.join(_WRITABLE)}) VALUES ({placeholders})"
+                    " RETURNING *",
+                    *_params(sale),
+                )
+                await conn.execute(
+                    "INSERT INTO sale_inventory (sale_id, stock) VALUES ($1, $2)",
+                    sale.id, sale.stock,
+                )
         except asyncpg.UniqueViolationError:
             raise SaleConflict(f"a sale with id {sale.id!r} already exists") from None
         sale = _sale(row)
@@ -99,14 +105,41 @@ class Sales:
                 raise ValidationError("opens_at", "cannot change once the sale has opened")
             if sale.opens_at != current.opens_at and sale.opens_at <= now:
                 raise ValidationError("opens_at", "a new opening time must be in the future")
+            if current.seated and sale.seat_map != current.seat_map and now >= current.opens_at:
+                raise ValidationError("seat_map", "cannot change once the sale has opened")
             assignments = ", ".join(f"{c} = ${i}" for i, c in enumerate(_WRITABLE, start=1))
             row = await conn.fetchrow(
                 f"UPDATE sales SET {assignments}, updated_at = now() WHERE id = $1 RETURNING *",
                 *_params(sale),
             )
+            if sale.stock != current.stock:
+                await self._restock(conn, current, sale.stock)
         sale = _sale(row)
         await self.room.install(sale)
         return sale
+
+    async def _restock(self, conn: asyncpg.Connection, current: Sale, stock: int) -> None:
+        """Change stock in both stores, inside the caller's transaction: the database refuses
+        stock below held + sold, Redis refuses a cut larger than what is available."""
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    "UPDATE sale_inventory SET stock = $2 WHERE sale_id = $1", current.id, stock
+                )
+        except asyncpg.CheckViolationError:
+            figures = await conn.fetchrow(
+                "SELECT held, sold FROM sale_inventory WHERE sale_id = $1", current.id
+            )
+            raise ValidationError(
+                "stock",
+                f"cannot be lower than what is sold or held ({figures['sold']} sold, "
+                f"{figures['held']} held)",
+            ) from None
+        outcome, *rest = await self.room.restock(current.id, stock - current.stock)
+        if outcome == "short":
+            raise ValidationError(
+                "stock", f"only {rest[0]} units are unsold and unheld; the cut is larger"
+            )
 
     async def apply(self, sale_id: str, body: Any) -> tuple[Sale, bool]:
         """Create the sale, or update it to match `body`; returns (sale, created)."""

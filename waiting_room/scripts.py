@@ -20,3 +20,9 @@ class Scripts:
     def __init__(self, redis: Redis) -> None:
         self.join: AsyncScript = redis.register_script(source("join"))
         self.admit: AsyncScript = redis.register_script(source("admit"))
+        self.hold: AsyncScript = redis.register_script(source("hold"))
+        self.release: AsyncScript = redis.register_script(source("release"))
+        self.pay: AsyncScript = redis.register_script(source("pay"))
+        self.confirm: AsyncScript = redis.register_script(source("confirm"))
+        self.prewarm: AsyncScript = redis.register_script(source("prewarm"))
+        self.restock: AsyncScript = redis.register_script(source("restock"))

@@ -50,9 +50,11 @@ class RoomView:
     admitted_total: int = 0
     skipped_total: int = 0
     batches: tuple[tuple[int, int], ...] = field(default=())  # (t_ms, frontier), newest first
+    held_units: int = 0  # units in shoppers' holds: they return to stock if not paid
 
     @classmethod
-    def from_redis(cls, meta: dict[str, str], batches: list[str]) -> RoomView:
+    def from_redis(cls, meta: dict[str, str], batches: list[str],
+                   held_units: int = 0) -> RoomView:
         def i(name: str, default: int = 0) -> int:
             return int(meta.get(name) or default)
 
@@ -80,6 +82,7 @@ class RoomView:
             admitted_total=i("admitted_total"),
             skipped_total=i("skipped_total"),
             batches=tuple(samples),
+            held_units=held_units,
         )
 
     def is_closed(self, now_ms: int) -> bool:
@@ -136,7 +139,7 @@ def estimate_wait(ahead: int, rate: float | None, fallback_rate: float) -> float
 
 
 def poll_interval(view: RoomView, state: State, *, ahead: int | None, eta: float | None,
-                  now_ms: int, spread: float) -> float | None:
+                  now_ms: int, spread: float, idle: bool = False) -> float | None:
     """Seconds until the next poll: rare when far back, often near the front, never so rare
     that the waiter looks abandoned. `spread` in [0, 1) staggers a crowd's polls."""
     # stay inside the abandonment window: polls at most 3/4 of a window apart are always seen
@@ -150,10 +153,13 @@ def poll_interval(view: RoomView, state: State, *, ahead: int | None, eta: float
         return round(max(until_open, 0) + 0.2 + 2.0 * spread, 1)
     if state is not State.WAITING:
         return None
+    if idle:  # nothing will move soon: poll as rarely as presence allows
+        return round(ceiling * (0.9 + 0.1 * spread), 1)
     if ahead is not None and ahead <= view.batch_size:
         return MIN_POLL_S
     wanted = (eta or 0) / 5
-    return round(min(ceiling, max(MIN_POLL_S, wanted)) * (0.9 + 0.2 * spread), 1)
+    # the spread is applied after the clamp, so clamp again: never below MIN_POLL_S
+    return max(MIN_POLL_S, round(min(ceiling, max(MIN_POLL_S, wanted)) * (0.9 + 0.2 * spread), 1))
 
 
 def decide(view: RoomView, *, position: int | None, outcome: Outcome | None,
@@ -170,6 +176,15 @@ def decide(view: RoomView, *, position: int | None, outcome: Outcome | None,
                       ahead=0, waiting=waiting, admitted_until_ms=outcome.active_until_ms,
                       message="It is your turn.")
     if view.sold_out:
+        if view.held_units > 0 and outcome is None and view.opened and position is not None:
+            # stock sits in unpaid holds: keep the place (and keep polling) in case it returns
+            return Status(State.SOLD_OUT, position=position + 1,
+                          ahead=max(0, position - view.frontier), waiting=waiting,
+                          poll_after_seconds=poll_interval(
+                              view, State.WAITING, ahead=None, eta=None, now_ms=now_ms,
+                              spread=spread, idle=True),
+                          message=f"Sold out for now: {view.held_units} held in other "
+                                  "shoppers' baskets may come back if not paid.")
         return Status(State.SOLD_OUT, waiting=waiting, message="Everything has been sold.")
     if not view.opened or position is None:
         poll = poll_interval(view, State.NOT_OPEN, ahead=None, eta=None, now_ms=now_ms,

@@ -1,0 +1,25 @@
+from waiting_room.purchase import Purchases
+from waiting_room.room import WaitingRoom
+from waiting_room.tokens import ADMISSION
+
+
+async def test_hold_pay_confirm(make_sale, room: WaitingRoom, purchases: Purchases, clock,
+                                signer, pool) -> None:
+    sale = await make_sale(stock=5, price_cents=1500)
+    joined = await room.join(sale.id, "visitor-0001", "127.0.0.1")
+    clock.advance(3601)
+    await room.poll(sale.id, joined.claims)
+    await room.admit_once(sale.id)
+    await room.admit_once(sale.id)
+    poll = await room.poll(sale.id, joined.claims)
+    claims = signer.verify(poll.admission_token, kind=ADMISSION, sale=sale.id, now=clock())
+    held = await purchases.hold(sale, claims, quantity=2, idempotency_key="k1")
+    assert held.created and held.order["status"] == "held"
+    again = await purchases.hold(sale, claims, quantity=2, idempotency_key="k1")
+    assert not again.created and again.order["id"] == held.order["id"]
+    order = await purchases.pay(sale, "visitor-0001", held.order["id"], "tok_approve")
+    assert order["status"] == "confirmed"
+    row = await pool.fetchrow("SELECT held, sold FROM sale_inventory WHERE sale_id=$1", sale.id)
+    assert (row["held"], row["sold"]) == (0, 2)
+    report = await purchases.stock.reconcile(sale)
+    assert report.redis["sold"] == 2 and report.redis["avail"] == 3, report

@@ -1,0 +1,239 @@
+"""The persister: carries order entries from each sale's Redis Stream into PostgreSQL.
+
+It reads through a consumer group, writes a batch in one transaction, and acknowledges only
+after the commit, so a persister killed at any instant loses nothing: its unacknowledged
+entries are taken over by another persister (or itself, restarted) and replayed, and the
+idempotent writes make the replay harmless. An entry that can never be applied goes to the
+sale's dead-letter stream with the reason, instead of blocking the ones behind it.
+It also sweeps expired holds back into stock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import asyncpg
+from prometheus_client import Counter, Gauge
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from waiting_room import ledger
+from waiting_room.ledger import HoldRecord, MalformedEntry, Release
+from waiting_room.purchase import Purchases, label_for
+from waiting_room.sale import Sale
+from waiting_room.sales import Sales
+from waiting_room.stock import PERSISTER_GROUP
+
+log = logging.getLogger(__name__)
+
+PERSISTED = Counter("flashsale_persisted_entries", "Stream entries written to PostgreSQL",
+                    ["sale", "type"])
+DEAD = Counter("flashsale_dead_letter_entries", "Entries moved to the dead-letter stream",
+               ["sale"])
+REFUSED = Counter("flashsale_refused_holds", "Holds PostgreSQL refused (they end failed)",
+                  ["sale", "reason"])
+LAG = Gauge("flashsale_persister_lag_entries",
+            "Stream entries not yet written to PostgreSQL (unread + unacknowledged)", ["sale"])
+EXPIRED = Counter("flashsale_holds_expired", "Holds released at expiry", ["sale"])
+
+Entry = tuple[str, dict[str, str]]
+LIVE_FOR_S = 86_400  # keep draining a sale's stream this long after it closes
+
+
+class Persister:
+    def __init__(self, redis: Redis, pool: asyncpg.Pool, sales: Sales, purchases: Purchases,
+                 *, consumer: str, batch: int = 500, claim_idle_ms: int = 15_000,
+                 max_deliveries: int = 5, sweep_interval_ms: int = 1000,
+                 refresh_seconds: float = 5.0) -> None:
+        self.redis = redis
+        self.pool = pool
+        self.sales = sales
+        self.purchases = purchases
+        self.consumer = consumer
+        self.batch = batch
+        self.claim_idle_ms = claim_idle_ms
+        self.max_deliveries = max_deliveries
+        self.sweep_interval = sweep_interval_ms / 1000
+        self.refresh_seconds = refresh_seconds
+        self._sales: list[Sale] = []
+        self._refreshed = 0.0
+        self._groups: set[str] = set()
+        self._last_claim = 0.0
+        self._last_sweep = 0.0
+
+    def stream(self, sale_id: str) -> str:
+        return self.purchases.keys(sale_id).orders_stream
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("persister started", extra={"consumer": self.consumer})
+        while not stop.is_set():
+            try:
+                moved = await self.step()
+            except Exception:  # keep going: the next tick retries from the pending list
+                log.exception("persister tick failed")
+                moved = 0
+            if not moved:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=0.05)
+        log.info("persister stopped")
+
+    async def step(self) -> int:
+        """One pass over every sale; returns how many entries were handled."""
+        now = time.monotonic()
+        if now - self._refreshed >= self.refresh_seconds:
+            self._sales = await self._sales_to_drain()
+            self._refreshed = now
+        claim = now - self._last_claim >= self.claim_idle_ms / 3000
+        sweep = now - self._last_sweep >= self.sweep_interval
+        moved = 0
+        for sale in self._sales:
+            if claim:
+                moved += await self.take_over(sale)
+            moved += await self.drain(sale)
+            if sweep:
+                counts = await self.purchases.sweep(sale)
+                EXPIRED.labels(sale.id).inc(counts["expired"])
+                await self._measure_lag(sale)
+        if claim:
+            self._last_claim = now
+        if sweep:
+            self._last_sweep = now
+        return moved
+
+    async def _sales_to_drain(self) -> list[Sale]:
+        rows = await self.pool.fetch(
+            "SELECT id FROM sales WHERE opens_at < now() + interval '1 day'"
+            " AND coalesce(closed_at, closes_at) > now() - make_interval(secs => $1)",
+            LIVE_FOR_S,
+        )
+        return [await self.sales.get(r["id"]) for r in rows]
+
+    async def _ensure_group(self, sale_id: str) -> None:
+        if sale_id in self._groups:
+            return
+        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
+            await self.redis.xgroup_create(self.stream(sale_id), PERSISTER_GROUP, id="0",
+                                           mkstream=True)
+        self._groups.add(sale_id)
+
+    async def drain(self, sale: Sale) -> int:
+        """Read new entries of one sale and write them; returns how many."""
+        await self._ensure_group(sale.id)
+        try:
+            reply = await self.redis.xreadgroup(PERSISTER_GROUP, self.consumer,
+                                                {self.stream(sale.id): ">"}, count=self.batch)
+        except ResponseError as exc:  # NOGROUP: the stream was removed; recreate next time
+            self._groups.discard(sale.id)
+            log.warning("stream read failed", extra={"sale": sale.id, "error": str(exc)})
+            return 0
+        entries: list[Entry] = reply[0][1] if reply else []
+        if entries:
+            await self.apply(sale, entries)
+        return len(entries)
+
+    async def take_over(self, sale: Sale) -> int:
+        """Claim entries a silent consumer (dead, or this one before a crash) left unacked."""
+        await self._ensure_group(sale.id)
+        moved = 0
+        start = "0-0"
+        while True:
+            reply = await self.redis.xautoclaim(self.stream(sale.id), PERSISTER_GROUP,
+                                                self.consumer, self.claim_idle_ms,
+                                                start_id=start, count=self.batch)
+            start, claimed = reply[0], [e for e in reply[1] if e[1]]
+            if claimed:
+                log.info("took over entries", extra={"sale": sale.id, "count": len(claimed)})
+                await self.apply(sale, claimed)
+                moved += len(claimed)
+            if start == "0-0" or not claimed:
+                return moved
+
+    async def apply(self, sale: Sale, entries: list[Entry]) -> None:
+        """Write a batch in one transaction, ack after commit; on failure, entry by entry."""
+        holds, releases, poison = self._parse(entries)
+        for entry_id, fields, reason in poison:
+            await self._dead_letter(sale, entry_id, fields, reason)
+        good = [e for e in entries if e[0] not in {p[0] for p in poison}]
+        if not good:
+            return
+        try:
+            await self._write(sale, holds, releases, [e[0] for e in good])
+        except (asyncpg.PostgresError, OSError, ValueError) as exc:
+            log.warning("batch failed; writing entries one by one",
+                        extra={"sale": sale.id, "error": repr(exc)})
+            for entry in good:
+                await self._apply_one(sale, entry)
+
+    def _parse(self, entries: list[Entry]) -> tuple[list[tuple[str, HoldRecord]],
+                                                    list[tuple[str, Release]],
+                                                    list[tuple[str, dict[str, str], str]]]:
+        holds, releases, poison = [], [], []
+        for entry_id, fields in entries:
+            kind = fields.get("type")
+            try:
+                if kind == "hold":
+                    holds.append((entry_id, HoldRecord.from_fields(fields)))
+                elif kind == "release":
+                    if fields.get("status") not in ("released", "cancelled") or not fields.get(
+                            "order"):
+                        raise MalformedEntry("release without a valid status or order")
+                    releases.append((entry_id, Release(fields["order"], fields["status"],
+                                                       fields.get("reason", ""))))
+                else:
+                    raise MalformedEntry(f"unknown entry type {kind!r}")
+            except MalformedEntry as exc:
+                poison.append((entry_id, fields, str(exc)))
+        return holds, releases, poison
+
+    async def _write(self, sale: Sale, holds: list[tuple[str, HoldRecord]],
+                     releases: list[tuple[str, Release]], ids: list[str]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            applied = await ledger.record_holds(conn, [h for _, h in holds],
+                                                currency=sale.currency, label=label_for(sale))
+            await ledger.release_orders(conn, [r for _, r in releases])
+        # committed: only now may Redis forget the entries
+        for order_id, reason in applied.refused.items():
+            REFUSED.labels(sale.id, reason).inc()
+            await self.purchases.mark_failed(sale, order_id, reason)
+        await self.redis.xack(self.stream(sale.id), PERSISTER_GROUP, *ids)
+        if holds:
+            PERSISTED.labels(sale.id, "hold").inc(len(holds))
+        if releases:
+            PERSISTED.labels(sale.id, "release").inc(len(releases))
+
+    async def _apply_one(self, sale: Sale, entry: Entry) -> None:
+        entry_id, fields = entry
+        holds, releases, _ = self._parse([entry])
+        try:
+            await self._write(sale, holds, releases, [entry_id])
+        except (asyncpg.PostgresError, OSError, ValueError) as exc:
+            deliveries = await self._deliveries(sale, entry_id)
+            if deliveries >= self.max_deliveries:
+                await self._dead_letter(sale, entry_id, fields,
+                                        f"failed {deliveries} times: {exc!r}")
+            else:
+                log.warning("entry failed; it stays pending for a retry",
+                            extra={"sale": sale.id, "entry": entry_id, "error": repr(exc)})
+
+    async def _deliveries(self, sale: Sale, entry_id: str) -> int:
+        pending = await self.redis.xpending_range(self.stream(sale.id), PERSISTER_GROUP,
+                                                  min=entry_id, max=entry_id, count=1)
+        return int(pending[0]["times_delivered"]) if pending else 0
+
+    async def _dead_letter(self, sale: Sale, entry_id: str, fields: dict[str, Any],
+                           reason: str) -> None:
+        keys = self.purchases.keys(sale.id)
+        await self.redis.xadd(keys.dead_letters, {**fields, "dead_reason": reason,
+                                                  "dead_entry": entry_id})
+        await self.redis.xack(self.stream(sale.id), PERSISTER_GROUP, entry_id)
+        DEAD.labels(sale.id).inc()
+        log.error("entry moved to the dead-letter stream",
+                  extra={"sale": sale.id, "entry": entry_id, "reason": reason})
+
+    async def _measure_lag(self, sale: Sale) -> None:
+        backlog = await self.purchases.stock.stream_backlog(sale.id)
+        LAG.labels(sale.id).set(backlog["lag"] + backlog["pending"])

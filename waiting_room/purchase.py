@@ -1,0 +1,458 @@
+"""Buying: hold stock, pay, cancel, and see your orders.
+
+The hold is one atomic Redis script (admission, limit, availability, seats, the hold and the
+stream entry together). Payment confirms in PostgreSQL before the shopper hears "confirmed",
+so a confirmed order is always durable, and the database may still refuse it (stock that
+Redis wrongly believed existed): then the payment is refunded and the order ends `failed`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+
+from waiting_room import ledger
+from waiting_room.keys import SaleKeys
+from waiting_room.ledger import HoldRecord, Release
+from waiting_room.payments import (
+    GuardedProvider,
+    Outcome,
+    PaymentStatus,
+    ProviderError,
+    ProviderUnavailable,
+)
+from waiting_room.room import WaitingRoom
+from waiting_room.sale import Sale
+from waiting_room.seating import Layout, choose_seats, taken_from_bitmap
+from waiting_room.stock import Stock
+from waiting_room.tokens import Claims
+
+IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
+SEAT_RETRIES = 8
+# while the provider is failing a hold is kept at least this long after a refused attempt
+HOLD_GRACE_MS = 60_000
+
+
+class PurchaseRefused(Exception):
+    """The purchase cannot go ahead; `code` is stable for clients, `status` the HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str, *,
+                 retry_after: float | None = None, order: dict[str, Any] | None = None,
+                 **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+        self.order = order
+        self.extra = extra
+
+
+@dataclass(frozen=True)
+class Held:
+    order: dict[str, Any]
+    created: bool
+
+
+def idempotency_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def layout_of(sale: Sale) -> Layout:
+    """The seat layout of a seated sale, built once per version of its seat map."""
+    return _layouts(sale.id, sale.updated_at, sale.seat_map)
+
+
+_LAYOUTS: dict[tuple[str, datetime | None], Layout] = {}
+
+
+def _layouts(sale_id: str, version: datetime | None, seat_map: dict[str, Any] | None) -> Layout:
+    key = (sale_id, version)
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        if len(_LAYOUTS) > 256:
+            _LAYOUTS.clear()
+        layout = _LAYOUTS[key] = Layout.from_seat_map(seat_map or {"sections": []})
+    return layout
+
+
+def label_for(sale: Sale) -> Callable[[int], str]:
+    if not sale.seated:
+        return str
+    return layout_of(sale).label
+
+
+class Purchases:
+    def __init__(self, redis: Redis, raw_redis: Redis, pool: asyncpg.Pool, room: WaitingRoom,
+                 stock: Stock, payments: GuardedProvider,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.redis = redis
+        self.raw_redis = raw_redis  # bytes in, bytes out: the seat bitmap
+        self.pool = pool
+        self.room = room
+        self.stock = stock
+        self.payments = payments
+        self.clock = clock
+
+    def keys(self, sale_id: str) -> SaleKeys:
+        return self.room.keys(sale_id)
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # -- hold ------------------------------------------------------------------------------
+
+    async def hold(self, sale: Sale, admission: Claims, *, quantity: int | None = None,
+                   seats: list[int] | None = None, idempotency_key: str | None = None) -> Held:
+        """Reserve stock for an admitted shopper; a retried request with the same
+        Idempotency-Key returns the first hold instead of making a second."""
+        if seats is not None:
+            if not sale.seated:
+                raise PurchaseRefused(422, "invalid", "this sale sells quantities, not seats",
+                                      field="seats")
+            layout = layout_of(sale)
+            if any(s < 0 or s >= layout.size for s in seats) or len(set(seats)) != len(seats):
+                raise PurchaseRefused(422, "invalid", "unknown or repeated seat ids",
+                                      field="seats")
+            quantity = len(seats)
+        quantity = quantity or 1
+        if quantity > sale.per_shopper_limit:
+            raise PurchaseRefused(409, "limit_reached",
+                                  f"at most {sale.per_shopper_limit} per shopper",
+                                  remaining=sale.per_shopper_limit)
+        attempts = SEAT_RETRIES if sale.seated and seats is None else 1
+        for _ in range(attempts):
+            if sale.seated and seats is not None:
+                choices = [seats]
+            elif sale.seated:
+                choices, free = await self._choices(sale, quantity)
+                if not choices:
+                    if free == 0:
+                        raise PurchaseRefused(409, "sold_out", "every seat has been sold")
+                    raise PurchaseRefused(409, "insufficient_stock",
+                                          f"only {free} seats are left", available=free)
+            else:
+                choices = []
+            result = await self._hold_script(sale, admission, quantity, choices, idempotency_key)
+            status = result[0]
+            if status == "seats_taken" and seats is None:
+                continue  # lost a race for those seats: choose again from a fresh map
+            return await self._held(sale, admission, result)
+        raise PurchaseRefused(409, "seats_taken",
+                              "the seats went to other shoppers while choosing; try again",
+                              retry_after=1)
+
+    async def _choices(self, sale: Sale, party: int) -> tuple[list[list[int]], int]:
+        """Seat choices from a fresh copy of the seat map, and how many seats are free."""
+        layout = layout_of(sale)
+        bitmap = await self.raw_redis.get(self.keys(sale.id).seats)
+        taken = taken_from_bitmap(bitmap, layout.size)
+        return choose_seats(layout, taken, party), layout.size - len(taken)
+
+    async def _hold_script(self, sale: Sale, admission: Claims, quantity: int,
+                           choices: list[list[int]], idempotency_key: str | None) -> list[Any]:
+        keys = self.keys(sale.id)
+        visitor = admission.visitor
+        digest = idempotency_digest(idempotency_key) if idempotency_key else "none"
+        script_keys = [keys.meta, keys.active, keys.inventory, keys.seats, keys.holds,
+                       keys.hold(order_id := str(uuid.uuid4())),
+                       keys.idempotency(visitor, digest), keys.shopper_units(visitor),
+                       keys.shopper_orders(visitor), keys.orders_stream]
+        args = [self.now_ms(), admission.index, visitor, order_id, quantity,
+                sale.hold_seconds * 1000, sale.per_shopper_limit, sale.price_cents * quantity,
+                idempotency_key or "", IDEMPOTENCY_TTL_MS, sale.id,
+                *(",".join(map(str, c)) for c in choices)]
+        for _ in range(2):
+            result = await self.room.scripts.hold(keys=script_keys, args=args)
+            status = result[0]
+            if status == "no_sale":
+                await self.room.install(sale)
+            elif status == "not_warm":
+                await self.stock.prewarm(sale)
+            else:
+                return result
+        return result
+
+    async def _held(self, sale: Sale, admission: Claims, result: list[Any]) -> Held:
+        status = result[0]
+        if status == "ok":
+            order = await self.order(sale, admission.visitor, result[1])
+            return Held(order, created=True)
+        if status == "existing":
+            order = await self.order(sale, admission.visitor, result[1])
+            return Held(order, created=False)
+        refusals = {
+            "closed": (409, "closed", "the sale has closed"),
+            "not_admitted": (403, "not_admitted",
+                             "your admission is not active: it expired, was used, or was never "
+                             "granted; rejoin the waiting room"),
+            "not_warm": (503, "not_ready", "the sale's stock is being prepared"),
+            "sold_out": (409, "sold_out", "everything has been sold"),
+            "limit": (409, "limit_reached", "that would exceed the per-shopper limit"),
+            "insufficient": (409, "insufficient_stock", "not enough stock left for that"),
+            "seats_taken": (409, "seats_taken", "one of those seats is no longer free"),
+        }
+        http, code, message = refusals.get(status, (409, status, status))
+        extra: dict[str, Any] = {}
+        if status == "limit":
+            extra["remaining"] = int(result[1])
+        if status == "insufficient":
+            extra["available"] = int(result[1])
+        raise PurchaseRefused(http, code, message,
+                              retry_after=2 if status == "not_warm" else None, **extra)
+
+    # -- reading orders --------------------------------------------------------------------
+
+    def _present(self, sale: Sale, fields: dict[str, Any]) -> dict[str, Any]:
+        seats = [int(s) for s in str(fields.get("seats") or "").split(",") if s]
+        layout = layout_of(sale) if sale.seated else None
+        expires = int(fields.get("expires_ms") or 0)
+        return {
+            "id": fields["id"],
+            "sale": sale.id,
+            "status": fields["status"],
+            "quantity": int(fields["qty"]),
+            "seats": [layout.describe(s) for s in seats] if layout else [],
+            "amount_cents": int(fields.get("amount") or 0),
+            "currency": sale.currency,
+            "hold_expires_at": datetime.fromtimestamp(expires / 1000, UTC).isoformat()
+            if expires else None,
+            "reason": fields.get("reason") or None,
+        }
+
+    async def _from_db(self, sale: Sale, order_ids: list[str] | None,
+                       visitor: str) -> dict[str, dict[str, Any]]:
+        query = """
+            SELECT o.id, o.status, o.quantity, o.reason, o.amount_cents, o.hold_expires_at,
+                   o.queue_index, o.visitor,
+                   coalesce(array_agg(s.seat ORDER BY s.seat)
+                            FILTER (WHERE s.seat IS NOT NULL), '{}') AS seats
+            FROM orders o LEFT JOIN order_seats s ON s.order_id = o.id
+            WHERE o.sale_id = $1 AND o.visitor = $2
+        """
+        args: list[Any] = [sale.id, visitor]
+        if order_ids is not None:
+            query += " AND o.id = ANY($3::uuid[])"
+            args.append(order_ids)
+        rows = await self.pool.fetch(query + " GROUP BY o.id ORDER BY o.created_at", *args)
+        found = {}
+        for r in rows:
+            found[str(r["id"])] = self._present(sale, {
+                "id": str(r["id"]), "status": r["status"], "qty": r["quantity"],
+                "seats": ",".join(map(str, r["seats"])), "amount": r["amount_cents"],
+                "expires_ms": int(r["hold_expires_at"].timestamp() * 1000),
+                "reason": r["reason"],
+            })
+        return found
+
+    async def _hold_fields(self, sale_id: str, order_id: str) -> dict[str, str]:
+        return await self.redis.hgetall(self.keys(sale_id).hold(order_id))
+
+    async def order(self, sale: Sale, visitor: str, order_id: str) -> dict[str, Any]:
+        """One of the shopper's orders; 404 for anyone else's."""
+        fields = await self._hold_fields(sale.id, order_id)
+        if fields and fields.get("visitor") == visitor:
+            return self._present(sale, fields)
+        try:
+            uuid.UUID(order_id)
+        except ValueError:
+            raise PurchaseRefused(404, "unknown_order", "no such order") from None
+        found = await self._from_db(sale, [order_id], visitor)
+        if order_id not in found:
+            raise PurchaseRefused(404, "unknown_order", "no such order")
+        return found[order_id]
+
+    async def orders(self, sale: Sale, visitor: str) -> list[dict[str, Any]]:
+        """The shopper's orders, oldest first: PostgreSQL's record, overlaid with Redis's
+        fresher view of holds the persister has not written yet."""
+        found = await self._from_db(sale, None, visitor)
+        ids = await self.redis.lrange(self.keys(sale.id).shopper_orders(visitor), 0, -1)
+        if ids:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for order_id in ids:
+                    pipe.hgetall(self.keys(sale.id).hold(order_id))
+                for order_id, fields in zip(ids, await pipe.execute(), strict=True):
+                    if fields and fields.get("visitor") == visitor:
+                        found[order_id] = self._present(sale, fields)
+        return list(found.values())
+
+    # -- pay, cancel -----------------------------------------------------------------------
+
+    async def pay(self, sale: Sale, visitor: str, order_id: str, token: str) -> dict[str, Any]:
+        fields = await self._hold_fields(sale.id, order_id)
+        if not fields or fields.get("visitor") != visitor:
+            order = await self.order(sale, visitor, order_id)  # 404 unless PostgreSQL has it
+            return self._settled(order)
+        status = fields["status"]
+        if status != "held":
+            return self._settled(self._present(sale, fields))
+        keys = self.keys(sale.id)
+        began = await self.room.scripts.pay(keys=[keys.hold(order_id), keys.holds],
+                                            args=[self.now_ms(), "begin", 0])
+        if began[0] == "expired":
+            raise PurchaseRefused(410, "hold_expired", "the hold expired before payment")
+        if began[0] != "ok":
+            return self._settled(await self.order(sale, visitor, order_id))
+        try:
+            charge = await self.payments.charge(order_id, int(fields.get("amount") or 0),
+                                                sale.currency, token)
+        except ProviderError as exc:
+            retry = exc.retry_after if isinstance(exc, ProviderUnavailable) else max(
+                1.0, self.payments.breaker.retry_after())
+            await self.room.scripts.pay(keys=[keys.hold(order_id), keys.holds],
+                                        args=[self.now_ms(), "abort",
+                                              int(retry * 1000) + HOLD_GRACE_MS])
+            raise PurchaseRefused(503, "payment_unavailable",
+                                  "the payment provider is not answering; your hold is kept, "
+                                  "try again shortly", retry_after=retry) from exc
+        if charge.outcome is Outcome.DECLINED:
+            await self._release(sale, order_id, status="released",
+                                reason=f"payment declined: {charge.reason}",
+                                leaving="paying", counter="held", emit=True)
+            raise PurchaseRefused(402, "payment_declined",
+                                  "the payment was declined; the hold was released",
+                                  order=await self.order(sale, visitor, order_id))
+        return self._settled(await self.settle_paid(sale, HoldRecord.from_fields(fields),
+                                                    charge.reference))
+
+    def _settled(self, order: dict[str, Any]) -> dict[str, Any]:
+        """An order the pay call found already past payment: the answer for a retry."""
+        status = order["status"]
+        if status == "confirmed":
+            return order
+        if status == "paying":
+            raise PurchaseRefused(409, "payment_in_progress",
+                                  "a payment for this order is under way", retry_after=2,
+                                  order=order)
+        if status == "failed":
+            raise PurchaseRefused(409, "order_failed", order.get("reason") or "order failed",
+                                  order=order)
+        raise PurchaseRefused(410, f"order_{status}", f"the order is {status}", order=order)
+
+    async def settle_paid(self, sale: Sale, hold: HoldRecord, reference: str) -> dict[str, Any]:
+        """Confirm a paid hold in PostgreSQL first, then in Redis; refund if the database
+        refuses it."""
+        async with self.pool.acquire() as conn:
+            status, reason = await ledger.confirm_order(conn, hold, reference,
+                                                        currency=sale.currency,
+                                                        label=label_for(sale))
+        keys = self.keys(sale.id)
+        if status == "confirmed":
+            await self.room.scripts.confirm(
+                keys=[keys.inventory, keys.holds, keys.hold(hold.order_id), keys.active],
+                args=[self.now_ms(), reference],
+            )
+            return await self.order(sale, hold.visitor, hold.order_id)
+        # the database refused (or had already ended) the order: give the money back
+        await self.payments.refund(hold.order_id)
+        await self._release(sale, hold.order_id, status=status if status != "held" else "failed",
+                            reason=reason or "refused by the database", leaving="held,paying",
+                            counter="held", emit=False, restock=False)
+        order = await self.order(sale, hold.visitor, hold.order_id)
+        raise PurchaseRefused(409, "order_failed",
+                              f"{order.get('reason') or 'the order failed'}; the payment was "
+                              "refunded", order=order)
+
+    async def cancel(self, sale: Sale, visitor: str, order_id: str) -> dict[str, Any]:
+        """Cancel a hold (stock returns) or a confirmed order (refund, then stock returns)."""
+        order = await self.order(sale, visitor, order_id)
+        if order["status"] == "held":
+            outcome = await self._release(sale, order_id, status="cancelled",
+                                          reason="cancelled by the shopper", leaving="held",
+                                          counter="held", emit=True)
+            if outcome == "ok":
+                await self.room.finish(sale.id, await self._index(sale.id, order_id))
+            return await self.order(sale, visitor, order_id)
+        if order["status"] != "confirmed":
+            raise PurchaseRefused(409, f"order_{order['status']}",
+                                  f"an order that is {order['status']} cannot be cancelled",
+                                  order=order)
+        try:
+            await self.payments.refund(order_id)
+        except ProviderError as exc:
+            retry = getattr(exc, "retry_after", None) or 5.0
+            raise PurchaseRefused(503, "payment_unavailable",
+                                  "the refund could not be made now; try again shortly",
+                                  retry_after=retry) from exc
+        async with self.pool.acquire() as conn, conn.transaction():
+            await ledger.release_orders(
+                conn, [Release(order_id, "cancelled", "cancelled and refunded")],
+                from_status="confirmed",
+            )
+        await self._release(sale, order_id, status="cancelled", reason="cancelled and refunded",
+                            leaving="confirmed", counter="sold", emit=False)
+        return await self.order(sale, visitor, order_id)
+
+    async def mark_failed(self, sale: Sale, order_id: str, reason: str) -> None:
+        """PostgreSQL refused a hold: end it in Redis as `failed`. Refused for stock or seats,
+        its units do not return: Redis believed in stock that does not exist. Refused for
+        the shopper's own reasons (limit, reused key), the stock is real and returns."""
+        phantom = reason in (ledger.REFUSALS["inventory_never_oversold"],
+                             ledger.REFUSALS["order_seats_sold_once"])
+        await self._release(sale, order_id, status="failed", reason=reason,
+                            leaving="held,paying", counter="held", emit=False,
+                            restock=not phantom)
+
+    async def _index(self, sale_id: str, order_id: str) -> int:
+        return int(await self.redis.hget(self.keys(sale_id).hold(order_id), "j") or -1)
+
+    async def _release(self, sale: Sale, order_id: str, *, status: str, reason: str,
+                       leaving: str, counter: str, emit: bool, restock: bool = True) -> str:
+        keys = self.keys(sale.id)
+        visitor = await self.redis.hget(keys.hold(order_id), "visitor") or ""
+        result = await self.room.scripts.release(
+            keys=[keys.meta, keys.inventory, keys.seats, keys.holds, keys.hold(order_id),
+                  keys.shopper_units(visitor), keys.orders_stream],
+            args=[self.now_ms(), status, reason, leaving, counter, 1 if restock else 0,
+                  1 if emit else 0, sale.id],
+        )
+        self.room.forget(sale.id)
+        return result[0]
+
+    # -- expiry ----------------------------------------------------------------------------
+
+    async def sweep(self, sale: Sale, *, limit: int = 200) -> dict[str, int]:
+        """Release holds past their expiry, unless their payment in fact went through (then
+        confirm them). While the provider cannot be asked, holds that tried to pay are kept."""
+        keys = self.keys(sale.id)
+        now = self.now_ms()
+        due = await self.redis.zrangebyscore(keys.holds, "-inf", now, start=0, num=limit)
+        counts = {"expired": 0, "confirmed": 0, "kept": 0}
+        payment_window = int(self.payments.timeout_s * 2000)
+        for order_id in due:
+            fields = await self._hold_fields(sale.id, order_id)
+            status = fields.get("status")
+            if status not in ("held", "paying"):
+                await self.redis.zrem(keys.holds, order_id)
+                continue
+            if status == "paying" and now - int(fields.get("paying_since") or 0) < payment_window:
+                counts["kept"] += 1  # a payment is under way right now
+                continue
+            if fields.get("pay_attempted") == "1":
+                try:
+                    paid = await self.payments.status(order_id)
+                except ProviderError:
+                    counts["kept"] += 1
+                    continue
+                if paid is PaymentStatus.PAID:
+                    try:
+                        await self.settle_paid(sale, HoldRecord.from_fields(fields),
+                                               f"late-{order_id}")
+                        counts["confirmed"] += 1
+                    except PurchaseRefused:
+                        pass  # refused by the database and refunded; nothing to release
+                    continue
+            outcome = await self._release(sale, order_id, status="released",
+                                          reason="hold expired", leaving="held,paying",
+                                          counter="held", emit=True)
+            if outcome == "ok":
+                counts["expired"] += 1
+        return counts
