@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -30,6 +31,11 @@ def run_api(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     workers = args.workers or settings.workers
+    if not settings.token_key:
+        # every worker must sign with the same key, or a ticket from one fails on another
+        os.environ["FLASHSALE_TOKEN_KEY"] = secrets.token_urlsafe(32)
+        log.warning("FLASHSALE_TOKEN_KEY is not set: tokens are signed with a key made up for "
+                    "this run and die with it")
     # every worker writes its metrics to this folder; /metrics adds them up
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
         prefix="flashsale-metrics-"
