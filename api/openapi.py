@@ -254,7 +254,9 @@ PATHS.update({
         "responses": {
             "201": _json(_ORDER, "Held; pay before hold_expires_at"),
             "200": _json(_ORDER, "The hold this Idempotency-Key already made"),
+            "400": _error("Malformed JSON or Idempotency-Key"),
             "401": _error("Missing or tampered admission token"),
+            "413": _error("Body too large"), "415": _error("Not JSON"),
             "403": _error("Admission not active"),
             "404": _error("Unknown sale"),
             "409": _error("Sold out, limit reached, not enough stock, seats taken, closed"),
@@ -278,6 +280,8 @@ PATHS.update({
             "type": "object", "properties": {"payment_token": {"type": "string"}}}}}},
         "responses": {
             "200": _json(_ORDER, "Confirmed (also for a repeated call)"),
+            "400": _error("Malformed JSON"), "413": _error("Body too large"),
+            "415": _error("Not JSON"), "422": _VALIDATION,
             "402": _error("Declined; the hold was released"),
             "409": _error("Payment in progress, or the order failed (refunded)"),
             "410": _error("The hold expired or was released"),

@@ -191,7 +191,8 @@ class Settings:
             raise SettingsError("FLASHSALE_DATABASE_SCHEMA may hold letters, digits and '_' only")
         for name in ("workers", "status_cache_ms", "join_buckets", "rate_window_seconds"):
             if getattr(self, name) < 0 or (name != "status_cache_ms" and getattr(self, name) == 0):
-                raise SettingsError(f"{name} must be positive")
+                env = next(f.metadata["setting"].env for f in fields(self) if f.name == name)
+                raise SettingsError(f"{env} must be positive")
 
     def signing_keys(self) -> tuple[bytes, ...]:
         """Current key first, then the previous one; a random key when none is configured."""

@@ -149,8 +149,9 @@ def poll_interval(view: RoomView, state: State, *, ahead: int | None, eta: float
         until_open = (view.opens_ms - now_ms) / 1000
         if until_open > ceiling:
             return round(ceiling, 1)
-        # everyone wakes just after the opening, spread over two seconds
-        return round(max(until_open, 0) + 0.2 + 2.0 * spread, 1)
+        # everyone wakes just after the opening, spread out, yet never so late that the
+        # poll before it counts as absence
+        return round(min(ceiling, max(until_open, 0) + 0.2 + min(2.0, ceiling / 2) * spread), 1)
     if state is not State.WAITING:
         return None
     if idle:  # nothing will move soon: poll as rarely as presence allows
