@@ -158,6 +158,14 @@ def test_measured_rate_decays_when_stalled() -> None:
     assert measured_rate(samples, NOW) == pytest.approx(10.0)
 
 
+def test_measured_rate_not_halved_between_batches() -> None:
+    # batches of 100 every second; asked 0.9 s after the last one, the rate is still 100/s
+    samples = ((NOW - 900, 300), (NOW - 1_900, 200), (NOW - 2_900, 100))
+    assert measured_rate(samples, NOW, interval_ms=1000) == pytest.approx(100.0)
+    # once the next batch is overdue, the waiting time counts against the rate
+    assert measured_rate(samples, NOW + 3_000, interval_ms=1000) < 100.0
+
+
 @pytest.mark.parametrize("samples", [(), ((NOW, 100),), ((NOW, 100), (NOW - 500, 50))])
 def test_measured_rate_none_without_enough_samples(samples: tuple[tuple[int, int], ...]) -> None:
     assert measured_rate(samples, NOW) is None

@@ -52,7 +52,7 @@ class Poll:
 
 @dataclass(frozen=True)
 class AdmitResult:
-    outcome: str  # ok | stale | wait | not_open | opened | sold_out | closed | no_sale | idle
+    outcome: str  # ok|stale|wait|not_open|opened|sold_out|closed|no_sale|idle|full
     admitted: int = 0
     skipped: int = 0
     frontier: int = 0
@@ -180,7 +180,7 @@ class WaitingRoom:
 
     async def counters(self, sale_id: str) -> Counters:
         view = await self.view(sale_id, fresh=True)
-        active = await self.redis.zcount(self.keys(sale_id).active, self.now_ms(), "+inf")
+        active = await self.redis.zcount(self.keys(sale_id).active, f"({self.now_ms()}", "+inf")
         return Counters(
             waiting=view.waiting,
             active=active,
@@ -304,7 +304,11 @@ class WaitingRoom:
             remaining = view.seq - view.frontier
             if remaining <= 0:
                 return AdmitResult("idle", frontier=view.frontier)
-            scan = min(remaining, view.batch_size * 4 + 64, 5000)
+            active = await self.redis.zcount(self.keys(sale_id).active, f"({now}", "+inf")
+            free = min(view.batch_size, view.max_active - active)
+            if free <= 0:  # full: no need to draw candidates (the script re-checks anyway)
+                return AdmitResult("full", frontier=view.frontier)
+            scan = min(remaining, free * 4 + 64, 5000)
             candidates = [index_at(view, p) for p in range(view.frontier, view.frontier + scan)]
         keys = self.keys(sale_id)
         script_keys = [keys.meta, keys.active, keys.admitted, keys.batches]

@@ -114,14 +114,17 @@ class Status:
     message: str = ""
 
 
-def measured_rate(batches: tuple[tuple[int, int], ...], now_ms: int) -> float | None:
-    """Places passed per second over the recent window, from (t_ms, frontier) samples."""
+def measured_rate(batches: tuple[tuple[int, int], ...], now_ms: int,
+                  interval_ms: int = 0) -> float | None:
+    """Places passed per second over the recent window, from (t_ms, frontier) samples.
+
+    The time since the newest batch counts only once the next batch is overdue: between two
+    regular batches the line is not slower, but a stalled room's rate must decay."""
     recent = [b for b in batches if now_ms - b[0] <= RATE_WINDOW_MS]
     if len(recent) < 2:
         return None
     (t_new, f_new), (t_old, f_old) = recent[0], recent[-1]
-    # count the time since the newest batch too, so a stalled room's rate decays
-    span_ms = max(now_ms, t_new) - t_old
+    span_ms = (t_new - t_old) + max(0, now_ms - t_new - interval_ms)
     if span_ms < 1000:
         return None
     return max(f_new - f_old, 0) * 1000.0 / span_ms
@@ -200,7 +203,8 @@ def decide(view: RoomView, *, position: int | None, outcome: Outcome | None,
         return Status(State.EXPIRED, position=position + 1, ahead=0, waiting=waiting,
                       message=message)
     ahead = max(0, position - view.frontier)
-    eta = estimate_wait(ahead + 1, measured_rate(view.batches, now_ms), nominal_rate(view))
+    eta = estimate_wait(ahead + 1, measured_rate(view.batches, now_ms, view.interval_ms),
+                        nominal_rate(view))
     poll = poll_interval(view, State.WAITING, ahead=ahead, eta=eta, now_ms=now_ms, spread=spread)
     return Status(State.WAITING, position=position + 1, ahead=ahead, waiting=waiting,
                   eta_seconds=eta, poll_after_seconds=poll, message="You are in line.")
