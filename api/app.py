@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -21,6 +20,7 @@ from api.services import Services
 from flashsale.logs import setup_logging
 from flashsale.settings import Settings
 from waiting_room.db import connect_pool
+from waiting_room.redis_client import connect_redis
 
 SALE = "/api/sales/{sale_id}"
 ADMIN_SALE = "/admin/sales/{sale_id}"
@@ -61,9 +61,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis = Redis.from_url(settings.redis_url, decode_responses=True,
-                               health_check_interval=30)
-        raw_redis = Redis.from_url(settings.redis_url, health_check_interval=30)
+        redis = connect_redis(settings)
+        raw_redis = connect_redis(settings, decode=False)
         pool = await connect_pool(settings)
         app.state.services = Services.build(settings, redis, raw_redis, pool)
         try:

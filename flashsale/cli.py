@@ -1,5 +1,5 @@
 """`flashsale ROLE`: one command, one image, every role (api, admitter, persister, migrate,
-prewarm, reconcile, demo)."""
+prewarm, reconcile, operator, demo)."""
 
 from __future__ import annotations
 
@@ -65,13 +65,12 @@ def run_api(settings: Settings, args: argparse.Namespace) -> int:
 @contextlib.asynccontextmanager
 async def connected(settings: Settings, *, pool_size: int = 4) -> AsyncIterator[Services]:
     """Connections and services for a command-line role, closed on the way out."""
-    from redis.asyncio import Redis
-
     from api.services import Services
     from waiting_room.db import connect_pool
+    from waiting_room.redis_client import connect_redis
 
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
-    raw_redis = Redis.from_url(settings.redis_url)
+    redis = connect_redis(settings)
+    raw_redis = connect_redis(settings, decode=False)
     pool = await connect_pool(settings, max_size=pool_size)
     try:
         yield Services.build(settings, redis, raw_redis, pool)
@@ -183,6 +182,12 @@ def run_migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_operator(settings: Settings, args: argparse.Namespace) -> int:
+    from flashsale_operator.main import run
+
+    return run(settings)
+
+
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     from flashsale.demo import run
 
@@ -218,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--force", action="store_true",
                            help="repair even while the stream is not drained")
     reconcile.set_defaults(func=run_reconcile)
+    roles.add_parser("operator", help="run the Kubernetes operator for FlashSale objects"
+                     ).set_defaults(func=run_operator)
     demo = roles.add_parser("demo", help="run a local flash sale end to end")
     demo.add_argument("--shoppers", type=int, default=3000)
     demo.set_defaults(func=run_demo)

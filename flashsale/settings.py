@@ -33,6 +33,16 @@ class Settings:
     redis_url: str = _s(
         "REDIS_URL", "redis://127.0.0.1:6379/0", "Redis holding the waiting rooms and hot state."
     )
+    redis_max_connections: int = _s(
+        "FLASHSALE_REDIS_MAX_CONNECTIONS",
+        200,
+        "Redis connections one process may open; beyond that, commands wait for a free one.",
+    )
+    redis_pool_timeout_seconds: float = _s(
+        "FLASHSALE_REDIS_POOL_TIMEOUT_SECONDS",
+        5.0,
+        "How long a command waits for a free Redis connection before failing.",
+    )
     database_url: str = _s(
         "DATABASE_URL",
         "postgresql://postgres@127.0.0.1:5432/flashsale",
@@ -163,6 +173,29 @@ class Settings:
         9100,
         "Port of `/metrics` for background roles (admitter, persister); 0 turns it off.",
     )
+    operator_namespace: str = _s(
+        "FLASHSALE_OPERATOR_NAMESPACE",
+        "",
+        "Namespaces whose FlashSales `flashsale operator` handles (comma-separated); empty: "
+        "every namespace.",
+    )
+    operator_peering: str = _s(
+        "FLASHSALE_OPERATOR_PEERING",
+        "",
+        "kopf peering object the operator coordinates through, so only one operator acts at a "
+        "time; empty: standalone (run one replica).",
+    )
+    operator_liveness: str = _s(
+        "FLASHSALE_OPERATOR_LIVENESS",
+        "http://0.0.0.0:8080/healthz",
+        "Liveness endpoint the operator serves; empty turns it off.",
+    )
+    operator_tick_seconds: float = _s(
+        "FLASHSALE_OPERATOR_TICK_SECONDS",
+        5.0,
+        "How often the operator re-derives each FlashSale's phase, pre-warm, scaling and "
+        "counters.",
+    )
     log_level: str = _s("FLASHSALE_LOG_LEVEL", "INFO", "Log level: DEBUG, INFO, WARNING, ERROR.")
     log_json: bool = _s("FLASHSALE_LOG_JSON", True, "Structured JSON log lines (else plain text).")
 
@@ -189,6 +222,8 @@ class Settings:
             raise SettingsError("FLASHSALE_REDIS_PREFIX may hold letters, digits, '-' and '_' only")
         if not self.database_schema.replace("_", "").isalnum():
             raise SettingsError("FLASHSALE_DATABASE_SCHEMA may hold letters, digits and '_' only")
+        if self.operator_tick_seconds <= 0:
+            raise SettingsError("FLASHSALE_OPERATOR_TICK_SECONDS must be positive")
         for name in ("workers", "status_cache_ms", "join_buckets", "rate_window_seconds"):
             if getattr(self, name) < 0 or (name != "status_cache_ms" and getattr(self, name) == 0):
                 env = next(f.metadata["setting"].env for f in fields(self) if f.name == name)

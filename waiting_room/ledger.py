@@ -177,27 +177,40 @@ async def _insert_failed(conn: asyncpg.Connection, hold: HoldRecord, currency: s
 async def record_holds(conn: asyncpg.Connection, holds: list[HoldRecord], *, currency: str,
                        label: Callable[[int], str] = str) -> Applied:
     """Record holds inside the caller's transaction: all at once when they fit, one by one
-    (each in its own savepoint) when the database refuses some, which become `failed`."""
+    (each in its own savepoint) when the database refuses some, which become `failed`.
+
+    A replayed hold that an earlier run already recorded as `failed` is reported refused
+    again, so a crash between that commit and telling Redis cannot leave Redis believing in
+    the hold."""
     applied = Applied()
     if not holds:
         return applied
     try:
         async with conn.transaction():
-            applied.inserted = len(await _insert_holds(conn, holds, currency, label))
-        return applied
+            new = await _insert_holds(conn, holds, currency, label)
     except (asyncpg.IntegrityConstraintViolationError, asyncpg.CheckViolationError):
-        pass
-    for hold in holds:
-        try:
-            async with conn.transaction():
-                applied.inserted += len(await _insert_holds(conn, [hold], currency, label))
-        except (asyncpg.IntegrityConstraintViolationError, asyncpg.CheckViolationError) as exc:
-            reason = _refusal(exc)
-            if reason is None:
-                raise
-            async with conn.transaction():
-                await _insert_failed(conn, hold, currency, reason)
-            applied.refused[hold.order_id] = reason
+        new = []
+        for hold in holds:
+            try:
+                async with conn.transaction():
+                    new += await _insert_holds(conn, [hold], currency, label)
+            except (asyncpg.IntegrityConstraintViolationError,
+                    asyncpg.CheckViolationError) as exc:
+                reason = _refusal(exc)
+                if reason is None:
+                    raise
+                async with conn.transaction():
+                    await _insert_failed(conn, hold, currency, reason)
+                applied.refused[hold.order_id] = reason
+    applied.inserted = len(new)
+    seen = {h.order_id for h in new} | set(applied.refused)
+    replayed = [h.order_id for h in holds if h.order_id not in seen]
+    if replayed:
+        for row in await conn.fetch(
+            "SELECT id, reason FROM orders WHERE id = ANY($1::uuid[]) AND status = 'failed'",
+            replayed,
+        ):
+            applied.refused[str(row["id"])] = row["reason"] or "refused by the database"
     return applied
 
 

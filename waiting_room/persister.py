@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from typing import Any
@@ -191,12 +192,24 @@ class Persister:
 
     async def _write(self, sale: Sale, holds: list[tuple[str, HoldRecord]],
                      releases: list[tuple[str, Release]], ids: list[str]) -> None:
+        # in stream order: a release must land before a later hold that takes the units or
+        # seats it freed, or the database refuses that hold as oversold
+        at = {entry_id: n for n, entry_id in enumerate(ids)}
+        steps = sorted([(at[i], True, h) for i, h in holds] + [(at[i], False, r)
+                                                               for i, r in releases],
+                       key=lambda step: step[0])
+        refused: dict[str, str] = {}
         async with self.pool.acquire() as conn, conn.transaction():
-            applied = await ledger.record_holds(conn, [h for _, h in holds],
-                                                currency=sale.currency, label=label_for(sale))
-            await ledger.release_orders(conn, [r for _, r in releases])
+            for is_hold, run in itertools.groupby(steps, key=lambda step: step[1]):
+                records = [step[2] for step in run]
+                if is_hold:
+                    applied = await ledger.record_holds(conn, records, currency=sale.currency,
+                                                        label=label_for(sale))
+                    refused.update(applied.refused)
+                else:
+                    await ledger.release_orders(conn, records)
         # committed: only now may Redis forget the entries
-        for order_id, reason in applied.refused.items():
+        for order_id, reason in refused.items():
             REFUSED.labels(sale.id, reason).inc()
             await self.purchases.mark_failed(sale, order_id, reason)
         await self.redis.xack(self.stream(sale.id), PERSISTER_GROUP, *ids)

@@ -365,11 +365,11 @@ class Purchases:
         """Cancel a hold (stock returns) or a confirmed order (refund, then stock returns)."""
         order = await self.order(sale, visitor, order_id)
         if order["status"] == "held":
-            outcome = await self._release(sale, order_id, status="cancelled",
-                                          reason="cancelled by the shopper", leaving="held",
-                                          counter="held", emit=True)
-            if outcome == "ok":
-                await self.room.finish(sale.id, await self._index(sale.id, order_id))
+            # the admission stays active: a shopper who cancels a hold (to choose other seats,
+            # or while holding others) may still buy within the limit; leaving ends it
+            await self._release(sale, order_id, status="cancelled",
+                                reason="cancelled by the shopper", leaving="held",
+                                counter="held", emit=True)
             return await self.order(sale, visitor, order_id)
         if order["status"] != "confirmed":
             raise PurchaseRefused(409, f"order_{order['status']}",
@@ -400,9 +400,6 @@ class Purchases:
         await self._release(sale, order_id, status="failed", reason=reason,
                             leaving="held,paying", counter="held", emit=False,
                             restock=not phantom)
-
-    async def _index(self, sale_id: str, order_id: str) -> int:
-        return int(await self.redis.hget(self.keys(sale_id).hold(order_id), "j") or -1)
 
     async def _release(self, sale: Sale, order_id: str, *, status: str, reason: str,
                        leaving: str, counter: str, emit: bool, restock: bool = True) -> str:
