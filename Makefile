@@ -17,11 +17,15 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 SERVICES_ENV := .run/services.env
 PYTEST_ARGS ?=
+# checkov pins an old `packaging`, so it lives in a venv of its own
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+CHECKOV_VERSION := 3.3.30
 
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: help venv services test demo lint clean
+.PHONY: help venv checkov services test demo lint clean
 
 help: ## List targets
 	@echo "FlashSale make targets:"
@@ -53,10 +57,18 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	@touch $@
 
+checkov: $(CHECKOV_STAMP) ## Install checkov into its own venv (used by the chart and Terraform tests)
+
+$(CHECKOV_STAMP): $(STAMP)
+	@$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install -q 'checkov==$(CHECKOV_VERSION)'
+	@touch $@
+
 services: ## Ensure Redis + PostgreSQL run; write .run/services.env
 	@scripts/ensure-services.sh
 
-test: $(STAMP) services ## Run ruff check and pytest (PYTEST_ARGS=... passed to pytest)
+test: $(STAMP) $(CHECKOV_STAMP) services ## Run ruff check and pytest (PYTEST_ARGS=... passed to pytest)
 	. $(SERVICES_ENV) && $(VENV)/bin/ruff check . && $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP) services ## Migrate the database and run the demo
@@ -67,4 +79,4 @@ lint: $(STAMP) ## ruff check + ruff format --check
 	$(VENV)/bin/ruff format --check .
 
 clean: ## Remove .venv, caches, egg-info and .run/services.env (stops no services)
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info src/*.egg-info $(SERVICES_ENV)
+	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .ruff_cache *.egg-info src/*.egg-info $(SERVICES_ENV)
