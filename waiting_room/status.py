@@ -163,7 +163,8 @@ def poll_interval(view: RoomView, state: State, *, ahead: int | None, eta: float
         return MIN_POLL_S
     wanted = (eta or 0) / 5
     # the spread is applied after the clamp, so clamp again: never below MIN_POLL_S
-    return max(MIN_POLL_S, round(min(ceiling, max(MIN_POLL_S, wanted)) * (0.9 + 0.2 * spread), 1))
+    # stagger downwards only: a poll never comes later than presence allows
+    return max(MIN_POLL_S, round(min(ceiling, max(MIN_POLL_S, wanted)) * (0.8 + 0.2 * spread), 1))
 
 
 def decide(view: RoomView, *, position: int | None, outcome: Outcome | None,
