@@ -1,0 +1,97 @@
+"""A minimal async Kubernetes API client for the few calls kopf does not make for us (reading
+and patching the scaling target).
+
+It logs in exactly as kopf does, through the same login function (kopf's `login_via_client`
+in a cluster; a test's own pointing at its mock server), so there is one source of
+credentials. A 401 logs in again once (service-account tokens rotate).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import kopf
+
+log = logging.getLogger(__name__)
+
+Login = Callable[..., Any]  # (logger=...) -> kopf.ConnectionInfo | None, maybe awaitable
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class Kube:
+    def __init__(self, login: Login, *, timeout_s: float = 10.0) -> None:
+        self._login = login
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._info: kopf.ConnectionInfo | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def login(self) -> kopf.ConnectionInfo:
+        info = self._login(logger=log)
+        if inspect.isawaitable(info):
+            info = await info
+        if not isinstance(info, kopf.ConnectionInfo):
+            raise KubeError(401, "no Kubernetes credentials (in-cluster or kubeconfig) found")
+        return info
+
+    async def _connect(self, *, again: bool = False) -> tuple[aiohttp.ClientSession, str]:
+        if self._session is None or again:
+            await self.close()
+            self._info = await self.login()
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._info.as_ssl_context()),
+                headers={**self._info.as_http_headers(), "User-Agent": "flashsale-operator"},
+                timeout=self._timeout,
+            )
+        assert self._info is not None
+        return self._session, self._info.server.rstrip("/")
+
+    async def request(self, method: str, path: str, body: Any = None, *,
+                      content_type: str = "application/json") -> dict[str, Any] | None:
+        """The decoded JSON answer; None for 404; KubeError for any other failure."""
+        for attempt in (1, 2):
+            session, server = await self._connect(again=attempt == 2)
+            data = None if body is None else json.dumps(body)
+            headers = {"Content-Type": content_type} if body is not None else {}
+            async with session.request(method, server + path, data=data,
+                                       headers=headers) as response:
+                if response.status == 401 and attempt == 1:
+                    continue
+                if response.status == 404:
+                    return None
+                text = await response.text()
+                if response.status >= 400:
+                    try:
+                        message = json.loads(text).get("message") or text
+                    except (ValueError, AttributeError):
+                        message = text
+                    raise KubeError(response.status, message[:500])
+                return json.loads(text) if text else {}
+        raise AssertionError("unreachable")
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        return await self.request("GET", path)
+
+    async def list(self, path: str) -> list[dict[str, Any]]:
+        answer = await self.request("GET", path)
+        return list((answer or {}).get("items") or [])
+
+    async def patch(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """A JSON merge patch (RFC 7386): `None` removes a key."""
+        return await self.request("PATCH", path, body,
+                                  content_type="application/merge-patch+json")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
