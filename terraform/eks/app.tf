@@ -1,0 +1,34 @@
+module "flashsale" {
+  source = "../modules/flashsale"
+
+  namespace        = var.app_namespace
+  chart_path       = var.chart_path
+  image_repository = var.image_repository
+  image_tag        = var.image_tag
+
+  redis_url    = local.redis_url
+  database_url = local.database_url
+  redis_port   = aws_elasticache_replication_group.this.port
+  data_store_cidrs = concat(
+    module.vpc.elasticache_subnets_cidr_blocks,
+    module.vpc.database_subnets_cidr_blocks,
+  )
+  token_key          = var.token_key
+  token_key_previous = var.token_key_previous
+  admin_token        = var.admin_token
+
+  api_autoscaling = {
+    min_replicas = var.api_min_replicas
+    max_replicas = var.api_max_replicas
+  }
+  ingress_host = var.ingress_host
+  labels       = { "flashsale.io/cloud" = "eks" }
+
+  # A Network Load Balancer in front of HAProxy, spread over every zone.
+  ingress_controller_service_annotations = {
+    "service.beta.kubernetes.io/aws-load-balancer-type"                              = "nlb"
+    "service.beta.kubernetes.io/aws-load-balancer-cross-zone-load-balancing-enabled" = "true"
+  }
+
+  depends_on = [module.eks]
+}
