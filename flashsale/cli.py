@@ -40,6 +40,7 @@ def run_api(settings: Settings, args: argparse.Namespace) -> int:
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
         prefix="flashsale-metrics-"
     )
+    os.makedirs(metrics_dir, exist_ok=True)
     for entry in os.listdir(metrics_dir):
         os.unlink(os.path.join(metrics_dir, entry))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir

@@ -196,6 +196,17 @@ class Settings:
         "How often the operator re-derives each FlashSale's phase, pre-warm, scaling and "
         "counters.",
     )
+    operator_default_target: str = _s(
+        "FLASHSALE_OPERATOR_DEFAULT_TARGET",
+        "",
+        "HPA or Deployment the operator scales for a FlashSale that names no "
+        "spec.scaling.target (the chart sets its own API HPA); empty: none.",
+    )
+    operator_default_target_kind: str = _s(
+        "FLASHSALE_OPERATOR_DEFAULT_TARGET_KIND",
+        "HorizontalPodAutoscaler",
+        "Kind of that default target: HorizontalPodAutoscaler or Deployment.",
+    )
     log_level: str = _s("FLASHSALE_LOG_LEVEL", "INFO", "Log level: DEBUG, INFO, WARNING, ERROR.")
     log_json: bool = _s("FLASHSALE_LOG_JSON", True, "Structured JSON log lines (else plain text).")
 

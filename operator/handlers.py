@@ -83,6 +83,10 @@ class FlashSaleOperator:
         self.scaler = Scaler(self.kube)
         self.tick = tick_seconds
         self.clock = clock
+        settings = services.settings
+        self.default_target = ((settings.operator_default_target_kind,
+                                settings.operator_default_target)
+                               if settings.operator_default_target else None)
         self._memory: dict[str, _Memory] = {}
 
     # -- wiring ----------------------------------------------------------------------------
@@ -125,8 +129,7 @@ class FlashSaleOperator:
 
     # -- the index of scaling windows ------------------------------------------------------
 
-    @staticmethod
-    def index_windows(namespace: str, name: str, spec: Any, meta: Any,
+    def index_windows(self, namespace: str, name: str, spec: Any, meta: Any,
                       **_: Any) -> dict[tuple[str, str, str], schedule.Window]:
         """{(namespace, kind, name) of the target: this FlashSale's window}. An empty dict (not
         None, which kopf takes as "keep the old value") when it wishes for nothing: no
@@ -134,7 +137,7 @@ class FlashSaleOperator:
         if meta.get("deletionTimestamp"):
             return {}
         try:
-            plan = schedule.plan(spec)
+            plan = schedule.plan(spec, self.default_target)
         except ValidationError:
             return {}
         window = schedule.window(plan, name)
@@ -236,7 +239,11 @@ class FlashSaleOperator:
                                   index: Any) -> None:
         def target_of(spec: Any) -> Target | None:
             scaling = (spec or {}).get("scaling") or {}
+            if not scaling:
+                return None
             ref = scaling.get("target") or {}
+            if not ref.get("name") and self.default_target is not None:
+                ref = {"kind": self.default_target[0], "name": self.default_target[1]}
             if not ref.get("name"):
                 return None
             return Target(namespace, ref.get("kind") or "HorizontalPodAutoscaler", ref["name"])
@@ -275,7 +282,7 @@ class FlashSaleOperator:
                         extra={"sale": sale_id, "flashsale": f"{namespace}/{name}"})
             return
         try:
-            plan = schedule.plan(spec)
+            plan = schedule.plan(spec, self.default_target)
         except ValidationError:  # a refused change: the sale runs on what it had
             plan = schedule.Plan(sale.opens_at, sale.closes_at,
                                  timedelta(seconds=schedule.PREWARM_LEAD_SECONDS))
@@ -393,7 +400,7 @@ class FlashSaleOperator:
         mem = self._mem(uid)
         async with mem.lock:
             try:
-                plan = schedule.plan(spec)
+                plan = schedule.plan(spec, self.default_target)
             except ValidationError:
                 plan = None
             if plan is not None and plan.scaling is not None:

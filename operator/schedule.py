@@ -170,8 +170,11 @@ def _object(value: Any, field: str) -> Mapping[str, Any]:
 
 # -- the plan --------------------------------------------------------------------------------
 
-def plan(spec: Mapping[str, Any]) -> Plan:
-    """Absolute instants from a FlashSale spec; raises ValidationError naming the field."""
+def plan(spec: Mapping[str, Any], default_target: tuple[str, str] | None = None) -> Plan:
+    """Absolute instants from a FlashSale spec; raises ValidationError naming the field.
+
+    `default_target` (kind, name) stands in for an omitted spec.scaling.target: the chart
+    passes its own API HPA, so a FlashSale need not name it."""
     schedule = _object(spec.get("schedule"), "spec.schedule")
     time_zone = schedule.get("timeZone") or "UTC"
     zone(time_zone)
@@ -195,6 +198,8 @@ def plan(spec: Mapping[str, Any]) -> Plan:
         return result
     scaling = _object(scaling, "spec.scaling")
     target = _object(scaling.get("target"), "spec.scaling.target")
+    if not target.get("name") and default_target is not None:
+        target = {"kind": default_target[0], "name": default_target[1]}
     kind = target.get("kind") or "HorizontalPodAutoscaler"
     if kind not in TARGET_KINDS:
         raise ValidationError("spec.scaling.target.kind",
@@ -202,7 +207,8 @@ def plan(spec: Mapping[str, Any]) -> Plan:
     name = target.get("name")
     if not isinstance(name, str) or not name:
         raise ValidationError("spec.scaling.target.name",
-                              "is required: the HorizontalPodAutoscaler or Deployment to scale")
+                              "is required: the HorizontalPodAutoscaler or Deployment to scale "
+                              "(or set FLASHSALE_OPERATOR_DEFAULT_TARGET)")
     replicas = scaling.get("replicas")
     if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 10_000:
         raise ValidationError("spec.scaling.replicas", "must be a whole number from 1 to 10000")

@@ -47,7 +47,6 @@ NO_SCHEMA_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 # Settings the chart passes that flashsale/settings.py does not define yet (the operator's
 # default scaling target: the chart's API HPA, or the API Deployment when the HPA is off).
-PENDING_SETTINGS = {"FLASHSALE_OPERATOR_DEFAULT_TARGET", "FLASHSALE_OPERATOR_DEFAULT_TARGET_KIND"}
 
 # checkov checks skipped everywhere, each with its reason.
 CHECKOV_SKIPS = {
@@ -337,7 +336,7 @@ def test_flashsale_env_names_are_settings(scenario: str) -> None:
     the operator is about to read), and the literal values parse as settings."""
     from flashsale.settings import Settings
 
-    known = {s.env for s in SETTINGS} | PENDING_SETTINGS
+    known = {s.env for s in SETTINGS}
     for workload, pod in pod_specs(scenario):
         for container in pod["containers"]:
             if not container["image"].split("@")[0].rsplit(":", 1)[0].endswith("flashsale"):

@@ -288,3 +288,17 @@ def test_a_deployment_target_uses_replicas_and_its_own_annotations() -> None:
     raised = applied(deployment, up.patch)
     assert applied(raised, plan_patch(DEPLOYMENT, raised, None).patch) == deployment
     assert plan_patch(DEPLOYMENT, deployment, None).patch is None  # never touched: leave it
+
+
+def test_an_omitted_scaling_target_falls_back_to_the_default() -> None:
+    spec = {"schedule": {"opensAt": "2026-12-01T12:00:00Z", "closesAt": "2026-12-01T13:00:00Z"},
+            "scaling": {"replicas": 8}}
+    plan = schedule.plan(spec, ("HorizontalPodAutoscaler", "flashsale-api"))
+    assert plan.scaling is not None
+    assert (plan.scaling.kind, plan.scaling.name, plan.scaling.replicas) == (
+        "HorizontalPodAutoscaler", "flashsale-api", 8)
+    with pytest.raises(ValidationError) as error:
+        schedule.plan(spec)
+    assert error.value.field == "spec.scaling.target.name"
+    named = {**spec, "scaling": {"replicas": 8, "target": {"kind": "Deployment", "name": "web"}}}
+    assert schedule.plan(named, ("HorizontalPodAutoscaler", "flashsale-api")).scaling.name == "web"
