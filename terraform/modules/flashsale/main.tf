@@ -223,6 +223,9 @@ resource "helm_release" "flashsale" {
   wait        = true
   timeout     = var.helm_timeout_seconds
   max_history = 10
+  # A local chart declares the optional HAProxy controller subchart: Helm wants its archive
+  # even when it is disabled, so fetch it (the controller itself is its own release above).
+  dependency_update = var.chart_repository == null
 
   values = concat(
     [yamlencode(local.chart_values), yamlencode(local.image_values)],
