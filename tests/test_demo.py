@@ -1,6 +1,8 @@
-"""`flashsale demo` end to end, small: the real CLI starts the real API and admitter against
-real Redis and PostgreSQL, under a Redis prefix and a PostgreSQL schema of its own (so no
-other admitter sees its sale, and its admitter sees no one else's), removed afterwards."""
+"""`flashsale demo` end to end, small: the real CLI starts the real API, admitter and persister
+against real Redis and PostgreSQL, under a Redis prefix and a PostgreSQL schema of its own (so
+no other admitter or persister sees its sale, and its own see no one else's), removed
+afterwards. The shoppers hold, pay, get declined, cancel and walk away from holds; the demo
+squares what they saw with PostgreSQL and fails unless everything agrees."""
 
 from __future__ import annotations
 
@@ -18,12 +20,15 @@ from redis.asyncio import Redis
 from flashsale.settings import Settings
 
 SHOPPERS = 150
-TIMEOUT_S = 90  # ~20 s normally: 6 s to the opening, 10 s of arrivals, start-up and drain
+# ~30 s normally: 6 s to the opening, 10 s of arrivals, start-up, then the last unpaid holds
+# expire (10 s) and the persister drains
+TIMEOUT_S = 90
 
 
 def _run_demo(env: dict[str, str]) -> tuple[int, str, str]:
-    """Run the demo; on timeout SIGTERM it first, so it stops the API and the admitter it
-    started (they run in their own sessions and would outlive a SIGKILL of the demo)."""
+    """Run the demo; on timeout SIGTERM it first, so it stops the API, the admitter and the
+    persister it started (they run in their own sessions and would outlive a SIGKILL of the
+    demo)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "flashsale.cli", "demo", "--shoppers", str(SHOPPERS)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -75,4 +80,11 @@ async def test_demo_runs_a_small_sale() -> None:
     assert figures["admitted"] > 0, context
     assert figures["max_active_seen"] <= figures["max_active"], context
     assert figures["errors"] == 0, context
+    # purchases, squared with PostgreSQL once the persister drained
+    assert figures.get("sold", 0) > 0, context
+    assert figures.get("oversold") == 0, context
+    assert figures.get("orders_in_db") == figures["sold"], context
+    assert figures["sold"] <= figures["stock"], context
+    assert figures.get("reconcile_ok") is True, context
+    assert figures.get("persister_drained") is True, context
     assert code == 0, context  # every check of the demo passed

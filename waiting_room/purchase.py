@@ -8,6 +8,7 @@ Redis wrongly believed existed): then the payment is refunded and the order ends
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 import uuid
@@ -18,6 +19,7 @@ from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from waiting_room import ledger
 from waiting_room.keys import SaleKeys
@@ -32,13 +34,18 @@ from waiting_room.payments import (
 from waiting_room.room import WaitingRoom
 from waiting_room.sale import Sale
 from waiting_room.seating import Layout, choose_seats, taken_from_bitmap
-from waiting_room.stock import Stock
+from waiting_room.stock import PERSISTER_GROUP, Stock
 from waiting_room.tokens import Claims
 
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 SEAT_RETRIES = 8
 # while the provider is failing a hold is kept at least this long after a refused attempt
 HOLD_GRACE_MS = 60_000
+# a paid hold waits at most this long for a live persister to write it before confirming
+PERSIST_WAIT_S = 5.0
+# a persister that was handed entries this recently is live (Redis < 7.2 counts a consumer's
+# idle time from its last delivery; the persister's own default for a dead consumer is 15 s)
+PERSISTER_ALIVE_MS = 15_000
 
 
 class PurchaseRefused(Exception):
@@ -340,6 +347,7 @@ class Purchases:
     async def settle_paid(self, sale: Sale, hold: HoldRecord, reference: str) -> dict[str, Any]:
         """Confirm a paid hold in PostgreSQL first, then in Redis; refund if the database
         refuses it."""
+        await self._persisted(sale, hold.order_id)
         async with self.pool.acquire() as conn:
             status, reason = await ledger.confirm_order(conn, hold, reference,
                                                         currency=sale.currency,
@@ -360,6 +368,26 @@ class Purchases:
         raise PurchaseRefused(409, "order_failed",
                               f"{order.get('reason') or 'the order failed'}; the payment was "
                               "refunded", order=order)
+
+    async def _persisted(self, sale: Sale, order_id: str) -> None:
+        """Let a live persister write the hold before it is confirmed. The persister writes
+        the stream in order, so once the hold is in PostgreSQL every release before it is too.
+        Recorded here instead (confirm_order does it when the hold is missing), it would jump
+        the releases still in the stream and count against units or a per-shopper limit they
+        have given back: PostgreSQL would refuse a valid order, and Redis would drop its units.
+        Waits at most PERSIST_WAIT_S, and not at all when no persister drains the stream."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PERSIST_WAIT_S
+        stream = self.keys(sale.id).orders_stream
+        while not await self.pool.fetchval("SELECT 1 FROM orders WHERE id = $1", order_id):
+            try:
+                consumers = await self.redis.xinfo_consumers(stream, PERSISTER_GROUP)
+            except ResponseError:  # no stream or no group: nobody drains it
+                return
+            if loop.time() >= deadline or not any(
+                    int(c.get("idle", 0)) < PERSISTER_ALIVE_MS for c in consumers):
+                return
+            await asyncio.sleep(0.05)
 
     async def cancel(self, sale: Sale, visitor: str, order_id: str) -> dict[str, Any]:
         """Cancel a hold (stock returns) or a confirmed order (refund, then stock returns)."""
