@@ -266,6 +266,12 @@ async def release_orders(conn: asyncpg.Connection, releases: Iterable[Release],
     return total
 
 
+async def lock_inventory(conn: asyncpg.Connection, sale_id: str) -> None:
+    """Take the sale's inventory row first in every transaction that writes orders: one lock
+    order for the persister, confirmations and cancellations, so they queue, never deadlock."""
+    await conn.execute("SELECT 1 FROM sale_inventory WHERE sale_id = $1 FOR UPDATE", sale_id)
+
+
 async def confirm_order(conn: asyncpg.Connection, hold: HoldRecord, payment_ref: str, *,
                         currency: str, label: Callable[[int], str] = str) -> tuple[str, str]:
     """Make a paid hold a confirmed order; returns (status, reason).
@@ -274,6 +280,7 @@ async def confirm_order(conn: asyncpg.Connection, hold: HoldRecord, payment_ref:
     the stream; a hold the database refuses ends `failed` and the caller refunds it.
     """
     async with conn.transaction():
+        await lock_inventory(conn, hold.sale_id)
         row = await conn.fetchrow(
             "SELECT status, reason FROM orders WHERE id = $1 FOR UPDATE", hold.order_id
         )

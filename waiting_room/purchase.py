@@ -69,6 +69,13 @@ class Held:
     created: bool
 
 
+def _phantom(reason: str) -> bool:
+    """Whether a refusal means the units never existed (stock or a seat the database knows
+    is gone), rather than the shopper's own limit or key: only then do they not return."""
+    return reason in (ledger.REFUSALS["inventory_never_oversold"],
+                      ledger.REFUSALS["order_seats_sold_once"])
+
+
 def idempotency_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
@@ -152,7 +159,7 @@ class Purchases:
             status = result[0]
             if status == "seats_taken" and seats is None:
                 continue  # lost a race for those seats: choose again from a fresh map
-            return await self._held(sale, admission, result)
+            return await self._held(sale, admission, result, quantity)
         raise PurchaseRefused(409, "seats_taken",
                               "the seats went to other shoppers while choosing; try again",
                               retry_after=1)
@@ -188,11 +195,15 @@ class Purchases:
                 return result
         return result
 
-    async def _held(self, sale: Sale, admission: Claims, result: list[Any]) -> Held:
+    async def _held(self, sale: Sale, admission: Claims, result: list[Any],
+                    quantity: int) -> Held:
         status = result[0]
         if status == "ok":
-            order = await self.order(sale, admission.visitor, result[1])
-            return Held(order, created=True)
+            # the script's answer (id, expiry, seats) and the request make up the whole new
+            # hold, as its hash holds it: no second round trip to read it back
+            return Held(self._present(sale, {
+                "id": result[1], "status": "held", "qty": quantity, "seats": result[3],
+                "amount": sale.price_cents * quantity, "expires_ms": result[2]}), created=True)
         if status == "existing":
             order = await self.order(sale, admission.visitor, result[1])
             return Held(order, created=False)
@@ -361,9 +372,10 @@ class Purchases:
             return await self.order(sale, hold.visitor, hold.order_id)
         # the database refused (or had already ended) the order: give the money back
         await self.payments.refund(hold.order_id)
+        reason = reason or "refused by the database"
         await self._release(sale, hold.order_id, status=status if status != "held" else "failed",
-                            reason=reason or "refused by the database", leaving="held,paying",
-                            counter="held", emit=False, restock=False)
+                            reason=reason, leaving="held,paying", counter="held", emit=False,
+                            restock=not _phantom(reason))
         order = await self.order(sale, hold.visitor, hold.order_id)
         raise PurchaseRefused(409, "order_failed",
                               f"{order.get('reason') or 'the order failed'}; the payment was "
@@ -411,6 +423,7 @@ class Purchases:
                                   "the refund could not be made now; try again shortly",
                                   retry_after=retry) from exc
         async with self.pool.acquire() as conn, conn.transaction():
+            await ledger.lock_inventory(conn, sale.id)
             await ledger.release_orders(
                 conn, [Release(order_id, "cancelled", "cancelled and refunded")],
                 from_status="confirmed",
@@ -423,11 +436,9 @@ class Purchases:
         """PostgreSQL refused a hold: end it in Redis as `failed`. Refused for stock or seats,
         its units do not return: Redis believed in stock that does not exist. Refused for
         the shopper's own reasons (limit, reused key), the stock is real and returns."""
-        phantom = reason in (ledger.REFUSALS["inventory_never_oversold"],
-                             ledger.REFUSALS["order_seats_sold_once"])
         await self._release(sale, order_id, status="failed", reason=reason,
                             leaving="held,paying", counter="held", emit=False,
-                            restock=not phantom)
+                            restock=not _phantom(reason))
 
     async def _release(self, sale: Sale, order_id: str, *, status: str, reason: str,
                        leaving: str, counter: str, emit: bool, restock: bool = True) -> str:

@@ -207,6 +207,7 @@ class WaitingRoom:
                 keys.heartbeat(current),
                 keys.rate("v", visitor),
                 keys.rate("a", address),
+                keys.inventory,
             ],
             args=[
                 visitor,

@@ -176,10 +176,15 @@ def decide(view: RoomView, *, position: int | None, outcome: Outcome | None,
     waiting = view.waiting
     if view.is_closed(now_ms):
         return Status(State.CLOSED, waiting=waiting, message="The sale has closed.")
-    if outcome is not None and outcome.active_until_ms is not None and not view.sold_out:
+    # an admitted shopper stays admitted while sold-out stock may still come back from holds
+    may_return = not view.sold_out or view.held_units > 0
+    if outcome is not None and outcome.active_until_ms is not None and may_return:
+        message = ("It is your turn." if not view.sold_out else
+                   "It is your turn, but everything is in other shoppers' baskets right now: "
+                   "items not paid for come back.")
         return Status(State.ADMITTED, position=None if position is None else position + 1,
                       ahead=0, waiting=waiting, admitted_until_ms=outcome.active_until_ms,
-                      message="It is your turn.")
+                      message=message)
     if view.sold_out:
         if view.held_units > 0 and outcome is None and view.opened and position is not None:
             # stock sits in unpaid holds: keep the place (and keep polling) in case it returns

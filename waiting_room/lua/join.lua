@@ -5,6 +5,7 @@ KEYS[2]  visitor bucket hash (visitor id -> join index)
 KEYS[3]  heartbeat bitmap of the current slice
 KEYS[4]  rate-limit counter of this visitor
 KEYS[5]  rate-limit counter of this client address
+KEYS[6]  inventory hash (units still held may return to stock)
 ARGV[1]  visitor id
 ARGV[2]  now, ms since the epoch
 ARGV[3]  heartbeat bitmap TTL, ms
@@ -53,7 +54,10 @@ if existing then
 end
 
 if m[5] == '1' or now >= tonumber(m[2]) then return {'closed', 0, 0} end
-if m[4] == '1' then return {'sold_out', 0, 0} end
+-- sold out for good only when nothing is held either: held units come back if not paid
+if m[4] == '1' and tonumber(redis.call('HGET', KEYS[6], 'held') or '0') <= 0 then
+  return {'sold_out', 0, 0}
+end
 
 local j
 if m[3] == '1' then
