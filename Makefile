@@ -25,7 +25,7 @@ CHECKOV_VERSION := 3.3.30
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: help venv checkov services test demo lint clean
+.PHONY: help venv checkov packages services test demo lint clean
 
 help: ## List targets
 	@echo "FlashSale make targets:"
@@ -65,10 +65,16 @@ $(CHECKOV_STAMP): $(STAMP)
 	$(CHECKOV_VENV)/bin/pip install -q 'checkov==$(CHECKOV_VERSION)'
 	@touch $@
 
+# Debian packages the tests drive for real: the browser tests and the spike harness
+TEST_PACKAGES := chromium fonts-noto-cjk haproxy
+
+packages: ## Install the Debian packages the tests need (Chromium, CJK fonts, HAProxy)
+	@scripts/ensure-packages.sh $(TEST_PACKAGES)
+
 services: ## Ensure Redis + PostgreSQL run; write .run/services.env
 	@scripts/ensure-services.sh
 
-test: $(STAMP) $(CHECKOV_STAMP) services ## Run ruff check and pytest (PYTEST_ARGS=... passed to pytest)
+test: $(STAMP) $(CHECKOV_STAMP) packages services ## Run ruff check and pytest (PYTEST_ARGS=... passed to pytest)
 	. $(SERVICES_ENV) && $(VENV)/bin/ruff check . && $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP) services ## Migrate the database and run the demo
