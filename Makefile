@@ -54,7 +54,7 @@ $(STAMP): pyproject.toml
 	    fi; \
 	fi
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -e '.[dev,loadtest]'
 	@touch $@
 
 checkov: $(CHECKOV_STAMP) ## Install checkov into its own venv (used by the chart and Terraform tests)
@@ -86,3 +86,19 @@ lint: $(STAMP) ## ruff check + ruff format --check
 
 clean: ## Remove .venv, caches, egg-info and .run/services.env (stops no services)
 	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .ruff_cache *.egg-info src/*.egg-info $(SERVICES_ENV)
+
+# -- load test and benchmarks (loadtest/; the `loadtest` extra: locust, py-spy, matplotlib) ----
+LOADTEST_STAMP := $(VENV)/.installed-loadtest
+LOADTEST_ARGS ?=
+BENCH_ARGS ?=
+.PHONY: loadtest bench
+
+$(LOADTEST_STAMP): $(STAMP) pyproject.toml
+	$(VENV)/bin/pip install -q -e '.[dev,loadtest]'
+	@touch $@
+
+loadtest: $(LOADTEST_STAMP) services ## Flash-sale spike via HAProxy + locust, invariants checked; report in reports/
+	. $(SERVICES_ENV) && $(VENV)/bin/python -m loadtest.spike $(LOADTEST_ARGS)
+
+bench: $(LOADTEST_STAMP) services ## Benchmarks (wrk) vs a bare endpoint and a row-lock purchase, with targets
+	. $(SERVICES_ENV) && $(VENV)/bin/python -m loadtest.bench $(BENCH_ARGS)

@@ -11,8 +11,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import admin, health, purchase, shopper
+from api import admin, health, pages, purchase, shopper
 from api.errors import EXCEPTION_HANDLERS
+from api.fastpath import FastPoll
 from api.metrics import MetricsMiddleware
 from api.openapi import openapi_document
 from api.request_id import RequestIdMiddleware
@@ -53,6 +54,10 @@ ROUTES = [
     Route(f"{ADMIN_SALE}/close", admin.close_sale, methods=["POST"]),
     Route(f"{ADMIN_SALE}/prewarm", admin.prewarm, methods=["POST"]),
     Route(f"{ADMIN_SALE}/reconcile", admin.reconcile, methods=["GET", "POST"]),
+    # the shopper's pages (api/pages.py) and their static files
+    Route("/", pages.landing, methods=["GET"]),
+    Route("/sales/{sale_id}", pages.sale_page, methods=["GET"]),
+    Route("/static/{name}", pages.static, methods=["GET"]),
 ]
 
 
@@ -74,7 +79,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     return Starlette(
         routes=ROUTES,
-        middleware=[Middleware(RequestIdMiddleware), Middleware(MetricsMiddleware)],
+        middleware=[Middleware(FastPoll),
+                    Middleware(RequestIdMiddleware, access_log=settings.access_log),
+                    Middleware(MetricsMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -98,10 +98,10 @@ async def _refused(request: Request, exc: Exception) -> JSONResponse:
 
 async def _internal(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
+    rid = request_id.get()  # still set: see api/request_id.py
     return JSONResponse(
-        {"error": {"code": "internal", "message": "internal error",
-                   "request_id": request_id.get()}},
-        status_code=500,
+        {"error": {"code": "internal", "message": "internal error", "request_id": rid}},
+        status_code=500, headers={"X-Request-ID": rid} if rid else None,
     )
 
 

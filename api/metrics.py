@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -49,6 +50,8 @@ class MetricsMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # labelled children, kept: `labels()` costs more than `observe()` itself
+        self._children: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,6 +71,8 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
-            REQUEST_SECONDS.labels(path, scope["method"], str(status)).observe(
-                time.perf_counter() - start
-            )
+            key = (path, scope["method"], status)
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = REQUEST_SECONDS.labels(path, key[1], str(status))
+            child.observe(time.perf_counter() - start)

@@ -10,6 +10,7 @@ from typing import Any
 
 from starlette.routing import BaseRoute, Route
 
+from api.pages import OPENAPI_PATHS as PAGE_PATHS
 from waiting_room.sale import ADMISSION_BOUNDS
 
 _ref = {"$ref": "#/components/schemas/Error"}
@@ -314,6 +315,8 @@ PATHS.update({
                                "409": _error("Stream not drained yet"),
                                "404": _error("Unknown sale"), **_ADMIN_ERRORS}}},
 })
+
+PATHS.update(PAGE_PATHS)  # the shopper's pages
 
 
 def openapi_document(routes: list[BaseRoute]) -> dict[str, Any]:

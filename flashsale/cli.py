@@ -90,16 +90,53 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 def _metrics_server(settings: Settings) -> None:
-    if settings.metrics_port:
-        from prometheus_client import start_http_server
+    """Serve /metrics of a background role. Call it before the modules defining metrics are
+    imported: under PROMETHEUS_MULTIPROC_DIR (the image sets it for every role) samples live
+    in files of that folder, and the ones a previous process left there are removed first."""
+    if not settings.metrics_port:
+        return
+    from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
-        start_http_server(settings.metrics_port)
+    registry = REGISTRY
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        clear_metric_files(folder)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=folder)
+    start_http_server(settings.metrics_port, registry=registry)
+
+
+def clear_metric_files(folder: str) -> None:
+    """Make the folder, and remove the files of processes that are gone, or of this pid (a
+    container's role restarts as pid 1 and would otherwise carry on from its predecessor's
+    figures). Files of other live processes sharing the folder stay."""
+    os.makedirs(folder, exist_ok=True)
+    for entry in os.listdir(folder):
+        pid = entry.rsplit("_", 1)[-1].removesuffix(".db")
+        if not (entry.endswith(".db") and pid.isdigit()):
+            continue
+        if int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(folder, entry))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 async def _admitter(settings: Settings) -> None:
+    _metrics_server(settings)
     from waiting_room.admitter import Admitter
 
-    _metrics_server(settings)
     async with connected(settings, pool_size=2) as services:
         admitter = Admitter(services.sales, services.room, services.stock,
                             tick_ms=settings.admitter_tick_ms,
@@ -114,9 +151,9 @@ def run_admitter(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _persister(settings: Settings) -> None:
+    _metrics_server(settings)
     from waiting_room.persister import Persister
 
-    _metrics_server(settings)
     async with connected(settings) as services:
         persister = Persister(
             services.redis, services.pool, services.sales, services.purchases,
@@ -125,6 +162,7 @@ async def _persister(settings: Settings) -> None:
             max_deliveries=settings.persister_max_deliveries,
             sweep_interval_ms=settings.sweep_interval_ms,
             refresh_seconds=settings.admitter_refresh_seconds,
+            reconcile_every_seconds=settings.reconcile_interval_seconds,
         )
         await persister.run(_stop_on_signals())
 

@@ -173,6 +173,12 @@ class Settings:
         9100,
         "Port of `/metrics` for background roles (admitter, persister); 0 turns it off.",
     )
+    reconcile_interval_seconds: float = _s(
+        "FLASHSALE_RECONCILE_INTERVAL_SECONDS",
+        30.0,
+        "How often the persister compares each warm sale's stock in Redis and PostgreSQL "
+        "(metric flashsale_stock_mismatch); 0 turns it off.",
+    )
     operator_namespace: str = _s(
         "FLASHSALE_OPERATOR_NAMESPACE",
         "",
@@ -209,6 +215,12 @@ class Settings:
     )
     log_level: str = _s("FLASHSALE_LOG_LEVEL", "INFO", "Log level: DEBUG, INFO, WARNING, ERROR.")
     log_json: bool = _s("FLASHSALE_LOG_JSON", True, "Structured JSON log lines (else plain text).")
+    access_log: bool = _s(
+        "FLASHSALE_ACCESS_LOG",
+        False,
+        "One log line per API request: request_id, method, route template, status, "
+        "duration_ms, client.",
+    )
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -235,6 +247,8 @@ class Settings:
             raise SettingsError("FLASHSALE_DATABASE_SCHEMA may hold letters, digits and '_' only")
         if self.operator_tick_seconds <= 0:
             raise SettingsError("FLASHSALE_OPERATOR_TICK_SECONDS must be positive")
+        if self.reconcile_interval_seconds < 0:
+            raise SettingsError("FLASHSALE_RECONCILE_INTERVAL_SECONDS must not be negative")
         for name in ("workers", "status_cache_ms", "join_buckets", "rate_window_seconds"):
             if getattr(self, name) < 0 or (name != "status_cache_ms" and getattr(self, name) == 0):
                 env = next(f.metadata["setting"].env for f in fields(self) if f.name == name)

@@ -326,7 +326,7 @@ async def test_json_content_type_variants_accepted(client: httpx.AsyncClient,
 
 # -- routes, methods, headers and query parameters -------------------------------------------
 
-@pytest.mark.parametrize("path", ["/", "/nope", "/api", "/api/sales", "/api/sales/x/nope",
+@pytest.mark.parametrize("path", ["/nope", "/api", "/api/sales", "/api/sales/x/nope",
                                   "/api/sales/x/join/more", "/admin", "/admin/sales/x/open",
                                   "/admin/sales/x/close/now", "/healthz/x", "/openapi.yaml"])
 async def test_unknown_route(client: httpx.AsyncClient, path: str) -> None:

@@ -25,13 +25,38 @@ ADMITTED = Counter("flashsale_admitted", "Shoppers admitted from the waiting roo
 SKIPPED = Counter("flashsale_skipped", "Places skipped because the waiter left", ["sale"])
 LAST_BATCH = Gauge(
     "flashsale_admitter_last_batch_timestamp_seconds", "When the admitter last let a batch in",
-    ["sale"],
+    ["sale"], multiprocess_mode="max",
 )
+
+# Per-sale figures, exported by the admitters only (they read every live room anyway), so a
+# dashboard takes `max by (sale)` over admitter pods instead of a sum multiplied by API pods.
+# multiprocess_mode: the image sets PROMETHEUS_MULTIPROC_DIR for every role.
+WAITING = Gauge("flashsale_waiting", "Shoppers in line, not yet admitted", ["sale"],
+                multiprocess_mode="max")
+ACTIVE = Gauge("flashsale_active_shoppers", "Admitted shoppers whose admission is current",
+               ["sale"], multiprocess_mode="max")
+ACTIVE_LIMIT = Gauge("flashsale_active_shoppers_limit", "The sale's max_active", ["sale"],
+                     multiprocess_mode="max")
+HOLDS_OPEN = Gauge("flashsale_holds_open", "Holds not yet paid, released or expired", ["sale"],
+                   multiprocess_mode="max")
+AVAILABLE = Gauge("flashsale_stock_available_units", "Units left to hold (Redis)", ["sale"],
+                  multiprocess_mode="max")
+HELD = Gauge("flashsale_stock_held_units", "Units in unpaid holds (Redis)", ["sale"],
+             multiprocess_mode="max")
+SOLD = Gauge("flashsale_stock_sold_units", "Units sold (Redis)", ["sale"],
+             multiprocess_mode="max")
+SALE_OPEN = Gauge("flashsale_sale_open", "1 from the opening until the sale closes", ["sale"],
+                  multiprocess_mode="max")
+SOLD_OUT = Gauge("flashsale_sale_sold_out", "1 while nothing is left to hold", ["sale"],
+                 multiprocess_mode="max")
+OPENS_AT = Gauge("flashsale_sale_opens_timestamp_seconds", "When the sale opens", ["sale"],
+                 multiprocess_mode="max")
 
 
 class Admitter:
     def __init__(self, sales: Sales, room: WaitingRoom, stock: Stock, *, tick_ms: int,
-                 refresh_seconds: float, prewarm_lead_seconds: int = 300) -> None:
+                 refresh_seconds: float, prewarm_lead_seconds: int = 300,
+                 gauges_every_seconds: float = 1.0) -> None:
         self.sales = sales
         self.room = room
         self.stock = stock
@@ -41,6 +66,9 @@ class Admitter:
         self.refresh_seconds = refresh_seconds
         self._live: list[Sale] = []
         self._refreshed = 0.0
+        self.gauges_every = gauges_every_seconds
+        self._gauged = 0.0
+        self._gauged_sales: set[str] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("admitter started")
@@ -63,6 +91,9 @@ class Admitter:
                     seconds=self.prewarm_lead):
                 await self.prewarm(sale)
             await self.admit(sale.id)
+        if time.monotonic() - self._gauged >= self.gauges_every:
+            self._gauged = time.monotonic()
+            await self.export_gauges(now)
 
     async def prewarm(self, sale: Sale) -> None:
         """Load stock ahead of the opening if nothing (the operator, an admin) did: the
@@ -91,3 +122,40 @@ class Admitter:
                 extra={"sale": sale_id, "admitted": result.admitted, "skipped": result.skipped,
                        "frontier": result.frontier},
             )
+
+    async def export_gauges(self, now: datetime) -> None:
+        """Set the per-sale gauges from Redis: three round trips per live sale. A sale that
+        left the list (closed) keeps its last stock figures; nobody waits in it any more."""
+        live = {sale.id for sale in self._live}
+        for sale_id in self._gauged_sales - live:
+            SALE_OPEN.labels(sale_id).set(0)
+            WAITING.labels(sale_id).set(0)
+        self._gauged_sales = live
+        for sale in self._live:
+            try:
+                await self._export_sale(sale, now)
+            except Exception:  # metrics must never stop admission
+                log.warning("could not read the room for metrics", extra={"sale": sale.id},
+                            exc_info=True)
+
+    async def _export_sale(self, sale: Sale, now: datetime) -> None:
+        OPENS_AT.labels(sale.id).set(sale.opens_at.timestamp())
+        SALE_OPEN.labels(sale.id).set(1 if sale.phase(now) == "open" else 0)
+        ACTIVE_LIMIT.labels(sale.id).set(sale.max_active)
+        try:
+            counters = await self.room.counters(sale.id)
+        except NoSuchRoom:
+            return
+        WAITING.labels(sale.id).set(counters.waiting)
+        ACTIVE.labels(sale.id).set(counters.active)
+        SOLD_OUT.labels(sale.id).set(1 if counters.sold_out else 0)
+        keys = self.room.keys(sale.id)
+        async with self.room.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.inventory, "avail", "held", "sold")
+            pipe.zcard(keys.holds)
+            (avail, held, sold), holds = await pipe.execute()
+        HOLDS_OPEN.labels(sale.id).set(holds)
+        if avail is not None:  # warm
+            AVAILABLE.labels(sale.id).set(int(avail))
+            HELD.labels(sale.id).set(int(held or 0))
+            SOLD.labels(sale.id).set(int(sold or 0))

@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -38,7 +39,14 @@ DEAD = Counter("flashsale_dead_letter_entries", "Entries moved to the dead-lette
 REFUSED = Counter("flashsale_refused_holds", "Holds PostgreSQL refused (they end failed)",
                   ["sale", "reason"])
 LAG = Gauge("flashsale_persister_lag_entries",
-            "Stream entries not yet written to PostgreSQL (unread + unacknowledged)", ["sale"])
+            "Stream entries not yet written to PostgreSQL (unread + unacknowledged)", ["sale"],
+            multiprocess_mode="max")
+MISMATCH = Gauge("flashsale_stock_mismatch",
+                 "1 when Redis and PostgreSQL disagree on the sale's stock (two checks in a row)",
+                 ["sale"], multiprocess_mode="max")
+RECONCILED = Gauge("flashsale_reconcile_last_run_timestamp_seconds",
+                   "When the persister last compared the sale's stock in Redis and PostgreSQL",
+                   ["sale"], multiprocess_mode="max")
 EXPIRED = Counter("flashsale_holds_expired", "Holds released at expiry", ["sale"])
 
 Entry = tuple[str, dict[str, str]]
@@ -49,7 +57,8 @@ class Persister:
     def __init__(self, redis: Redis, pool: asyncpg.Pool, sales: Sales, purchases: Purchases,
                  *, consumer: str, batch: int = 500, claim_idle_ms: int = 15_000,
                  max_deliveries: int = 5, sweep_interval_ms: int = 1000,
-                 refresh_seconds: float = 5.0) -> None:
+                 refresh_seconds: float = 5.0, reconcile_every_seconds: float = 30.0,
+                 reconcile_confirm_seconds: float = 2.0) -> None:
         self.redis = redis
         self.pool = pool
         self.sales = sales
@@ -65,6 +74,10 @@ class Persister:
         self._groups: set[str] = set()
         self._last_claim = 0.0
         self._last_sweep = 0.0
+        self.reconcile_every = reconcile_every_seconds
+        self.reconcile_confirm = reconcile_confirm_seconds
+        self._reconcile_due: dict[str, float] = {}
+        self._suspect: set[str] = set()
 
     def stream(self, sale_id: str) -> str:
         return self.purchases.keys(sale_id).orders_stream
@@ -99,6 +112,8 @@ class Persister:
                 counts = await self.purchases.sweep(sale)
                 EXPIRED.labels(sale.id).inc(counts["expired"])
                 await self._measure_lag(sale)
+            if self.reconcile_every > 0 and now >= self._reconcile_due.get(sale.id, 0.0):
+                await self.check_stock(sale, now)
         if claim:
             self._last_claim = now
         if sweep:
@@ -200,6 +215,7 @@ class Persister:
                        key=lambda step: step[0])
         refused: dict[str, str] = {}
         async with self.pool.acquire() as conn, conn.transaction():
+            await ledger.lock_inventory(conn, sale.id)
             for is_hold, run in itertools.groupby(steps, key=lambda step: step[1]):
                 records = [step[2] for step in run]
                 if is_hold:
@@ -246,6 +262,33 @@ class Persister:
         DEAD.labels(sale.id).inc()
         log.error("entry moved to the dead-letter stream",
                   extra={"sale": sale.id, "entry": entry_id, "reason": reason})
+
+    async def check_stock(self, sale: Sale, now: float) -> None:
+        """`Stock.reconcile` for a warm (or open) sale, exported as flashsale_stock_mismatch.
+
+        A payment confirmed between the check's Redis and PostgreSQL reads looks like a
+        difference, so a difference only counts when the check repeated shortly after finds
+        one again."""
+        self._reconcile_due[sale.id] = now + self.reconcile_every
+        stock = self.purchases.stock
+        try:
+            if not (sale.phase(datetime.now(UTC)) == "open" or await stock.is_warm(sale.id)):
+                return  # not loaded yet (or unloaded after the sale): nothing to compare
+            report = await stock.reconcile(sale)
+        except Exception:  # never let the check hold up the orders
+            log.warning("stock check failed", extra={"sale": sale.id}, exc_info=True)
+            return
+        RECONCILED.labels(sale.id).set_to_current_time()
+        if report.ok:
+            self._suspect.discard(sale.id)
+            MISMATCH.labels(sale.id).set(0)
+        elif sale.id in self._suspect:
+            MISMATCH.labels(sale.id).set(1)
+            log.error("stock differs between Redis and PostgreSQL",
+                      extra={"sale": sale.id, "differences": report.differences})
+        else:
+            self._suspect.add(sale.id)
+            self._reconcile_due[sale.id] = now + self.reconcile_confirm
 
     async def _measure_lag(self, sale: Sale) -> None:
         backlog = await self.purchases.stock.stream_backlog(sale.id)

@@ -97,7 +97,8 @@ class WaitingRoom:
         self.clock = clock
         self.scripts = Scripts(redis)
         self._views: dict[str, tuple[float, RoomView]] = {}
-        self._refreshing: dict[str, asyncio.Lock] = {}
+        self._refreshing: dict[str, asyncio.Future[RoomView]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
 
     def keys(self, sale_id: str) -> SaleKeys:
         return SaleKeys(self.settings.redis_prefix, sale_id, self.settings.join_buckets)
@@ -154,29 +155,46 @@ class WaitingRoom:
     # -- reading the room ------------------------------------------------------------------
 
     async def view(self, sale_id: str, *, fresh: bool = False) -> RoomView:
-        """The room as Redis holds it, reused for `status_cache_ms` unless `fresh`."""
+        """The room as Redis holds it, reused for `status_cache_ms` unless `fresh`.
+
+        One read refreshes an expired view; meanwhile the other callers keep the view it
+        replaces (older by one round trip at most) instead of queueing behind it: behind a
+        lock each waiter is woken by the previous one, one event-loop turn apiece, and a busy
+        worker's polls would stall for tens of milliseconds four times a second. Without any
+        view yet, callers share the one read under way."""
         ttl = self.settings.status_cache_ms / 1000
+        if fresh or ttl <= 0:  # read now (after any write this caller made), one at a time
+            async with self._locks.setdefault(sale_id, asyncio.Lock()):
+                return await self._read_view(sale_id)
         cached = self._views.get(sale_id)
-        now = time.monotonic()
-        if not fresh and cached and now - cached[0] < ttl:
+        refreshing = self._refreshing.get(sale_id)
+        if cached is not None and (refreshing is not None
+                                   or time.monotonic() - cached[0] < ttl):
             return cached[1]
-        lock = self._refreshing.setdefault(sale_id, asyncio.Lock())
-        async with lock:  # one refresh per process at a time; the rest reuse its result
-            cached = self._views.get(sale_id)
-            if not fresh and cached and time.monotonic() - cached[0] < ttl:
-                return cached[1]
-            keys = self.keys(sale_id)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(keys.meta)
-                pipe.lrange(keys.batches, 0, -1)
-                pipe.hget(keys.inventory, "held")
-                meta, batches, held = await pipe.execute()
-            if not meta or "opens_ms" not in meta:
-                self._views.pop(sale_id, None)
-                raise NoSuchRoom(sale_id)
-            view = RoomView.from_redis(meta, batches, held_units=int(held or 0))
-            self._views[sale_id] = (time.monotonic(), view)
-            return view
+        if refreshing is None:
+            refreshing = self._refreshing[sale_id] = asyncio.ensure_future(
+                self._read_view(sale_id))
+            refreshing.add_done_callback(lambda done: self._refreshed(sale_id, done))
+        return await asyncio.shield(refreshing)
+
+    def _refreshed(self, sale_id: str, done: asyncio.Future[RoomView]) -> None:
+        self._refreshing.pop(sale_id, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: its awaiters (if any are left) have raised it
+
+    async def _read_view(self, sale_id: str) -> RoomView:
+        keys = self.keys(sale_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.meta)
+            pipe.lrange(keys.batches, 0, -1)
+            pipe.hget(keys.inventory, "held")
+            meta, batches, held = await pipe.execute()
+        if not meta or "opens_ms" not in meta:
+            self._views.pop(sale_id, None)
+            raise NoSuchRoom(sale_id)
+        view = RoomView.from_redis(meta, batches, held_units=int(held or 0))
+        self._views[sale_id] = (time.monotonic(), view)
+        return view
 
     async def counters(self, sale_id: str) -> Counters:
         view = await self.view(sale_id, fresh=True)

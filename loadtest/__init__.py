@@ -1,0 +1,1 @@
+"""Load tests and benchmarks of FlashSale (`make loadtest`, `make bench`); not shipped."""

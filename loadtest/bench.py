@@ -1,0 +1,505 @@
+"""`make bench` (`python -m loadtest.bench`): FlashSale's hot paths measured against references,
+side by side in one run, each figure printed with its target.
+
+Method (the machine is small, shared and noisy, so only ratios measured within one run count):
+
+- Every HTTP server is started by `loadtest/serve.py`, which runs `flashsale api` itself with
+  only the app swapped: FlashSale, a bare Starlette endpoint (`loadtest.apps:bare`) and a
+  row-lock purchase (`loadtest.apps:rowlock`) get the same uvicorn settings and workers.
+- The load generator is `wrk` (C, one thread, keep-alive connections, Lua scripts in
+  `loadtest/wrk/` for headers, bodies and rotating tickets or tokens). With two or more CPUs
+  the servers are pinned to the last CPU and wrk to the first (`taskset`), so the client never
+  takes the server's CPU; Redis and PostgreSQL float.
+- After a warm-up of every kind, each round measures every kind for `--seconds`, in an order
+  rotated from round to round; a ratio is taken within each round (neighbours in time share
+  the machine's mood) and the median over the rounds is reported.
+- The persister's drain rate: the holds the purchase rounds left in the sale's stream (no
+  persister runs during the rounds) are drained by a fresh `flashsale persister`; the rate is
+  measured from its first acknowledged batch until nothing is unread or pending.
+- Redis memory: 1,000,000 visitors join a pre-queue through the join script itself (the same
+  Lua the API runs, pipelined, not over HTTP) under a prefix of their own; the bytes are
+  MEMORY USAGE summed over the sale's keys, divided by the waiters (INFO's used_memory delta is
+  printed beside it, as a cross-check that a shared server makes noisy). The join rate-limit
+  counters are short-lived (one rate window) and not part of a waiter's state: the
+  measurement uses a 2 s window and lets them expire first. Everything is deleted afterwards.
+
+The last line of stdout is JSON: poll_ratio, join_ratio, purchase_ratio, purchase_vs_rowlock,
+drain_ratio, redis_bytes_per_waiter (and the raw figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+
+from flashsale.settings import Settings
+from loadtest.apps import ROWLOCK_DDL
+from loadtest.common import (
+    child_env,
+    ensure_services,
+    ensure_tool,
+    free_port,
+    log,
+    pinned,
+    processes,
+    wait_port,
+)
+from waiting_room.db import connect_pool, migrate
+from waiting_room.room import WaitingRoom
+from waiting_room.sales import Sales
+from waiting_room.scripts import Scripts
+from waiting_room.stock import PERSISTER_GROUP, Stock
+from waiting_room.tokens import ADMISSION, Claims, Signer
+
+WRK_DIR = Path(__file__).resolve().parent / "wrk"
+TARGETS = {  # name: (target, "min" | "max")
+    "poll_ratio": (0.9, "min"),
+    "join_ratio": (0.7, "min"),
+    "purchase_ratio": (0.5, "min"),
+    "purchase_vs_rowlock": (10.0, "min"),
+    "drain_ratio": (3.0, "min"),
+    "redis_bytes_per_waiter": (64.0, "max"),
+}
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    port: int
+    script: str
+    args: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Run:
+    kind: str
+    rps: float
+    requests: int
+    errors: int
+    p50_ms: float
+    p99_ms: float
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="loadtest.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=5, help="measured rounds (median taken)")
+    p.add_argument("--seconds", type=float, default=5.0, help="length of one measurement")
+    p.add_argument("--warmup", type=float, default=2.0, help="warm-up per kind, seconds")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn workers of every server")
+    p.add_argument("--connections", type=int, default=50, help="wrk keep-alive connections")
+    p.add_argument("--waiters", type=int, default=1_000_000,
+                   help="visitors joined for the Redis memory figure")
+    p.add_argument("--no-pin", action="store_true", help="do not pin servers and wrk to CPUs")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: http,drain,memory")
+    return p.parse_args(argv)
+
+
+# -- set-up ----------------------------------------------------------------------------------
+
+def bench_settings(urls: dict[str, str]) -> Settings:
+    run = f"{os.getpid()}{secrets.token_hex(2)}"
+    return Settings.from_env(
+        redis_url=urls["REDIS_URL"], database_url=urls["DATABASE_URL"],
+        redis_prefix=f"bench{run}", database_schema=f"flashsale_bench_{run}",
+        admin_token=secrets.token_urlsafe(24), token_key=secrets.token_urlsafe(32),
+        token_key_previous="", join_limit_per_address=1_000_000_000,
+    )
+
+
+def sale_body(sale_id: str, opens: datetime, **extra: Any) -> dict[str, Any]:
+    body = {
+        "id": sale_id, "name": "benchmark", "stock": 10_000_000, "price_cents": 100,
+        "opens_at": opens.isoformat(), "closes_at": (opens + timedelta(hours=2)).isoformat(),
+        "per_shopper_limit": 100, "hold_seconds": 3600,
+        "admission": {"batch_size": 100_000, "batch_interval_ms": 50, "max_active": 1_000_000,
+                      "admission_ttl_seconds": 86_400, "abandon_after_seconds": 3_600},
+    }
+    body.update(extra)
+    return body
+
+
+async def gather_chunked(calls: list[Any], chunk: int = 50) -> list[Any]:
+    out: list[Any] = []
+    for first in range(0, len(calls), chunk):
+        out += await asyncio.gather(*calls[first:first + chunk])
+    return out
+
+
+async def prepare(settings: Settings, data: Path, waiters: int, admitted: int) -> dict[str, Any]:
+    """Schema, the rowlock tables, two open sales: one whose room holds `waiters` waiting
+    shoppers (their tickets for the polls), one with `admitted` shoppers admitted (their
+    admission tokens for the holds)."""
+    await migrate(settings)
+    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    pool = await connect_pool(settings, max_size=10)
+    signer = Signer(settings.signing_keys())
+    room = WaitingRoom(redis, replace(settings, status_cache_ms=60_000), signer)
+    sales = Sales(pool, room)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute(ROWLOCK_DDL)
+            await conn.execute("INSERT INTO rowlock_counter (sale_id, stock) VALUES ($1, $2)"
+                               " ON CONFLICT (sale_id) DO UPDATE SET stock = $2",
+                               "rowlock", 100_000_000)
+        stamp = datetime.now(UTC).strftime("%H%M%S")
+        opens = datetime.now(UTC) + timedelta(seconds=1.5)
+        poll_sale = await sales.create(sale_body(f"bench-poll-{stamp}", opens))
+        hold_sale = await sales.create(sale_body(f"bench-hold-{stamp}", opens))
+        await asyncio.sleep(max(0.0, opens.timestamp() - time.time() + 0.2))
+        tickets = []
+        for joined in await gather_chunked([room.join(poll_sale.id, f"poller-{n:07d}",
+                                                      "127.0.0.1") for n in range(waiters)]):
+            assert joined.outcome == "ok", joined
+            tickets.append(joined.ticket)
+        (data / "tickets.txt").write_text("\n".join(tickets) + "\n")
+        visitors = [f"buyer-{n:07d}" for n in range(admitted)]
+        for joined in await gather_chunked([room.join(hold_sale.id, v, "127.0.0.1")
+                                            for v in visitors]):
+            assert joined.outcome == "ok", joined
+        for _ in range(100):
+            result = await room.admit_once(hold_sale.id)
+            if result.outcome == "idle":
+                break
+            if result.outcome == "wait":
+                await asyncio.sleep(0.06)
+        keys = room.keys(hold_sale.id)
+        active = dict(await redis.zrange(keys.active, 0, -1, withscores=True))
+        assert len(active) == admitted, f"admitted {len(active)} of {admitted}"
+        index = {}
+        for v in visitors:
+            bucket = await redis.hget(keys.visitors(v), v)
+            index[v] = int(bucket)
+        tokens = [signer.sign(Claims(ADMISSION, hold_sale.id, v, index[v],
+                                     exp=active[str(index[v])] / 1000)) for v in visitors]
+        (data / "tokens.txt").write_text("\n".join(tokens) + "\n")
+        # the API prewarms on the first hold; doing it here keeps it out of the measurement
+        await Stock(redis, redis, pool, room).prewarm(hold_sale)
+        return {"poll_sale": poll_sale.id, "hold_sale": hold_sale.id}
+    finally:
+        await pool.close()
+        await redis.aclose()
+
+
+async def drop(settings: Settings) -> None:
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        async for key in redis.scan_iter(match=f"{settings.redis_prefix}:*", count=1000):
+            await redis.unlink(key)
+    finally:
+        await redis.aclose()
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{settings.database_schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+# -- HTTP rounds -----------------------------------------------------------------------------
+
+def wrk_script(data: Path, name: str) -> str:
+    path = data / f"{name}.lua"
+    if not path.exists():
+        path.write_text((WRK_DIR / "common.lua").read_text() + "\n"
+                        + (WRK_DIR / f"{name}.lua").read_text())
+    return str(path)
+
+
+def run_wrk(wrk: str, kind: Kind, data: Path, seconds: float, connections: int,
+            cpus: str | None) -> Run:
+    argv = pinned([wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+                   "--timeout", "10s", "-s", wrk_script(data, kind.script),
+                   f"http://127.0.0.1:{kind.port}", "--", *kind.args], cpus)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk gave no summary for {kind.name}: {out.stdout}{out.stderr}")
+    s = json.loads(line.removeprefix("WRK_JSON "))
+    errors = (s["connect_errors"] + s["read_errors"] + s["write_errors"] + s["status_errors"]
+              + s["timeouts"])
+    return Run(kind.name, s["requests"] / (s["duration_us"] / 1e6), s["requests"], errors,
+               s["p50_us"] / 1000, s["p99_us"] / 1000)
+
+
+def http_rounds(args: argparse.Namespace, wrk: str, kinds: list[Kind],
+                data: Path) -> dict[str, list[Run]]:
+    cpus = None if args.no_pin else "0"
+    for kind in kinds:  # warm-up: caches, JIT-less but lazy imports, connections, pools
+        run = run_wrk(wrk, kind, data, args.warmup, args.connections, cpus)
+        log(f"  warm-up {kind.name:8s} {run.rps:8.0f} req/s")
+    runs: dict[str, list[Run]] = {k.name: [] for k in kinds}
+    for r in range(args.rounds):
+        order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
+        for kind in order:
+            run = run_wrk(wrk, kind, data, args.seconds, args.connections, cpus)
+            runs[kind.name].append(run)
+            flag = f"  ({run.errors} errors!)" if run.errors else ""
+            log(f"  round {r + 1} {kind.name:8s} {run.rps:8.0f} req/s  p50 {run.p50_ms:6.1f} ms"
+                f"  p99 {run.p99_ms:6.1f} ms{flag}")
+    return runs
+
+
+def median_ratio(runs: dict[str, list[Run]], top: str, bottom: str) -> float:
+    return statistics.median(a.rps / b.rps for a, b in zip(runs[top], runs[bottom],
+                                                           strict=True))
+
+
+# -- persister drain -------------------------------------------------------------------------
+
+async def drain_rate(settings: Settings, sale_id: str, start_persister: Any) -> dict[str, Any]:
+    """Start a persister on a stream full of holds; entries per second from its first
+    acknowledged batch until nothing is unread or pending."""
+    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    stream = WaitingRoom(redis, settings, Signer(settings.signing_keys())).keys(
+        sale_id).orders_stream
+    try:
+        total = await redis.xlen(stream)
+        start_persister()
+        first: tuple[float, int] | None = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            left = total
+            with contextlib.suppress(Exception):
+                for group in await redis.xinfo_groups(stream):
+                    if group["name"] == PERSISTER_GROUP:
+                        left = int(group.get("lag") or 0) + int(group["pending"])
+            now = time.monotonic()
+            if first is None and left < total:
+                first = (now, left)
+            if first is not None and left == 0:
+                spent = now - first[0]
+                rate = first[1] / spent if spent > 0 else float("inf")
+                return {"entries": total, "rate": rate, "seconds": spent}
+            await asyncio.sleep(0.02)
+        raise RuntimeError("the persister did not drain the stream within 600 s")
+    finally:
+        await redis.aclose()
+
+
+# -- Redis memory ----------------------------------------------------------------------------
+
+async def redis_memory(settings: Settings, waiters: int) -> dict[str, Any]:
+    """Bytes of Redis per waiting visitor with `waiters` in one sale's pre-queue."""
+    prefix = f"benchmem{os.getpid()}{secrets.token_hex(2)}"
+    mem_settings = replace(settings, redis_prefix=prefix)
+    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    pool = await connect_pool(settings, max_size=2)
+    room = WaitingRoom(redis, mem_settings, Signer(settings.signing_keys()))
+    try:
+        opens = datetime.now(UTC) + timedelta(hours=1)
+        sale = await Sales(pool, room).create(sale_body(
+            f"bench-mem-{datetime.now(UTC):%H%M%S}", opens,
+            admission={"abandon_after_seconds": 60}))
+        keys = room.keys(sale.id)
+        view = await room.view(sale.id, fresh=True)
+        before = (await redis.info("memory"))["used_memory"]
+        scripts = Scripts(redis)
+        window_ms = 2000
+        started = time.monotonic()
+        batch = 2000
+        for first in range(0, waiters, batch):
+            async with redis.pipeline(transaction=False) as pipe:
+                now = int(time.time() * 1000)
+                current = now // max(1, view.abandon_ms // 4)
+                for n in range(first, min(first + batch, waiters)):
+                    visitor = secrets.token_urlsafe(16)  # what the API issues
+                    address = f"198.18.{n // 250 % 250}.{n % 250}"
+                    await scripts.join(
+                        keys=[keys.meta, keys.visitors(visitor), keys.heartbeat(current),
+                              keys.rate("v", visitor), keys.rate("a", address)],
+                        args=[visitor, now, 3 * 60_000, window_ms, 10, 1_000_000],
+                        client=pipe)
+                results = await pipe.execute()
+            bad = [r for r in results if r[0] != "ok"]
+            if bad:
+                raise RuntimeError(f"joins refused: {bad[:3]}")
+            if first and first % 100_000 == 0:
+                log(f"  {first} joined ({first / (time.monotonic() - started):.0f}/s)")
+        joined = await redis.hget(keys.meta, "pre")
+        await asyncio.sleep(window_ms / 1000 + 0.5)
+        # a full SCAN expires the rate-limit counters Redis has not yet evicted by itself
+        sizes: dict[str, int] = {}
+        rate_keys = 0
+        async for key in redis.scan_iter(match=keys.pattern, count=5000):
+            if ":rl:" in key:
+                rate_keys += 1
+                continue
+            sizes[key] = 0
+        names = list(sizes)
+        for first in range(0, len(names), 1000):
+            async with redis.pipeline(transaction=False) as pipe:
+                for key in names[first:first + 1000]:
+                    pipe.memory_usage(key, samples=0)
+                for key, size in zip(names[first:first + 1000], await pipe.execute(),
+                                     strict=True):
+                    sizes[key] = int(size or 0)
+        after = (await redis.info("memory"))["used_memory"]
+        total = sum(sizes.values())
+        buckets = sum(v for k, v in sizes.items() if ":v:" in k)
+        encodings = {await redis.object("encoding", k) for k in names[:50] if ":v:" in k}
+        return {
+            "waiters": int(joined or 0), "keys": len(sizes), "bytes": total,
+            "per_waiter": total / max(1, int(joined or 0)),
+            "visitor_index_per_waiter": buckets / max(1, int(joined or 0)),
+            "info_delta_per_waiter": (after - before) / max(1, int(joined or 0)),
+            "rate_limit_keys_left": rate_keys, "bucket_encodings": sorted(encodings),
+            "join_rate": waiters / (time.monotonic() - started),
+        }
+    finally:
+        async for key in redis.scan_iter(match=f"{prefix}:*", count=5000):
+            await redis.unlink(key)
+        await pool.close()
+        await redis.aclose()
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+def verdict(name: str, value: float | None) -> str:
+    target, sense = TARGETS[name]
+    if value is None:
+        return "not measured"
+    ok = value >= target if sense == "min" else value <= target
+    return f"{'met' if ok else 'MISSED'} (target {'>=' if sense == 'min' else '<='} {target:g})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    started = time.time()
+    urls = ensure_services()
+    wrk = ensure_tool("wrk", "wrk") if "http" not in skip else None
+    if "http" not in skip and wrk is None:
+        print(json.dumps({"ok": False, "error": "wrk is not installed"}))
+        return 1
+    settings = bench_settings(urls)
+    server_cpus = None if args.no_pin else str((os.cpu_count() or 1) - 1)
+    figures: dict[str, Any] = {}
+    log(f"bench: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; servers "
+        f"{'on CPU ' + server_cpus if server_cpus else 'unpinned'}, {args.workers} uvicorn "
+        f"worker(s) each; wrk -t1 -c{args.connections}; {args.rounds} rounds of "
+        f"{args.seconds:g} s")
+    with tempfile.TemporaryDirectory(prefix="flashsale-bench-") as tmp, \
+            processes(Path(tmp) / "logs") as procs:
+        data = Path(tmp)
+        try:
+            env = child_env(urls, **{
+                "FLASHSALE_REDIS_PREFIX": settings.redis_prefix,
+                "FLASHSALE_DATABASE_SCHEMA": settings.database_schema,
+                "FLASHSALE_ADMIN_TOKEN": settings.admin_token,
+                "FLASHSALE_TOKEN_KEY": settings.token_key,
+                "FLASHSALE_TOKEN_KEY_PREVIOUS": "",
+                "FLASHSALE_JOIN_LIMIT_PER_ADDRESS": "1000000000",
+                "FLASHSALE_LOG_LEVEL": "WARNING",
+                "FLASHSALE_METRICS_PORT": "0",
+                "FLASHSALE_ADMITTER_REFRESH_SECONDS": "0.2",
+            })
+            sales = asyncio.run(prepare(settings, data, waiters=5000, admitted=3000))
+            if "http" not in skip:
+                assert wrk is not None
+                ports = {}
+                for app in ("loadtest.apps:bare", "flashsale", "loadtest.apps:rowlock"):
+                    port = ports[app] = free_port()
+                    procs.start(app.rsplit(":", 1)[-1], pinned(
+                        [sys.executable, "-m", "loadtest.serve", app, "--host", "127.0.0.1",
+                         "--port", str(port), "--workers", str(args.workers)], server_cpus),
+                        env)
+                for port in ports.values():
+                    wait_port(port, 60, procs)
+                fs = ports["flashsale"]
+                poll, hold = sales["poll_sale"], sales["hold_sale"]
+                kinds = [
+                    Kind("bare", ports["loadtest.apps:bare"], "bare", ("/",)),
+                    Kind("poll", fs, "status", (f"/api/sales/{poll}/status",
+                                                str(data / "tickets.txt"))),
+                    Kind("join", fs, "join", (f"/api/sales/{poll}/join",)),
+                    Kind("hold", fs, "hold", (f"/api/sales/{hold}/holds",
+                                              str(data / "tokens.txt"))),
+                    Kind("rowlock", ports["loadtest.apps:rowlock"], "rowlock",
+                         ("/rowlock/rowlock/purchase",)),
+                ]
+                runs = http_rounds(args, wrk, kinds, data)
+                procs.stop("bare", "flashsale", "rowlock")
+                for name, rs in runs.items():
+                    figures[f"{name}_rps"] = round(statistics.median(r.rps for r in rs))
+                    figures[f"{name}_p99_ms"] = round(statistics.median(r.p99_ms for r in rs), 1)
+                    figures[f"{name}_errors"] = sum(r.errors for r in rs)
+                figures["poll_ratio"] = round(median_ratio(runs, "poll", "bare"), 3)
+                figures["join_ratio"] = round(median_ratio(runs, "join", "bare"), 3)
+                figures["purchase_ratio"] = round(median_ratio(runs, "hold", "bare"), 3)
+                figures["purchase_vs_rowlock"] = round(median_ratio(runs, "hold", "rowlock"), 2)
+                if "drain" not in skip:
+                    log("bench: persister drain")
+                    drained = asyncio.run(drain_rate(settings, hold, lambda: procs.start(
+                        "persister", [sys.executable, "-m", "flashsale.cli", "persister"],
+                        env)))
+                    procs.stop("persister")
+                    figures["drain_entries"] = drained["entries"]
+                    figures["drain_rate"] = round(drained["rate"])
+                    figures["drain_ratio"] = round(drained["rate"] / figures["hold_rps"], 2)
+            if "memory" not in skip:
+                log(f"bench: Redis memory with {args.waiters} waiting")
+                memory = asyncio.run(redis_memory(settings, args.waiters))
+                figures["redis_bytes_per_waiter"] = round(memory["per_waiter"], 1)
+                figures["redis_info_delta_per_waiter"] = round(memory["info_delta_per_waiter"], 1)
+                figures["redis_waiters"] = memory["waiters"]
+                figures["redis_bucket_encodings"] = memory["bucket_encodings"]
+        finally:
+            procs.stop()
+            asyncio.run(drop(settings))
+    lines = [
+        "",
+        f"FlashSale benchmark ({args.rounds} rounds of {args.seconds:g} s, medians; "
+        f"{args.workers} uvicorn worker(s), wrk -c{args.connections})",
+    ]
+    if "bare_rps" in figures:
+        lines += [
+            f"  bare Starlette endpoint     {figures['bare_rps']:>8} req/s",
+            f"  status poll                 {figures['poll_rps']:>8} req/s   ratio "
+            f"{figures['poll_ratio']:.3f}  {verdict('poll_ratio', figures['poll_ratio'])}",
+            f"  join                        {figures['join_rps']:>8} req/s   ratio "
+            f"{figures['join_ratio']:.3f}  {verdict('join_ratio', figures['join_ratio'])}",
+            f"  purchase (hold)             {figures['hold_rps']:>8} req/s   ratio "
+            f"{figures['purchase_ratio']:.3f}  "
+            f"{verdict('purchase_ratio', figures['purchase_ratio'])}",
+            f"  row-lock purchase (PG)      {figures['rowlock_rps']:>8} req/s   hold / "
+            f"row-lock {figures['purchase_vs_rowlock']:.2f}  "
+            f"{verdict('purchase_vs_rowlock', figures['purchase_vs_rowlock'])}",
+        ]
+    if "drain_rate" in figures:
+        lines.append(f"  persister drain             {figures['drain_rate']:>8} entries/s "
+                     f"drain / hold {figures['drain_ratio']:.2f}  "
+                     f"{verdict('drain_ratio', figures['drain_ratio'])}")
+    if "redis_bytes_per_waiter" in figures:
+        lines.append(f"  Redis per waiting visitor   {figures['redis_bytes_per_waiter']:>8} bytes "
+                     f"(INFO delta {figures['redis_info_delta_per_waiter']}) with "
+                     f"{figures['redis_waiters']} waiting  "
+                     f"{verdict('redis_bytes_per_waiter', figures['redis_bytes_per_waiter'])}")
+    figures["seconds"] = round(time.time() - started, 1)
+    lines.append(f"  ({figures['seconds']} s in all)")
+    print("\n".join(lines))
+    out = {k: figures.get(k) for k in TARGETS}
+    out["targets_met"] = all(
+        figures.get(k) is not None and (figures[k] >= t if s == "min" else figures[k] <= t)
+        for k, (t, s) in TARGETS.items())
+    out.update({k: v for k, v in figures.items() if k not in out})
+    print(json.dumps(out, separators=(",", ":")), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
