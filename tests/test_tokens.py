@@ -172,3 +172,18 @@ def test_settings_keys_drive_the_signer() -> None:
     after = Signer(Settings(token_key=new, token_key_previous=old).signing_keys())
     token = before.sign(claims())
     assert after.verify(token, kind=TICKET, sale="s1", now=NOW) == claims()
+
+
+def test_a_signature_respelt_in_its_unused_bits_is_refused() -> None:
+    signer = Signer((b"k" * 32,))
+    token = signer.sign(Claims("ticket", "sale-a", "visitor-1", 3, exp=2e9))
+    body, sig = token.split(".")
+    # 32 bytes take 43 base64 characters: the last one's two low bits carry nothing
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    value = alphabet.index(sig[-1])
+    for other in range(value & ~3, (value & ~3) + 4):
+        if other == value:
+            continue
+        respelt = f"{body}.{sig[:-1]}{alphabet[other]}"
+        with pytest.raises(TokenInvalid):
+            signer.verify(respelt, kind="ticket", sale="sale-a", now=1e9)
