@@ -73,11 +73,11 @@ class Sales:
 
     async def create(self, body: Any) -> Sale:
         sale = parse_sale(body)
-        placeholders = ", ".join(f"${i}" for i in range(1, len(_WRITABLE) + 1))
+        slots = ", ".join(f"${i}" for i in range(1, len(_WRITABLE) + 1))
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 row = await conn.fetchrow(
-                    f"INSERT INTO sales ({', '.join(_WRITABLE)}) VALUES ({placeholders})"
+                    f"INSERT INTO sales ({', '.join(_WRITABLE)}) VALUES ({slots})"
                     " RETURNING *",
                     *_params(sale),
                 )
