@@ -45,13 +45,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from redis.asyncio import Redis
 
 from flashsale.settings import Settings
 from loadtest.apps import ROWLOCK_DDL
 from loadtest.common import (
     child_env,
+    drop_install,
     ensure_services,
     ensure_tool,
     free_port,
@@ -197,17 +197,7 @@ async def prepare(settings: Settings, data: Path, waiters: int, admitted: int) -
 
 
 async def drop(settings: Settings) -> None:
-    redis = Redis.from_url(settings.redis_url)
-    try:
-        async for key in redis.scan_iter(match=f"{settings.redis_prefix}:*", count=1000):
-            await redis.unlink(key)
-    finally:
-        await redis.aclose()
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{settings.database_schema}" CASCADE')
-    finally:
-        await conn.close()
+    await drop_install(settings)
 
 
 # -- HTTP rounds -----------------------------------------------------------------------------

@@ -16,6 +16,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
+import asyncpg
+from redis.asyncio import Redis
+
+from flashsale.settings import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES_ENV = ROOT / ".run" / "services.env"
 
@@ -183,3 +188,18 @@ def child_env(base: dict[str, str], **settings: str) -> dict[str, str]:
     env.update(settings)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
+
+
+async def drop_install(settings: Settings) -> None:
+    """Remove everything under a run's own Redis prefix and PostgreSQL schema."""
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        async for key in redis.scan_iter(match=f"{settings.redis_prefix}:*", count=5000):
+            await redis.unlink(key)
+    finally:
+        await redis.aclose()
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{settings.database_schema}" CASCADE')
+    finally:
+        await conn.close()

@@ -72,6 +72,7 @@ from loadtest.common import (
     ROOT,
     Procs,
     child_env,
+    drop_install,
     ensure_services,
     ensure_tool,
     free_port,
@@ -571,17 +572,7 @@ def plots(folder: Path, samples: list[dict[str, Any]], sales: list[dict[str, Any
 
 async def reset(settings: Settings, drop_only: bool = False) -> None:
     """Empty the spike's Redis prefix and PostgreSQL schema (they are the spike's own)."""
-    redis = Redis.from_url(settings.redis_url)
-    try:
-        async for key in redis.scan_iter(match=f"{settings.redis_prefix}:*", count=5000):
-            await redis.unlink(key)
-    finally:
-        await redis.aclose()
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{settings.database_schema}" CASCADE')
-    finally:
-        await conn.close()
+    await drop_install(settings)
     if not drop_only:
         await migrate(settings)
 
