@@ -298,7 +298,7 @@ async def test_applying_the_same_batch_twice_changes_nothing(
     assert [f["type"] for _, f in entries] == ["hold"] * 5 + ["release"]
 
     persister = Persister(redis, pool, sales, purchases, consumer="replay")
-    await persister._ensure_group(sale.id)
+    await persister._ensure_group(sale)
     await persister.apply(sale, entries)
     first = await ledger_snapshot(pool, sale)
     assert [(str(o[0]), o[1]) for o in first["orders"]] == sorted(
@@ -333,7 +333,7 @@ async def test_lag_counts_unread_and_unacknowledged_entries(
 
     # a persister reads three entries and dies before writing them: still not persisted
     crashed = Persister(redis, pool, sales, purchases, consumer="crashed", batch=3)
-    await crashed._ensure_group(sale.id)
+    await crashed._ensure_group(sale)
     [(_, read)] = await redis.xreadgroup(PERSISTER_GROUP, "crashed", {stream: ">"}, count=3)
     assert len(read) == 3
     assert await purchases.stock.stream_backlog(sale.id) == {"length": 7, "pending": 3, "lag": 4}
@@ -350,3 +350,17 @@ async def test_lag_counts_unread_and_unacknowledged_entries(
     assert lag_metric(sale) == 0
     assert await purchases.stock.stream_backlog(sale.id) == {"length": 7, "pending": 0, "lag": 0}
     assert await pool.fetchval("SELECT count(*) FROM orders WHERE sale_id = $1", sale.id) == 7
+
+
+async def test_a_closed_sale_whose_keys_are_gone_is_not_brought_back(
+    make_sale: Callable[..., Awaitable[Sale]], redis: Redis, pool: asyncpg.Pool, sales: Sales,
+    purchases: Purchases, room: WaitingRoom,
+) -> None:
+    sale = await make_sale()
+    sale = await sales.close(sale.id)
+    await room.remove(sale.id)
+    persister = Persister(redis, pool, sales, purchases, consumer="tidy")
+    assert sale.id in {s.id for s in await sales.recent(86_400)}
+    assert await persister.drain(sale) == 0
+    assert await persister.take_over(sale) == 0
+    assert not await redis.exists(room.keys(sale.id).orders_stream)

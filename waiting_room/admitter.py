@@ -89,7 +89,10 @@ class Admitter:
         for sale in self._live:
             if sale.id not in self._warm and now >= sale.opens_at - timedelta(
                     seconds=self.prewarm_lead):
-                await self.prewarm(sale)
+                try:
+                    await self.prewarm(sale)
+                except Exception:  # one sale's failed pre-warm must not stop the others
+                    log.exception("pre-warm failed", extra={"sale": sale.id})
             await self.admit(sale.id)
         if time.monotonic() - self._gauged >= self.gauges_every:
             self._gauged = time.monotonic()

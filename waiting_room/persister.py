@@ -121,24 +121,25 @@ class Persister:
         return moved
 
     async def _sales_to_drain(self) -> list[Sale]:
-        rows = await self.pool.fetch(
-            "SELECT id FROM sales WHERE opens_at < now() + interval '1 day'"
-            " AND coalesce(closed_at, closes_at) > now() - make_interval(secs => $1)",
-            LIVE_FOR_S,
-        )
-        return [await self.sales.get(r["id"]) for r in rows]
+        return await self.sales.recent(LIVE_FOR_S)
 
-    async def _ensure_group(self, sale_id: str) -> None:
-        if sale_id in self._groups:
-            return
+    async def _ensure_group(self, sale: Sale) -> bool:
+        """Make sure the persisters' group exists; False when there is nothing to drain: a
+        closed sale whose stream is gone (its keys were removed) is not brought back empty."""
+        if sale.id in self._groups:
+            return True
+        stream = self.stream(sale.id)
+        if sale.phase(datetime.now(UTC)) == "closed" and not await self.redis.exists(stream):
+            return False
         with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
-            await self.redis.xgroup_create(self.stream(sale_id), PERSISTER_GROUP, id="0",
-                                           mkstream=True)
-        self._groups.add(sale_id)
+            await self.redis.xgroup_create(stream, PERSISTER_GROUP, id="0", mkstream=True)
+        self._groups.add(sale.id)
+        return True
 
     async def drain(self, sale: Sale) -> int:
         """Read new entries of one sale and write them; returns how many."""
-        await self._ensure_group(sale.id)
+        if not await self._ensure_group(sale):
+            return 0
         try:
             reply = await self.redis.xreadgroup(PERSISTER_GROUP, self.consumer,
                                                 {self.stream(sale.id): ">"}, count=self.batch)
@@ -153,7 +154,8 @@ class Persister:
 
     async def take_over(self, sale: Sale) -> int:
         """Claim entries a silent consumer (dead, or this one before a crash) left unacked."""
-        await self._ensure_group(sale.id)
+        if not await self._ensure_group(sale):
+            return 0
         moved = 0
         start = "0-0"
         while True:

@@ -71,6 +71,17 @@ class Sales:
         )
         return [_sale(r) for r in rows]
 
+    async def recent(self, closed_within_seconds: int) -> list[Sale]:
+        """Sales opening within a day or running, or closed less than the given time ago (the
+        persister's work list: orders of a closed sale still drain)."""
+        rows = await self.pool.fetch(
+            "SELECT * FROM sales WHERE opens_at < now() + interval '1 day'"
+            " AND coalesce(closed_at, closes_at) > now() - make_interval(secs => $1)"
+            " ORDER BY opens_at",
+            closed_within_seconds,
+        )
+        return [_sale(r) for r in rows]
+
     async def create(self, body: Any) -> Sale:
         sale = parse_sale(body)
         slots = ", ".join(f"${i}" for i in range(1, len(_WRITABLE) + 1))
