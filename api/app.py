@@ -13,13 +13,14 @@ from starlette.routing import Route
 
 from api import admin, health, pages, purchase, shopper
 from api.errors import EXCEPTION_HANDLERS
-from api.fastpath import FastPoll
+from api.fastpath import FastPath
 from api.metrics import MetricsMiddleware
 from api.openapi import openapi_document
 from api.request_id import RequestIdMiddleware
 from api.services import Services
 from flashsale.logs import setup_logging
 from flashsale.settings import Settings
+from waiting_room.autopipeline import close_shared
 from waiting_room.db import connect_pool
 from waiting_room.redis_client import connect_redis
 
@@ -73,13 +74,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             yield
         finally:
+            await close_shared()
             await pool.close()
             await redis.aclose()
             await raw_redis.aclose()
 
     return Starlette(
         routes=ROUTES,
-        middleware=[Middleware(FastPoll),
+        middleware=[Middleware(FastPath),
                     Middleware(RequestIdMiddleware, access_log=settings.access_log),
                     Middleware(MetricsMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -43,6 +43,12 @@ class Settings:
         5.0,
         "How long a command waits for a free Redis connection before failing.",
     )
+    redis_command_timeout_seconds: float = _s(
+        "FLASHSALE_REDIS_COMMAND_TIMEOUT_SECONDS",
+        5.0,
+        "How long the hot path (scripts, polls) waits for Redis to answer anything before it "
+        "fails those requests and reconnects.",
+    )
     database_url: str = _s(
         "DATABASE_URL",
         "postgresql://postgres@127.0.0.1:5432/flashsale",
@@ -249,7 +255,8 @@ class Settings:
             raise SettingsError("FLASHSALE_OPERATOR_TICK_SECONDS must be positive")
         if self.reconcile_interval_seconds < 0:
             raise SettingsError("FLASHSALE_RECONCILE_INTERVAL_SECONDS must not be negative")
-        for name in ("workers", "status_cache_ms", "join_buckets", "rate_window_seconds"):
+        for name in ("workers", "status_cache_ms", "join_buckets", "rate_window_seconds",
+                     "redis_command_timeout_seconds"):
             if getattr(self, name) < 0 or (name != "status_cache_ms" and getattr(self, name) == 0):
                 env = next(f.metadata["setting"].env for f in fields(self) if f.name == name)
                 raise SettingsError(f"{env} must be positive")

@@ -95,7 +95,7 @@ class WaitingRoom:
         self.settings = settings
         self.signer = signer
         self.clock = clock
-        self.scripts = Scripts(redis)
+        self.scripts = Scripts(redis, settings.redis_command_timeout_seconds)
         self._views: dict[str, tuple[float, RoomView]] = {}
         self._refreshing: dict[str, asyncio.Future[RoomView]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -184,11 +184,10 @@ class WaitingRoom:
 
     async def _read_view(self, sale_id: str) -> RoomView:
         keys = self.keys(sale_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.meta)
-            pipe.lrange(keys.batches, 0, -1)
-            pipe.hget(keys.inventory, "held")
-            meta, batches, held = await pipe.execute()
+        fields, batches, held = await self.scripts.pipeline().execute_many([
+            ("HGETALL", keys.meta), ("LRANGE", keys.batches, 0, -1),
+            ("HGET", keys.inventory, "held")])
+        meta = dict(zip(fields[::2], fields[1::2], strict=True))
         if not meta or "opens_ms" not in meta:
             self._views.pop(sale_id, None)
             raise NoSuchRoom(sale_id)
@@ -263,17 +262,18 @@ class WaitingRoom:
         write_heartbeat = live and heartbeat != current
         outcome = None
         if write_heartbeat or passed:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                if write_heartbeat:
-                    pipe.setbit(keys.heartbeat(current), j, 1)
-                    pipe.pexpire(keys.heartbeat(current), self._heartbeat_ttl_ms(view))
-                if passed:
-                    pipe.getbit(keys.admitted, j)
-                    pipe.zscore(keys.active, j)
-                results = await pipe.execute()
+            commands: list[tuple[str | int, ...]] = []
+            if write_heartbeat:
+                commands.append(("SETBIT", keys.heartbeat(current), j, 1))
+                commands.append(("PEXPIRE", keys.heartbeat(current), self._heartbeat_ttl_ms(view)))
             if passed:
-                was_admitted, until = results[-2], results[-1]
-                active_until = int(until) if until is not None and until > now else None
+                commands.append(("GETBIT", keys.admitted, j))
+                commands.append(("ZSCORE", keys.active, j))
+            results = await self.scripts.pipeline().execute_many(commands)
+            if passed:
+                was_admitted = results[-2]
+                until = None if results[-1] is None else int(float(results[-1]))
+                active_until = until if until is not None and until > now else None
                 outcome = Outcome(admitted=bool(was_admitted), active_until_ms=active_until)
         spread = (j * 0.6180339887) % 1.0  # golden-ratio stagger: neighbours poll apart
         status = decide(view, position=position, outcome=outcome, now_ms=now, spread=spread)

@@ -1,12 +1,17 @@
-"""Lua scripts, loaded from `lua/*.lua` once and run by SHA (EVALSHA, reloaded on NOSCRIPT)."""
+"""Lua scripts, loaded from `lua/*.lua` once and run by SHA (EVALSHA, loaded on NOSCRIPT) over
+the process's auto-pipeline (waiting_room/autopipeline.py)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
+
+from waiting_room.autopipeline import Arg, AutoPipeline, shared_for
 
 
 @cache
@@ -14,15 +19,46 @@ def source(name: str) -> str:
     return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text()
 
 
-class Scripts:
-    """The scripts registered on one Redis client."""
+class PipelineOf:
+    """The running event loop's auto-pipeline to the server of a redis-py client, looked up
+    once per loop (a connection belongs to one loop; tests run several)."""
 
-    def __init__(self, redis: Redis) -> None:
-        self.join: AsyncScript = redis.register_script(source("join"))
-        self.admit: AsyncScript = redis.register_script(source("admit"))
-        self.hold: AsyncScript = redis.register_script(source("hold"))
-        self.release: AsyncScript = redis.register_script(source("release"))
-        self.pay: AsyncScript = redis.register_script(source("pay"))
-        self.confirm: AsyncScript = redis.register_script(source("confirm"))
-        self.prewarm: AsyncScript = redis.register_script(source("prewarm"))
-        self.restock: AsyncScript = redis.register_script(source("restock"))
+    def __init__(self, redis: Redis, timeout: float) -> None:
+        self.redis = redis
+        self.timeout = timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pipeline: AutoPipeline | None = None
+
+    def __call__(self) -> AutoPipeline:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop or self._pipeline is None:
+            self._pipeline = shared_for(self.redis, self.timeout)
+            self._loop = loop
+        return self._pipeline
+
+
+class Script:
+    """One Lua script: `await script(keys=[...], args=[...])`."""
+
+    def __init__(self, name: str, pipeline: PipelineOf) -> None:
+        self.name = name
+        self.source = source(name)
+        self._pipeline = pipeline
+
+    async def __call__(self, *, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        return await self._pipeline().evalsha(self.source, keys, args)
+
+
+class Scripts:
+    """The scripts, run on the server of one redis-py client."""
+
+    def __init__(self, redis: Redis, timeout: float = 5.0) -> None:
+        self.pipeline = PipelineOf(redis, timeout)
+        self.join = Script("join", self.pipeline)
+        self.admit = Script("admit", self.pipeline)
+        self.hold = Script("hold", self.pipeline)
+        self.release = Script("release", self.pipeline)
+        self.pay = Script("pay", self.pipeline)
+        self.confirm = Script("confirm", self.pipeline)
+        self.prewarm = Script("prewarm", self.pipeline)
+        self.restock = Script("restock", self.pipeline)
