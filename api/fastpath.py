@@ -1,14 +1,19 @@
-"""The status poll without the framework: the one call a flash-sale crowd makes over and over.
+"""The three calls a flash-sale crowd makes, answered without the framework around them.
 
-A waiting shopper's poll normally costs Redis nothing (see waiting_room/room.py), so its price
-is the framework around it: three middleware layers, the router trying each route's regex, a
-Request object, query-string parsing and JSON encoding cost several times the poll itself.
-`FastPoll` sits first in the middleware stack and answers a well-formed `GET
-/api/sales/{id}/status` itself, with exactly what the full path would send (body, headers,
-`X-Request-ID`, metrics). Anything else, and any poll it cannot answer plainly (no ticket
-header, an odd query string, a bad or expired ticket, a room not in Redis, any error), goes
-down the full path untouched, which then answers or refuses it as always: a poll has no side
-effect that running it twice would repeat (its heartbeat bit is idempotent).
+Under a spike nearly every request is a status poll, a join or a hold. Their own work is small
+(a poll normally reads nothing from Redis, a join or a hold is one Lua script), so their price
+was the framework: three middleware layers, the router trying each route's regex, a Request,
+query and cookie parsing, `json.dumps`, `http.cookies`. `FastPath` sits first in the
+middleware stack and answers a plain `GET .../status`, `POST .../join` or `POST .../holds`
+itself, with exactly what the full path would send (body, headers, cookie, `X-Request-ID`,
+metrics): the endpoint's logic is shared (`join_answer`, `hold_answer`, `status_body`), only
+the reading of the request and the writing of the response are its own.
+
+Anything not plain (a body to validate, a missing or malformed header, an odd query string, a
+ticket or token that fails to verify, the access log on) goes down the full path untouched,
+which then answers or refuses it as always; that decision is made before anything is changed,
+so no request is ever run twice. Once a join or a hold has started, its errors are rendered
+by the app's own exception handlers, as the full path would.
 
 Measured with `make bench` (loadtest/bench.py): see the README's "Performance" section.
 """
@@ -18,25 +23,28 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from starlette.datastructures import State as AppState
-from starlette.requests import cookie_parser
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.requests import Request, cookie_parser
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import EXCEPTION_HANDLERS
 from api.inputs import VISITOR_COOKIE, VISITOR_ID
-from api.metrics import POLLS, REQUEST_SECONDS
+from api.metrics import POLLS, REQUEST_SECONDS, labelled
+from api.purchase import hold_answer, idempotency_key
 from api.request_id import _SAFE
 from api.request_id import HEADER as REQUEST_ID
-from api.shopper import status_body
+from api.services import Services
+from api.shopper import join_answer, status_body
 from flashsale.logs import request_id
 from waiting_room.sale import SALE_ID
-from waiting_room.tokens import TICKET
+from waiting_room.tokens import ADMISSION, TICKET
 
 PREFIX = "/api/sales/"
-SUFFIX = "/status"
-ROUTE = "/api/sales/{sale_id}/status"
+Headers = list[tuple[bytes, bytes]]
+Answered = tuple[int, Headers, bytes]
 _NO_STORE = (b"cache-control", b"no-store")
 _JSON = (b"content-type", b"application/json")
 # made-up request ids: a random prefix per process and a counter (32 hex digits, as a uuid4
@@ -45,7 +53,15 @@ _PREFIX = secrets.token_hex(8)
 _COUNTER = itertools.count(1)
 
 
-def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
+class Fallback(Exception):
+    """Not a plain request: the full path answers it (with `receive` replaying a body read)."""
+
+    def __init__(self, receive: Receive | None = None) -> None:
+        super().__init__()
+        self.receive = receive
+
+
+def request_id_of(headers: Headers) -> str:
     """The id RequestIdMiddleware would give: X-Request-ID when it looks sane, else a new one."""
     for name, value in headers:
         if name == REQUEST_ID:
@@ -55,73 +71,204 @@ def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
     return f"{_PREFIX}{next(_COUNTER):016x}"
 
 
-class FastPoll:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self._observe = REQUEST_SECONDS.labels(ROUTE, "GET", "200").observe
-        self._polls: dict[str, Any] = {}
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    """The request's headers by name; a repeated header is not plain (the full path decides)."""
+    found: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        if name in found:
+            raise Fallback
+        found[name] = value
+    return found
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if (scope["type"] != "http" or scope["method"] != "GET"
-                or not path.startswith(PREFIX) or not path.endswith(SUFFIX)):
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        try:
-            body, state = await self._answer(scope, path[len(PREFIX):-len(SUFFIX)])
-        except Exception:  # not a plain poll: the full path answers (or refuses) it
-            await self.app(scope, receive, send)
-            return
-        rid = request_id_of(scope["headers"])
-        token = request_id.set(rid)
-        try:
-            await send({"type": "http.response.start", "status": 200, "headers": [
-                _NO_STORE, (b"content-length", str(len(body)).encode()), _JSON,
-                (REQUEST_ID, rid.encode())]})
-            await send({"type": "http.response.body", "body": body})
-        finally:
-            request_id.reset(token)
-            counter = self._polls.get(state)
-            if counter is None:
-                counter = self._polls[state] = POLLS.labels(state)
-            counter.inc()
-            self._observe(time.perf_counter() - start)
 
-    @staticmethod
-    async def _answer(scope: Scope, sale_id: str) -> tuple[bytes, str]:
-        """The poll's JSON body and state, or an exception for the full path to deal with."""
-        if not SALE_ID.match(sale_id):
-            raise LookupError(sale_id)
+def _visitor(headers: dict[bytes, bytes]) -> tuple[str | None, str | None]:
+    """The visitor presented (X-Visitor-Id, else the cookie) and the cookie's visitor."""
+    cookie_value = headers.get(b"cookie")
+    cookie = None
+    if cookie_value is not None:
+        cookie = cookie_parser(cookie_value.decode("latin-1")).get(VISITOR_COOKIE)
+    header = headers.get(b"x-visitor-id")
+    presented = header.decode("latin-1") if header else cookie
+    if presented is not None and not VISITOR_ID.match(presented):
+        raise Fallback
+    return presented, cookie
+
+
+def _no_body(headers: dict[bytes, bytes]) -> None:
+    if b"transfer-encoding" in headers or headers.get(b"content-length", b"0") != b"0":
+        raise Fallback
+
+
+async def _json_object(headers: dict[bytes, bytes], receive: Receive,
+                       limit: int) -> tuple[dict[str, Any], bytes]:
+    """A small JSON object body, and its bytes; an empty body is {}."""
+    if b"transfer-encoding" in headers:
+        raise Fallback
+    declared = headers.get(b"content-length", b"0")
+    if not declared.isdigit() or int(declared) > limit:
+        raise Fallback
+    if declared == b"0":
+        return {}, b""
+    content_type = headers.get(b"content-type", b"application/json")
+    if content_type.split(b";")[0].strip().lower() != b"application/json":
+        raise Fallback
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise Fallback(_replay(body, message, receive))
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+        if len(body) > limit:
+            raise Fallback(_replay(body, {"type": "http.request", "more_body": more}, receive))
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise Fallback(_replay(body, None, receive)) from None
+    if not isinstance(parsed, dict):
+        raise Fallback(_replay(body, None, receive))
+    return parsed, body
+
+
+def _replay(body: bytes, last: Message | None, receive: Receive) -> Receive:
+    """A `receive` that gives back what the fast path already read, then carries on."""
+    queued: list[Message] = [{"type": "http.request", "body": body,
+                              "more_body": bool(last and last.get("more_body"))}]
+    if last is not None and last["type"] != "http.request":
+        queued = [{"type": "http.request", "body": body, "more_body": True}, last]
+
+    async def replay() -> Message:
+        return queued.pop(0) if queued else await receive()
+
+    return replay
+
+
+async def _rendered(scope: Scope, exc: Exception) -> Answered:
+    """An error as the app's exception handlers answer it."""
+    handler = next(EXCEPTION_HANDLERS[kind] for kind in type(exc).__mro__
+                   if kind in EXCEPTION_HANDLERS)
+    response = await handler(Request(scope), exc)
+    return response.status_code, list(response.raw_headers), bytes(response.body)
+
+
+# -- the three calls ------------------------------------------------------------------------
+# Each raises Fallback until it starts the work; from then on it answers every outcome.
+
+async def _status(services: Services, scope: Scope, receive: Receive,
+                  sale_id: str) -> Answered:
+    try:
         query = scope["query_string"]
         heartbeat = None
         if query:
             name, _, value = query.partition(b"=")
             if name != b"hb" or not value.isdigit() or len(value) > 18:
-                raise ValueError(query)
+                raise Fallback
             heartbeat = int(value)
-        ticket = visitor = cookie = None
-        for name, value in scope["headers"]:
-            if name == b"x-queue-ticket":
-                ticket = value
-            elif name == b"x-visitor-id":
-                visitor = value
-            elif name == b"cookie":
-                cookie = value
+        headers = _headers(scope)
+        ticket = headers.get(b"x-queue-ticket")
         if ticket is None:
-            raise LookupError("no ticket header")
-        if visitor is None and cookie is not None:
-            presented = cookie_parser(cookie.decode("latin-1")).get(VISITOR_COOKIE)
-        else:
-            presented = None if visitor is None else visitor.decode("latin-1")
-        app_state: AppState = scope["app"].state
-        services = app_state.services
-        if getattr(services.settings, "access_log", False):
-            raise LookupError("the access log is written by the full path")
+            raise Fallback
+        presented, _ = _visitor(headers)
         claims = services.signer.verify(ticket.decode("latin-1"), kind=TICKET, sale=sale_id,
                                         now=time.time())
-        if presented is not None and (presented != claims.visitor
-                                      or not VISITOR_ID.match(presented)):
-            raise PermissionError("another visitor")
+        if presented is not None and presented != claims.visitor:
+            raise Fallback
+        # a poll changes nothing that running it again would repeat (its heartbeat bit is
+        # idempotent), so even a room missing from Redis goes to the full path
         poll = await services.room.poll(sale_id, claims, heartbeat)
-        return orjson.dumps(status_body(sale_id, poll)), poll.status.state.value
+    except Exception:
+        raise Fallback from None
+    labelled(POLLS, poll.status.state.value).inc()
+    body = orjson.dumps(status_body(sale_id, poll))
+    return 200, [_NO_STORE, (b"content-length", str(len(body)).encode()), _JSON], body
+
+
+async def _join(services: Services, scope: Scope, receive: Receive, sale_id: str) -> Answered:
+    try:
+        headers = _headers(scope)
+        _no_body(headers)
+        presented, cookie = _visitor(headers)
+    except Exception:
+        raise Fallback from None
+    client = scope.get("client")
+    answer = await join_answer(services, sale_id, presented, cookie,
+                               client[0] if client else "unknown")
+    answer_headers, body = answer.raw()
+    return answer.status, answer_headers, body
+
+
+async def _hold(services: Services, scope: Scope, receive: Receive, sale_id: str) -> Answered:
+    try:
+        headers = _headers(scope)
+        token = b""
+        authorization = headers.get(b"authorization")
+        if authorization is not None:
+            scheme, _, token = authorization.partition(b" ")
+            token = token.strip() if scheme.lower() == b"bearer" else b""
+        token = token or headers.get(b"x-admission-token", b"")
+        if not token:
+            raise Fallback
+        claims = services.signer.verify(token.decode("latin-1"), kind=ADMISSION, sale=sale_id,
+                                        now=time.time())
+        presented, _ = _visitor(headers)
+        if presented is not None and presented != claims.visitor:
+            raise Fallback
+        raw_key = headers.get(b"idempotency-key")
+        key = idempotency_key(None if raw_key is None else raw_key.decode("latin-1"))
+    except Exception:
+        raise Fallback from None
+    body, raw = await _json_object(headers, receive, services.settings.max_body_bytes)
+    quantity = body.get("quantity", 1)
+    if body.keys() - {"quantity"} or type(quantity) is not int:
+        # seats, unknown fields and odd quantities: the full path validates them
+        raise Fallback(_replay(raw, None, receive))
+    answer = await hold_answer(services, sale_id, claims, key, body)
+    answer_headers, answer_body = answer.raw()
+    return answer.status, answer_headers, answer_body
+
+
+Handler = Callable[[Services, Scope, Receive, str], Awaitable[Answered]]
+ROUTES: dict[tuple[str, str], tuple[str, Handler]] = {
+    ("GET", "status"): ("/api/sales/{sale_id}/status", _status),
+    ("POST", "join"): ("/api/sales/{sale_id}/join", _join),
+    ("POST", "holds"): ("/api/sales/{sale_id}/holds", _hold),
+}
+
+
+class FastPath:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith(PREFIX):
+            await self.app(scope, receive, send)
+            return
+        sale_id, _, action = path[len(PREFIX):].partition("/")
+        route = ROUTES.get((scope["method"], action))
+        services: Services | None = getattr(scope["app"].state, "services", None)
+        if (route is None or services is None or not SALE_ID.match(sale_id)
+                or getattr(services.settings, "access_log", False)):
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        rid = request_id_of(scope["headers"])
+        # like RequestIdMiddleware, the id stays set if an error escapes, for the server-error
+        # handler outside (the request's task, and so its context, ends with it)
+        token = request_id.set(rid)
+        try:
+            status, headers, body = await route[1](services, scope, receive, sale_id)
+        except Fallback as fallback:
+            await self.app(scope, fallback.receive or receive, send)
+            request_id.reset(token)
+            return
+        except Exception as exc:
+            status, headers, body = await _rendered(scope, exc)
+        if not any(name == REQUEST_ID for name, _ in headers):
+            headers.append((REQUEST_ID, rid.encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        labelled(REQUEST_SECONDS, route[0], scope["method"], str(status)).observe(
+            time.perf_counter() - start)
+        request_id.reset(token)

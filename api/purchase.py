@@ -9,9 +9,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from api.answer import Answer
 from api.errors import ApiError
 from api.inputs import read_json, sale_id_from_path, visitor_of
-from api.metrics import HOLDS, PAYMENTS
+from api.metrics import HOLDS, PAYMENTS, labelled
 from api.services import Services
 from waiting_room.purchase import PurchaseRefused, layout_of
 from waiting_room.sale import Sale
@@ -72,11 +73,23 @@ async def create_hold(request: Request) -> Response:
     services = _services(request)
     sale_id = sale_id_from_path(request)
     admission = _admission(request, services, sale_id)
-    key = request.headers.get("idempotency-key")
-    if key is not None and not IDEMPOTENCY_KEY.match(key):
+    key = idempotency_key(request.headers.get("idempotency-key"))
+    body = await read_json(request, services.settings.max_body_bytes, required=False) or {}
+    answer = await hold_answer(services, sale_id, admission, key, body)
+    return answer.response()
+
+
+def idempotency_key(raw: str | None) -> str | None:
+    if raw is not None and not IDEMPOTENCY_KEY.match(raw):
         raise ApiError(400, "Idempotency-Key must be 1-200 visible ASCII characters",
                        field="Idempotency-Key")
-    body = await read_json(request, services.settings.max_body_bytes, required=False) or {}
+    return raw
+
+
+async def hold_answer(services: Services, sale_id: str, admission: Claims, key: str | None,
+                      body: Any) -> Answer:
+    """Hold stock for an admitted shopper; `key` is a checked Idempotency-Key, `body` the
+    request's parsed JSON ({} if none)."""
     if not isinstance(body, dict):
         raise ApiError(422, "the body must be a JSON object", field="body")
     unknown = sorted(set(body) - {"quantity", "seats"})
@@ -89,10 +102,9 @@ async def create_hold(request: Request) -> Response:
     seats = _seat_ids(sale, body["seats"]) if "seats" in body else None
     held = await services.purchases.hold(sale, admission, quantity=quantity, seats=seats,
                                          idempotency_key=key)
-    HOLDS.labels("created" if held.created else "replayed").inc()
-    return JSONResponse(held.order, status_code=201 if held.created else 200,
-                        headers={**NO_STORE,
-                                 "Location": f"/api/sales/{sale_id}/orders/{held.order['id']}"})
+    labelled(HOLDS, "created" if held.created else "replayed").inc()
+    return Answer(201 if held.created else 200, held.order,
+                  {**NO_STORE, "Location": f"/api/sales/{sale_id}/orders/{held.order['id']}"})
 
 
 async def list_orders(request: Request) -> Response:
@@ -124,9 +136,9 @@ async def pay(request: Request) -> Response:
         order = await services.purchases.pay(sale, visitor, request.path_params["order_id"],
                                              token)
     except PurchaseRefused as refused:
-        PAYMENTS.labels(refused.code).inc()
+        labelled(PAYMENTS, refused.code).inc()
         raise
-    PAYMENTS.labels("confirmed").inc()
+    labelled(PAYMENTS, "confirmed").inc()
     return JSONResponse(order, headers=NO_STORE)
 
 

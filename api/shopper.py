@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from api.answer import Answer, visitor_cookie
 from api.errors import ApiError
 from api.inputs import (
     VISITOR_COOKIE,
@@ -22,7 +23,7 @@ from api.inputs import (
     ticket_of,
     visitor_of,
 )
-from api.metrics import JOINS, POLLS
+from api.metrics import JOINS, POLLS, labelled
 from api.services import Services
 from waiting_room.room import NoSuchRoom, Poll
 from waiting_room.tokens import TICKET, Claims
@@ -83,13 +84,19 @@ async def join(request: Request) -> Response:
     body = await read_json(request, services.settings.max_body_bytes, required=False)
     if body is not None and not isinstance(body, dict):
         raise ApiError(422, "the body, when given, must be a JSON object", field="body")
-    visitor = visitor_of(request)
-    issued = visitor is None
-    visitor = visitor or new_visitor_id()
-    result = await with_room(
-        services, sale_id, lambda: services.room.join(sale_id, visitor, client_address(request))
-    )
-    JOINS.labels("existing" if result.existing else result.outcome).inc()
+    answer = await join_answer(services, sale_id, visitor_of(request),
+                               request.cookies.get(VISITOR_COOKIE), client_address(request))
+    return answer.response()
+
+
+async def join_answer(services: Services, sale_id: str, presented: str | None,
+                      cookie: str | None, address: str) -> Answer:
+    """Join `sale_id` as the visitor presented (checked), or as a new one; `cookie` is the
+    visitor cookie the caller sent, reset when it is not the visitor's."""
+    visitor = presented or new_visitor_id()
+    result = await with_room(services, sale_id,
+                             lambda: services.room.join(sale_id, visitor, address))
+    labelled(JOINS, "existing" if result.existing else result.outcome).inc()
     if result.outcome == "rate_limited":
         retry = math.ceil(result.retry_after_seconds or 1)
         raise ApiError(429, f"too many joins; try again in {retry} s",
@@ -102,11 +109,10 @@ async def join(request: Request) -> Response:
     poll = await services.room.poll(sale_id, result.claims, result.heartbeat)
     body = status_body(sale_id, poll)
     body.update(visitor_id=visitor, ticket=result.ticket, existing=result.existing)
-    response = JSONResponse(body, status_code=200 if result.existing else 201, headers=NO_STORE)
-    if issued or request.cookies.get(VISITOR_COOKIE) != visitor:
-        response.set_cookie(VISITOR_COOKIE, visitor, max_age=30 * 86400, httponly=True,
-                            samesite="lax", secure=services.settings.cookie_secure)
-    return response
+    set_cookie = None
+    if presented is None or cookie != visitor:
+        set_cookie = visitor_cookie(visitor, services.settings.cookie_secure)
+    return Answer(200 if result.existing else 201, body, NO_STORE, set_cookie)
 
 
 def _ticket_claims(request: Request, services: Services, sale_id: str) -> Claims:
@@ -125,7 +131,7 @@ async def status(request: Request) -> Response:
     heartbeat = int_query(request, "hb")
     poll = await with_room(services, sale_id,
                            lambda: services.room.poll(sale_id, claims, heartbeat))
-    POLLS.labels(poll.status.state.value).inc()
+    labelled(POLLS, poll.status.state.value).inc()
     return JSONResponse(status_body(sale_id, poll), headers=NO_STORE)
 
 
