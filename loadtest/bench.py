@@ -51,6 +51,7 @@ from flashsale.settings import Settings
 from loadtest.apps import ROWLOCK_DDL
 from loadtest.common import (
     child_env,
+    cpu_seconds,
     drop_install,
     ensure_services,
     ensure_tool,
@@ -63,7 +64,7 @@ from loadtest.common import (
 from waiting_room.db import connect_pool, migrate
 from waiting_room.room import WaitingRoom
 from waiting_room.sales import Sales
-from waiting_room.scripts import Scripts
+from waiting_room.scripts import source
 from waiting_room.stock import PERSISTER_GROUP, Stock
 from waiting_room.tokens import ADMISSION, Claims, Signer
 
@@ -84,6 +85,7 @@ class Kind:
     port: int
     script: str
     args: tuple[str, ...]
+    pid: int = 0  # the server's process, for its CPU time per request
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,8 @@ class Run:
     errors: int
     p50_ms: float
     p99_ms: float
+    server_cpu_us: float | None = None  # CPU the server process spent per request
+    redis_cpu_us: float | None = None  # ...and Redis (only its part on this machine's clock)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -196,6 +200,21 @@ async def prepare(settings: Settings, data: Path, waiters: int, admitted: int) -
         await redis.aclose()
 
 
+def redis_process(settings: Settings) -> int:
+    """The Redis server's pid when it runs on this machine (its CPU per request is shown)."""
+
+    async def read() -> int:
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            info = await redis.info("server")
+        finally:
+            await redis.aclose()
+        return int(info.get("process_id") or 0)
+
+    pid = asyncio.run(read())
+    return pid if pid and cpu_seconds(pid) is not None else 0
+
+
 async def drop(settings: Settings) -> None:
     await drop_install(settings)
 
@@ -211,37 +230,48 @@ def wrk_script(data: Path, name: str) -> str:
 
 
 def run_wrk(wrk: str, kind: Kind, data: Path, seconds: float, connections: int,
-            cpus: str | None) -> Run:
+            cpus: str | None, redis_pid: int = 0) -> Run:
     argv = pinned([wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
                    "--timeout", "10s", "-s", wrk_script(data, kind.script),
                    f"http://127.0.0.1:{kind.port}", "--", *kind.args], cpus)
+    before = [cpu_seconds(kind.pid) if kind.pid else None,
+              cpu_seconds(redis_pid) if redis_pid else None]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    after = [cpu_seconds(kind.pid) if kind.pid else None,
+             cpu_seconds(redis_pid) if redis_pid else None]
     line = next((x for x in out.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk gave no summary for {kind.name}: {out.stdout}{out.stderr}")
     s = json.loads(line.removeprefix("WRK_JSON "))
     errors = (s["connect_errors"] + s["read_errors"] + s["write_errors"] + s["status_errors"]
               + s["timeouts"])
+    per_request = [None if b is None or a is None or not s["requests"]
+                   else (a - b) / s["requests"] * 1e6 for b, a in zip(before, after, strict=True)]
     return Run(kind.name, s["requests"] / (s["duration_us"] / 1e6), s["requests"], errors,
-               s["p50_us"] / 1000, s["p99_us"] / 1000)
+               s["p50_us"] / 1000, s["p99_us"] / 1000, *per_request)
 
 
 def http_rounds(args: argparse.Namespace, wrk: str, kinds: list[Kind],
-                data: Path) -> dict[str, list[Run]]:
+                data: Path, redis_pid: int) -> dict[str, list[Run]]:
     cpus = None if args.no_pin else "0"
     for kind in kinds:  # warm-up: caches, JIT-less but lazy imports, connections, pools
-        run = run_wrk(wrk, kind, data, args.warmup, args.connections, cpus)
+        run = run_wrk(wrk, kind, data, args.warmup, args.connections, cpus, redis_pid)
         log(f"  warm-up {kind.name:8s} {run.rps:8.0f} req/s")
     runs: dict[str, list[Run]] = {k.name: [] for k in kinds}
     for r in range(args.rounds):
         order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
         for kind in order:
-            run = run_wrk(wrk, kind, data, args.seconds, args.connections, cpus)
+            run = run_wrk(wrk, kind, data, args.seconds, args.connections, cpus, redis_pid)
             runs[kind.name].append(run)
             flag = f"  ({run.errors} errors!)" if run.errors else ""
             log(f"  round {r + 1} {kind.name:8s} {run.rps:8.0f} req/s  p50 {run.p50_ms:6.1f} ms"
-                f"  p99 {run.p99_ms:6.1f} ms{flag}")
+                f"  p99 {run.p99_ms:6.1f} ms  CPU/request: server {_us(run.server_cpu_us)}, "
+                f"Redis {_us(run.redis_cpu_us)}{flag}")
     return runs
+
+
+def _us(value: float | None) -> str:
+    return "?" if value is None else f"{value:.0f} µs"
 
 
 def median_ratio(runs: dict[str, list[Run]], top: str, bottom: str) -> float:
@@ -298,7 +328,7 @@ async def redis_memory(settings: Settings, waiters: int) -> dict[str, Any]:
         keys = room.keys(sale.id)
         view = await room.view(sale.id, fresh=True)
         before = (await redis.info("memory"))["used_memory"]
-        scripts = Scripts(redis)
+        join_sha = await redis.script_load(source("join"))
         window_ms = 2000
         started = time.monotonic()
         batch = 2000
@@ -309,11 +339,10 @@ async def redis_memory(settings: Settings, waiters: int) -> dict[str, Any]:
                 for n in range(first, min(first + batch, waiters)):
                     visitor = secrets.token_urlsafe(16)  # what the API issues
                     address = f"198.18.{n // 250 % 250}.{n % 250}"
-                    await scripts.join(
-                        keys=[keys.meta, keys.visitors(visitor), keys.heartbeat(current),
-                              keys.rate("v", visitor), keys.rate("a", address)],
-                        args=[visitor, now, 3 * 60_000, window_ms, 10, 1_000_000],
-                        client=pipe)
+                    pipe.evalsha(
+                        join_sha, 6, keys.meta, keys.visitors(visitor), keys.heartbeat(current),
+                        keys.rate("v", visitor), keys.rate("a", address), keys.inventory,
+                        visitor, now, 3 * 60_000, window_ms, 10, 1_000_000)
                 results = await pipe.execute()
             bad = [r for r in results if r[0] != "ok"]
             if bad:
@@ -402,30 +431,37 @@ def main(argv: list[str] | None = None) -> int:
             if "http" not in skip:
                 assert wrk is not None
                 ports = {}
+                pids = {}
                 for app in ("loadtest.apps:bare", "flashsale", "loadtest.apps:rowlock"):
                     port = ports[app] = free_port()
-                    procs.start(app.rsplit(":", 1)[-1], pinned(
+                    pids[app] = procs.start(app.rsplit(":", 1)[-1], pinned(
                         [sys.executable, "-m", "loadtest.serve", app, "--host", "127.0.0.1",
                          "--port", str(port), "--workers", str(args.workers)], server_cpus),
-                        env)
+                        env).pid
                 for port in ports.values():
                     wait_port(port, 60, procs)
                 fs = ports["flashsale"]
                 poll, hold = sales["poll_sale"], sales["hold_sale"]
+                fs_pid, rowlock = pids["flashsale"], "loadtest.apps:rowlock"
                 kinds = [
-                    Kind("bare", ports["loadtest.apps:bare"], "bare", ("/",)),
+                    Kind("bare", ports["loadtest.apps:bare"], "bare", ("/",),
+                         pids["loadtest.apps:bare"]),
                     Kind("poll", fs, "status", (f"/api/sales/{poll}/status",
-                                                str(data / "tickets.txt"))),
-                    Kind("join", fs, "join", (f"/api/sales/{poll}/join",)),
+                                                str(data / "tickets.txt")), fs_pid),
+                    Kind("join", fs, "join", (f"/api/sales/{poll}/join",), fs_pid),
                     Kind("hold", fs, "hold", (f"/api/sales/{hold}/holds",
-                                              str(data / "tokens.txt"))),
-                    Kind("rowlock", ports["loadtest.apps:rowlock"], "rowlock",
-                         ("/rowlock/rowlock/purchase",)),
+                                              str(data / "tokens.txt")), fs_pid),
+                    Kind("rowlock", ports[rowlock], "rowlock", ("/rowlock/rowlock/purchase",),
+                         pids[rowlock]),
                 ]
-                runs = http_rounds(args, wrk, kinds, data)
+                runs = http_rounds(args, wrk, kinds, data, redis_process(settings))
                 procs.stop("bare", "flashsale", "rowlock")
                 for name, rs in runs.items():
                     figures[f"{name}_rps"] = round(statistics.median(r.rps for r in rs))
+                    for part in ("server", "redis"):
+                        used = [u for r in rs if (u := getattr(r, f"{part}_cpu_us")) is not None]
+                        figures[f"{name}_{part}_cpu_us"] = (
+                            round(statistics.median(used)) if used else None)
                     figures[f"{name}_p99_ms"] = round(statistics.median(r.p99_ms for r in rs), 1)
                     figures[f"{name}_errors"] = sum(r.errors for r in rs)
                 figures["poll_ratio"] = round(median_ratio(runs, "poll", "bare"), 3)
@@ -469,6 +505,11 @@ def main(argv: list[str] | None = None) -> int:
             f"  row-lock purchase (PG)      {figures['rowlock_rps']:>8} req/s   hold / "
             f"row-lock {figures['purchase_vs_rowlock']:.2f}  "
             f"{verdict('purchase_vs_rowlock', figures['purchase_vs_rowlock'])}",
+            "  CPU per request (server process; Redis):  " + ",  ".join(
+                f"{name} {_us(figures.get(f'{name}_server_cpu_us'))}"
+                + (f"; {_us(figures.get(f'{name}_redis_cpu_us'))}"
+                   if name in ("poll", "join", "hold") else "")
+                for name in ("bare", "poll", "join", "hold", "rowlock")),
         ]
     if "drain_rate" in figures:
         lines.append(f"  persister drain             {figures['drain_rate']:>8} entries/s "
