@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
@@ -364,3 +365,65 @@ async def test_a_closed_sale_whose_keys_are_gone_is_not_brought_back(
     assert await persister.drain(sale) == 0
     assert await persister.take_over(sale) == 0
     assert not await redis.exists(room.keys(sale.id).orders_stream)
+
+
+# -- backlog ---------------------------------------------------------------------------------
+
+async def test_a_backlog_drains_in_growing_batches_read_ahead_of_the_writes(
+    redis: Redis, pool: asyncpg.Pool, room: WaitingRoom, sales: Sales, purchases: Purchases,
+    make_sale: MakeSale, admitted_shoppers: AdmittedShoppers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sale = await make_sale(stock=200, admission={"batch_size": 200, "max_active": 400})
+    ids = await hold_all(purchases, sale, await admitted_shoppers(sale, 150))
+    persister = Persister(redis, pool, sales, purchases, consumer="backlog", batch=10)
+    reads: list[int] = []
+    writing = asyncio.Event()
+    read_while_writing: list[bool] = []
+    real_read, real_apply = persister._read, persister.apply
+
+    async def read(sale: Sale, count: int) -> list[Any]:
+        reads.append(count)
+        read_while_writing.append(writing.is_set())
+        return await real_read(sale, count)
+
+    async def apply(sale: Sale, entries: list[Any]) -> None:
+        writing.set()
+        await asyncio.sleep(0.01)  # a slow commit: the next read goes out meanwhile
+        await real_apply(sale, entries)
+        writing.clear()
+
+    monkeypatch.setattr(persister, "_read", read)
+    monkeypatch.setattr(persister, "apply", apply)
+    assert await persister.drain(sale) == 150
+    assert reads[:4] == [10, 20, 40, 40]  # doubling up to 4 x the batch
+    assert any(read_while_writing[1:])
+    assert set((await orders_in_db(pool, sale)).values()) == {"held"}
+    assert set(await orders_in_db(pool, sale)) == set(ids)
+    assert await purchases.stock.stream_backlog(sale.id) == {
+        "length": 150, "pending": 0, "lag": 0}
+
+
+async def test_a_failed_write_leaves_the_batch_read_ahead_for_take_over(
+    redis: Redis, pool: asyncpg.Pool, room: WaitingRoom, sales: Sales, purchases: Purchases,
+    make_sale: MakeSale, admitted_shoppers: AdmittedShoppers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sale = await make_sale(stock=100)
+    ids = await hold_all(purchases, sale, await admitted_shoppers(sale, 30))
+    persister = Persister(redis, pool, sales, purchases, consumer="flaky", batch=10,
+                          claim_idle_ms=0)
+    real_apply = persister.apply
+
+    async def apply(sale: Sale, entries: list[Any]) -> None:
+        await asyncio.sleep(0.01)  # the read of the next batch completes meanwhile
+        raise OSError("the database went away")
+
+    monkeypatch.setattr(persister, "apply", apply)
+    with pytest.raises(OSError):
+        await persister.drain(sale)
+    backlog = await purchases.stock.stream_backlog(sale.id)
+    assert backlog["pending"] == 30 and backlog["lag"] == 0  # read, none written, none lost
+    monkeypatch.setattr(persister, "apply", real_apply)
+    assert await persister.take_over(sale) == 30
+    assert set(await orders_in_db(pool, sale)) == set(ids)

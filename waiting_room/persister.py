@@ -51,6 +51,8 @@ EXPIRED = Counter("flashsale_holds_expired", "Holds released at expiry", ["sale"
 
 Entry = tuple[str, dict[str, str]]
 LIVE_FOR_S = 86_400  # keep draining a sale's stream this long after it closes
+BACKLOG_FACTOR = 4  # batches grow to this many times FLASHSALE_PERSISTER_BATCH in a backlog
+DRAIN_SLICE_S = 1.0  # one sale's backlog is drained this long at a time
 
 
 class Persister:
@@ -137,20 +139,46 @@ class Persister:
         return True
 
     async def drain(self, sale: Sale) -> int:
-        """Read new entries of one sale and write them; returns how many."""
+        """Read new entries of one sale and write them; returns how many.
+
+        While a backlog lasts (each read comes back full) the batches grow to
+        BACKLOG_FACTOR times `batch`, so the per-transaction costs are shared by more entries,
+        and the next batch is read from Redis while this one is written to PostgreSQL; in
+        steady state a batch stays small, and so does the time the inventory row is locked."""
         if not await self._ensure_group(sale):
             return 0
+        size = self.batch
+        reading: asyncio.Future[list[Entry]] | None = asyncio.ensure_future(
+            self._read(sale, size))
+        moved = 0
+        deadline = time.monotonic() + DRAIN_SLICE_S  # then the other sales get their turn
+        try:
+            while reading is not None:
+                entries = await reading
+                reading = None
+                if not entries:
+                    break
+                if len(entries) >= size:  # a backlog: read a bigger batch while writing this
+                    size = min(size * 2, self.batch * BACKLOG_FACTOR)
+                    if time.monotonic() < deadline:
+                        reading = asyncio.ensure_future(self._read(sale, size))
+                await self.apply(sale, entries)
+                moved += len(entries)
+            return moved
+        finally:
+            if reading is not None and not reading.done():
+                # whatever it read stays pending in the group: take_over replays it
+                reading.cancel()
+
+    async def _read(self, sale: Sale, count: int) -> list[Entry]:
         try:
             reply = await self.redis.xreadgroup(PERSISTER_GROUP, self.consumer,
-                                                {self.stream(sale.id): ">"}, count=self.batch)
+                                                {self.stream(sale.id): ">"}, count=count)
         except ResponseError as exc:  # NOGROUP: the stream was removed; recreate next time
             self._groups.discard(sale.id)
             log.warning("stream read failed", extra={"sale": sale.id, "error": str(exc)})
-            return 0
-        entries: list[Entry] = reply[0][1] if reply else []
-        if entries:
-            await self.apply(sale, entries)
-        return len(entries)
+            return []
+        return reply[0][1] if reply else []
 
     async def take_over(self, sale: Sale) -> int:
         """Claim entries a silent consumer (dead, or this one before a crash) left unacked."""
