@@ -209,7 +209,7 @@ def admit(room: WaitingRoom, clock: Clock, signer: Signer) -> Admit:
                            room.signer, clock=clock)
 
     async def gather_chunked(calls: list[Awaitable[Any]]) -> list[Any]:
-        # at most 50 at a time: the Redis client's pool refuses more than 100 connections
+        # at most 50 at a time: a bounded crowd, like the API's concurrent requests
         results: list[Any] = []
         for first in range(0, len(calls), 50):
             results += await asyncio.gather(*calls[first:first + 50])
@@ -264,8 +264,7 @@ def admitted_shoppers(room: WaitingRoom, clock: Clock, signer: Signer) -> Admitt
     Moves the room clock past the opening (and opens the room) if needed, joins the shoppers,
     admits them in as many batches as that takes and polls each for the admission token the
     status endpoint hands out (`signer.sign(claims)` gives that token back). The sale's
-    batch_size and max_active must allow them. At most `chunk` calls run at once (the Redis
-    client's pool holds 100 connections).
+    batch_size and max_active must allow them. At most `chunk` calls run at once.
     """
 
     async def shoppers(sale: Sale, count: int, *, prefix: str | None = None,

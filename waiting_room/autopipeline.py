@@ -113,7 +113,8 @@ class AutoPipeline:
         self._connection: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
-        self._seen = -1
+        self._watched: _Connection | None = None  # the connection the watchdog judges...
+        self._seen = -1  # ...and how many replies it had given when last looked at
         self._shas: dict[str, str] = {}
 
     @classmethod
@@ -152,11 +153,11 @@ class AutoPipeline:
             connection = await self._connect()
         futures = [self._queue(connection, _pack(tuple(command))) for command in commands]
         replies: list[Any] = []
-        error: BaseException | None = None
-        for future in futures:
+        error: Exception | None = None
+        for future in futures:  # every reply is awaited, so no error goes unretrieved
             try:
                 replies.append(await future)
-            except ResponseError as exc:
+            except Exception as exc:
                 replies.append(exc)
                 error = error or exc
         if error is not None:
@@ -193,20 +194,21 @@ class AutoPipeline:
             connection.flush_scheduled = True
             loop.call_soon(connection.flush)
         if self._watchdog is None:
-            self._seen = connection.received
+            self._watched, self._seen = connection, connection.received
             self._watchdog = loop.call_later(self.timeout, self._watch)
         return future
 
     def _watch(self) -> None:
-        """Drop a connection that answered nothing for a whole `timeout` with work pending."""
+        """Drop a connection that answered nothing for a whole `timeout` with work pending
+        (so a command fails between one and two timeouts after Redis fell silent)."""
         self._watchdog = None
         connection = self._connection
         if connection is None or not connection.pending:
             return
-        if connection.received == self._seen:
+        if connection is self._watched and connection.received == self._seen:
             connection.fail(RedisTimeoutError(f"Redis answered nothing for {self.timeout:g} s"))
             return
-        self._seen = connection.received
+        self._watched, self._seen = connection, connection.received
         self._watchdog = asyncio.get_running_loop().call_later(self.timeout, self._watch)
 
     async def _connect(self) -> _Connection:
@@ -222,6 +224,7 @@ class AutoPipeline:
 
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
+        connection: _Connection | None = None
         try:
             async with asyncio.timeout(self.timeout):
                 if self.path:
@@ -239,10 +242,15 @@ class AutoPipeline:
                     setup.append(("SELECT", self.db))
                 for command in setup:
                     await self._queue(connection, _pack(command))
-        except TimeoutError as exc:
-            raise RedisTimeoutError(f"could not connect to Redis in {self.timeout:g} s") from exc
-        except OSError as exc:
-            raise RedisConnectionError(f"could not connect to Redis: {exc}") from exc
+        except BaseException as exc:
+            if connection is not None:  # connected, but refused (AUTH, SELECT) or too slow
+                connection.fail(RedisConnectionError(f"could not set up the connection: {exc}"))
+            if isinstance(exc, TimeoutError):
+                raise RedisTimeoutError(
+                    f"could not connect to Redis in {self.timeout:g} s") from exc
+            if isinstance(exc, OSError):
+                raise RedisConnectionError(f"could not connect to Redis: {exc}") from exc
+            raise
         self._connection = connection
         return connection
 
