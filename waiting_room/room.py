@@ -96,6 +96,7 @@ class WaitingRoom:
         self.signer = signer
         self.clock = clock
         self.scripts = Scripts(redis, settings.redis_command_timeout_seconds)
+        self._pipeline = self.scripts.pipeline  # the hot path's connection to the same Redis
         self._views: dict[str, tuple[float, RoomView]] = {}
         self._refreshing: dict[str, asyncio.Future[RoomView]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -184,7 +185,7 @@ class WaitingRoom:
 
     async def _read_view(self, sale_id: str) -> RoomView:
         keys = self.keys(sale_id)
-        fields, batches, held = await self.scripts.pipeline().execute_many([
+        fields, batches, held = await self._pipeline().execute_many([
             ("HGETALL", keys.meta), ("LRANGE", keys.batches, 0, -1),
             ("HGET", keys.inventory, "held")])
         meta = dict(zip(fields[::2], fields[1::2], strict=True))
@@ -269,7 +270,7 @@ class WaitingRoom:
             if passed:
                 commands.append(("GETBIT", keys.admitted, j))
                 commands.append(("ZSCORE", keys.active, j))
-            results = await self.scripts.pipeline().execute_many(commands)
+            results = await self._pipeline().execute_many(commands)
             if passed:
                 was_admitted = results[-2]
                 until = None if results[-1] is None else int(float(results[-1]))
