@@ -242,7 +242,8 @@ PATHS.update({
         "summary": "Hold stock: a quantity, a party of seats chosen for you, or given seats",
         "description": "Needs the admission token from status as a bearer token. A party "
                        "gets adjacent seats in one row when any row has them. Send an "
-                       "Idempotency-Key so a retried request returns the same hold.",
+                       "Idempotency-Key so a retried request returns the same hold, "
+                       "also after the admission token has expired.",
         "parameters": [SALE_ID_PARAM, {"name": "Idempotency-Key", "in": "header",
                                        "schema": {"type": "string", "maxLength": 200}}],
         "security": [{"admission": []}],
@@ -261,7 +262,8 @@ PATHS.update({
             "403": _error("Admission not active"),
             "404": _error("Unknown sale"),
             "409": _error("Sold out, limit reached, not enough stock, seats taken, closed"),
-            "410": _error("Admission token expired"),
+            "410": _error("Admission token expired (and no hold made with this "
+                          "Idempotency-Key)"),
             "422": _VALIDATION,
             "503": _error("Stock being prepared; see Retry-After")}}},
     "/api/sales/{sale_id}/orders": {"get": {

@@ -17,7 +17,7 @@ from api.services import Services
 from waiting_room.purchase import PurchaseRefused, layout_of
 from waiting_room.sale import Sale
 from waiting_room.seating import taken_from_bitmap
-from waiting_room.tokens import ADMISSION, Claims
+from waiting_room.tokens import ADMISSION, Claims, TokenExpired
 
 NO_STORE = {"Cache-Control": "no-store"}
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
@@ -28,7 +28,27 @@ def _services(request: Request) -> Services:
     return services
 
 
-def _admission(request: Request, services: Services, sale_id: str) -> Claims:
+async def _replay_after_expiry(request: Request, services: Services,
+                               sale_id: str) -> Answer | None:
+    key = request.headers.get("idempotency-key")
+    if key is None or not IDEMPOTENCY_KEY.match(key):
+        return None
+    claims = _admission(request, services, sale_id, expired_ok=True)
+    sale = await services.sale_cached(sale_id)
+    order = await services.purchases.replayed(sale, claims.visitor, key)
+    if order is None:
+        return None
+    labelled(HOLDS, "replayed").inc()
+    return _held_answer(sale_id, order, created=False)
+
+
+def _held_answer(sale_id: str, order: dict[str, Any], *, created: bool) -> Answer:
+    return Answer(201 if created else 200, order,
+                  {**NO_STORE, "Location": f"/api/sales/{sale_id}/orders/{order['id']}"})
+
+
+def _admission(request: Request, services: Services, sale_id: str, *,
+               expired_ok: bool = False) -> Claims:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip() if scheme.lower() == "bearer" else ""
@@ -36,7 +56,8 @@ def _admission(request: Request, services: Services, sale_id: str) -> Claims:
     if not token:
         raise ApiError(401, "an admission token is required: send the token from your status "
                             "as 'Authorization: Bearer <token>'", code="missing_admission")
-    claims = services.signer.verify(token, kind=ADMISSION, sale=sale_id, now=time.time())
+    claims = services.signer.verify(token, kind=ADMISSION, sale=sale_id, now=time.time(),
+                                    expired_ok=expired_ok)
     presented = visitor_of(request)
     if presented is not None and presented != claims.visitor:
         raise ApiError(401, "this admission belongs to another visitor", code="invalid_token")
@@ -72,7 +93,14 @@ def _seat_ids(sale: Sale, raw: Any) -> list[int]:
 async def create_hold(request: Request) -> Response:
     services = _services(request)
     sale_id = sale_id_from_path(request)
-    admission = _admission(request, services, sale_id)
+    try:
+        admission = _admission(request, services, sale_id)
+    except TokenExpired:
+        # a retry of a hold made before the admission ended gets that hold back
+        replay = await _replay_after_expiry(request, services, sale_id)
+        if replay is None:
+            raise
+        return replay.response()
     key = idempotency_key(request.headers.get("idempotency-key"))
     body = await read_json(request, services.settings.max_body_bytes, required=False) or {}
     answer = await hold_answer(services, sale_id, admission, key, body)
@@ -103,8 +131,7 @@ async def hold_answer(services: Services, sale_id: str, admission: Claims, key: 
     held = await services.purchases.hold(sale, admission, quantity=quantity, seats=seats,
                                          idempotency_key=key)
     labelled(HOLDS, "created" if held.created else "replayed").inc()
-    return Answer(201 if held.created else 200, held.order,
-                  {**NO_STORE, "Location": f"/api/sales/{sale_id}/orders/{held.order['id']}"})
+    return _held_answer(sale_id, held.order, created=held.created)
 
 
 async def list_orders(request: Request) -> Response:

@@ -450,3 +450,30 @@ async def test_join_limit_per_address(settings: Settings, services: Services,
                     limited.rate_window_seconds)
     async with app_client(limited, services, address="198.51.100.21") as http:
         assert (await http.post(url, headers={"X-Visitor-Id": visitor()})).status_code == 201
+
+
+async def test_a_hold_retried_after_its_admission_ended_gets_that_hold_back(
+        client: httpx.AsyncClient, make_sale: MakeSale, admitted_shoppers: Any,
+        signer: Signer) -> None:
+    sale = await make_sale(stock=5)
+    (shopper,) = await admitted_shoppers(sale, 1)
+    url = f"/api/sales/{sale.id}/holds"
+    first = await client.post(url, headers={"Authorization": f"Bearer {signer.sign(shopper)}",
+                                            "Idempotency-Key": "retry-1"})
+    assert first.status_code == 201, first.text
+    # the answer was lost; by the time the shopper retries, the admission has ended
+    ended = signer.sign(replace(shopper, exp=time.time() - 5))
+    retry = await client.post(url, headers={"Authorization": f"Bearer {ended}",
+                                            "Idempotency-Key": "retry-1"})
+    assert retry.status_code == 200, retry.text
+    assert retry.json() == first.json()
+    assert retry.headers["location"] == first.headers["location"]
+    # without that key, or with another, an ended admission buys nothing more
+    for headers in ({}, {"Idempotency-Key": "retry-2"}, {"Idempotency-Key": "bad key"}):
+        late = await client.post(url, headers={"Authorization": f"Bearer {ended}", **headers})
+        assert_error(late, 410, "token_expired")
+    # and the replay is the shopper's own: someone else's expired token gets nothing
+    other = signer.sign(replace(shopper, visitor="someone-else", exp=time.time() - 5))
+    stolen = await client.post(url, headers={"Authorization": f"Bearer {other}",
+                                             "Idempotency-Key": "retry-1"})
+    assert_error(stolen, 410, "token_expired")

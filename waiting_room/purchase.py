@@ -274,6 +274,14 @@ class Purchases:
     async def _hold_fields(self, sale_id: str, order_id: str) -> dict[str, str]:
         return await self.redis.hgetall(self.keys(sale_id).hold(order_id))
 
+    async def replayed(self, sale: Sale, visitor: str,
+                       idempotency_key: str) -> dict[str, Any] | None:
+        """The order a hold with this Idempotency-Key made, if one did (for a retry whose
+        admission has ended since: the hold it made still stands)."""
+        order_id = await self.redis.get(
+            self.keys(sale.id).idempotency(visitor, idempotency_digest(idempotency_key)))
+        return None if order_id is None else await self.order(sale, visitor, order_id)
+
     async def order(self, sale: Sale, visitor: str, order_id: str) -> dict[str, Any]:
         """One of the shopper's orders; 404 for anyone else's."""
         fields = await self._hold_fields(sale.id, order_id)
