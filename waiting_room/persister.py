@@ -166,9 +166,11 @@ class Persister:
                 moved += len(entries)
             return moved
         finally:
+            # on an error, what the read-ahead got stays pending in the group for take_over
             if reading is not None and not reading.done():
-                # whatever it read stays pending in the group: take_over replays it
                 reading.cancel()
+            elif reading is not None and not reading.cancelled():
+                reading.exception()  # retrieved: the error that ended the drain is raised
 
     async def _read(self, sale: Sale, count: int) -> list[Entry]:
         try:
