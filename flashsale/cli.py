@@ -67,6 +67,7 @@ def run_api(settings: Settings, args: argparse.Namespace) -> int:
 async def connected(settings: Settings, *, pool_size: int = 4) -> AsyncIterator[Services]:
     """Connections and services for a command-line role, closed on the way out."""
     from api.services import Services
+    from waiting_room.autopipeline import close_shared
     from waiting_room.db import connect_pool
     from waiting_room.redis_client import connect_redis
 
@@ -76,6 +77,7 @@ async def connected(settings: Settings, *, pool_size: int = 4) -> AsyncIterator[
     try:
         yield Services.build(settings, redis, raw_redis, pool)
     finally:
+        await close_shared()
         await pool.close()
         await redis.aclose()
         await raw_redis.aclose()

@@ -52,6 +52,7 @@ import httpx
 from redis.asyncio import Redis
 
 from flashsale.settings import Settings
+from waiting_room.autopipeline import close_shared
 from waiting_room.db import migrate
 from waiting_room.keys import HEARTBEAT_SLICES
 from waiting_room.payments import SimulatedProvider
@@ -944,6 +945,7 @@ async def run_sale(plan: Plan, settings: Settings, shoppers: int, port: int,
                 with contextlib.suppress(Exception):
                     await http.post(f"/admin/sales/{demo.sale_id}/close", headers=admin,
                                     timeout=5)
+            await close_shared()
             await redis.aclose()
 
 
@@ -980,6 +982,7 @@ async def remove_room(settings: Settings, sale_id: str) -> None:
                     and await redis.xlen(keys.orders_stream) == 0):
                 await redis.unlink(keys.orders_stream)
     finally:
+        await close_shared()
         await redis.aclose()
 
 

@@ -61,6 +61,7 @@ from loadtest.common import (
     processes,
     wait_port,
 )
+from waiting_room.autopipeline import close_shared
 from waiting_room.db import connect_pool, migrate
 from waiting_room.room import WaitingRoom
 from waiting_room.sales import Sales
@@ -196,6 +197,7 @@ async def prepare(settings: Settings, data: Path, waiters: int, admitted: int) -
         await Stock(redis, redis, pool, room).prewarm(hold_sale)
         return {"poll_sale": poll_sale.id, "hold_sale": hold_sale.id}
     finally:
+        await close_shared()
         await pool.close()
         await redis.aclose()
 
@@ -382,6 +384,7 @@ async def redis_memory(settings: Settings, waiters: int) -> dict[str, Any]:
     finally:
         async for key in redis.scan_iter(match=f"{prefix}:*", count=5000):
             await redis.unlink(key)
+        await close_shared()
         await pool.close()
         await redis.aclose()
 
