@@ -93,6 +93,7 @@ def test_token_key_of_32_accepted() -> None:
     ("FLASHSALE_JOIN_BUCKETS", "0", "FLASHSALE_JOIN_BUCKETS"),
     ("FLASHSALE_RATE_WINDOW_SECONDS", "-1", "FLASHSALE_RATE_WINDOW_SECONDS"),
     ("FLASHSALE_STATUS_CACHE_MS", "-1", "FLASHSALE_STATUS_CACHE_MS"),
+    ("FLASHSALE_REDIS_COMMAND_TIMEOUT_SECONDS", "0", "FLASHSALE_REDIS_COMMAND_TIMEOUT_SECONDS"),
 ])
 def test_invalid_values_rejected(env: str, raw: str, words: str) -> None:
     with pytest.raises(SettingsError, match=re.escape(words)):
