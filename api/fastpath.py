@@ -31,7 +31,7 @@ from starlette.requests import Request, cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import EXCEPTION_HANDLERS
-from api.inputs import VISITOR_COOKIE, VISITOR_ID
+from api.inputs import VISITOR_COOKIE, bearer_token, presented_visitor
 from api.metrics import POLLS, REQUEST_SECONDS, labelled
 from api.purchase import hold_answer, idempotency_key
 from api.request_id import _SAFE
@@ -81,17 +81,17 @@ def _headers(scope: Scope) -> dict[bytes, bytes]:
     return found
 
 
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
 def _visitor(headers: dict[bytes, bytes]) -> tuple[str | None, str | None]:
-    """The visitor presented (X-Visitor-Id, else the cookie) and the cookie's visitor."""
+    """The visitor presented (X-Visitor-Id, else the cookie; checked) and the cookie's."""
     cookie_value = headers.get(b"cookie")
     cookie = None
     if cookie_value is not None:
         cookie = cookie_parser(cookie_value.decode("latin-1")).get(VISITOR_COOKIE)
-    header = headers.get(b"x-visitor-id")
-    presented = header.decode("latin-1") if header else cookie
-    if presented is not None and not VISITOR_ID.match(presented):
-        raise Fallback
-    return presented, cookie
+    return presented_visitor(_text(headers.get(b"x-visitor-id")), cookie), cookie
 
 
 def _no_body(headers: dict[bytes, bytes]) -> None:
@@ -201,21 +201,15 @@ async def _join(services: Services, scope: Scope, receive: Receive, sale_id: str
 async def _hold(services: Services, scope: Scope, receive: Receive, sale_id: str) -> Answered:
     try:
         headers = _headers(scope)
-        token = b""
-        authorization = headers.get(b"authorization")
-        if authorization is not None:
-            scheme, _, token = authorization.partition(b" ")
-            token = token.strip() if scheme.lower() == b"bearer" else b""
-        token = token or headers.get(b"x-admission-token", b"")
+        token = bearer_token(_text(headers.get(b"authorization")),
+                             _text(headers.get(b"x-admission-token")))
         if not token:
             raise Fallback
-        claims = services.signer.verify(token.decode("latin-1"), kind=ADMISSION, sale=sale_id,
-                                        now=time.time())
+        claims = services.signer.verify(token, kind=ADMISSION, sale=sale_id, now=time.time())
         presented, _ = _visitor(headers)
         if presented is not None and presented != claims.visitor:
             raise Fallback
-        raw_key = headers.get(b"idempotency-key")
-        key = idempotency_key(None if raw_key is None else raw_key.decode("latin-1"))
+        key = idempotency_key(_text(headers.get(b"idempotency-key")))
     except Exception:
         raise Fallback from None
     body, raw = await _json_object(headers, receive, services.settings.max_body_bytes)

@@ -77,7 +77,14 @@ def sale_id_from_path(request: Request) -> str:
 
 def visitor_of(request: Request) -> str | None:
     """The visitor id the caller presents (header first, then cookie), if any."""
-    value = request.headers.get(VISITOR_HEADER) or request.cookies.get(VISITOR_COOKIE)
+    return presented_visitor(request.headers.get(VISITOR_HEADER),
+                             request.cookies.get(VISITOR_COOKIE))
+
+
+def presented_visitor(header: str | None, cookie: str | None) -> str | None:
+    """`visitor_of` from the header's and the cookie's values (api/fastpath.py has no
+    Request)."""
+    value = header or cookie
     if value is None:
         return None
     if not VISITOR_ID.match(value):
@@ -88,6 +95,14 @@ def visitor_of(request: Request) -> str | None:
 
 def new_visitor_id() -> str:
     return secrets.token_urlsafe(16)
+
+
+def bearer_token(authorization: str | None, alternative: str | None) -> str:
+    """The token of `Authorization: Bearer <token>`, else the alternative header's; '' if
+    neither."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip() if scheme.lower() == "bearer" else ""
+    return token or alternative or ""
 
 
 def ticket_of(request: Request) -> str:

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 
 from api.answer import Answer
 from api.errors import ApiError
-from api.inputs import read_json, sale_id_from_path, visitor_of
+from api.inputs import bearer_token, read_json, sale_id_from_path, visitor_of
 from api.metrics import HOLDS, PAYMENTS, labelled
 from api.services import Services
 from waiting_room.purchase import PurchaseRefused, layout_of
@@ -49,10 +49,8 @@ def _held_answer(sale_id: str, order: dict[str, Any], *, created: bool) -> Answe
 
 def _admission(request: Request, services: Services, sale_id: str, *,
                expired_ok: bool = False) -> Claims:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip() if scheme.lower() == "bearer" else ""
-    token = token or request.headers.get("x-admission-token", "")
+    token = bearer_token(request.headers.get("authorization"),
+                         request.headers.get("x-admission-token"))
     if not token:
         raise ApiError(401, "an admission token is required: send the token from your status "
                             "as 'Authorization: Bearer <token>'", code="missing_admission")
