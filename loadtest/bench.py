@@ -445,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
                     wait_port(port, 60, procs)
                 fs = ports["flashsale"]
                 poll, hold = sales["poll_sale"], sales["hold_sale"]
+                if args.workers > 1:  # the workers are the master's children: not measured
+                    pids = dict.fromkeys(pids, 0)
                 fs_pid, rowlock = pids["flashsale"], "loadtest.apps:rowlock"
                 kinds = [
                     Kind("bare", ports["loadtest.apps:bare"], "bare", ("/",),
