@@ -50,12 +50,12 @@ from redis.asyncio import Redis
 from flashsale.settings import Settings
 from loadtest.apps import ROWLOCK_DDL
 from loadtest.common import (
-    child_env,
     cpu_seconds,
     drop_install,
     ensure_services,
     ensure_tool,
     free_port,
+    install_env,
     log,
     pinned,
     processes,
@@ -419,15 +419,8 @@ def main(argv: list[str] | None = None) -> int:
             processes(Path(tmp) / "logs") as procs:
         data = Path(tmp)
         try:
-            env = child_env(urls, **{
-                "FLASHSALE_REDIS_PREFIX": settings.redis_prefix,
-                "FLASHSALE_DATABASE_SCHEMA": settings.database_schema,
-                "FLASHSALE_ADMIN_TOKEN": settings.admin_token,
-                "FLASHSALE_TOKEN_KEY": settings.token_key,
-                "FLASHSALE_TOKEN_KEY_PREVIOUS": "",
+            env = install_env(urls, settings, **{
                 "FLASHSALE_JOIN_LIMIT_PER_ADDRESS": "1000000000",
-                "FLASHSALE_LOG_LEVEL": "WARNING",
-                "FLASHSALE_METRICS_PORT": "0",
                 "FLASHSALE_ADMITTER_REFRESH_SECONDS": "0.2",
             })
             sales = asyncio.run(prepare(settings, data, waiters=5000, admitted=3000))

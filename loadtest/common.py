@@ -190,6 +190,20 @@ def child_env(base: dict[str, str], **settings: str) -> dict[str, str]:
     return env
 
 
+def install_env(base: dict[str, str], settings: Settings, **more: str) -> dict[str, str]:
+    """`child_env` for a run's own install: its Redis prefix, schema, keys and quiet logs."""
+    return child_env(base, **{
+        "FLASHSALE_REDIS_PREFIX": settings.redis_prefix,
+        "FLASHSALE_DATABASE_SCHEMA": settings.database_schema,
+        "FLASHSALE_ADMIN_TOKEN": settings.admin_token,
+        "FLASHSALE_TOKEN_KEY": settings.token_key,
+        "FLASHSALE_TOKEN_KEY_PREVIOUS": "",
+        "FLASHSALE_LOG_LEVEL": "WARNING",
+        "FLASHSALE_METRICS_PORT": "0",
+        **more,
+    })
+
+
 async def drop_install(settings: Settings) -> None:
     """Remove everything under a run's own Redis prefix and PostgreSQL schema."""
     redis = Redis.from_url(settings.redis_url)

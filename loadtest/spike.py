@@ -71,11 +71,11 @@ from flashsale.settings import Settings
 from loadtest.common import (
     ROOT,
     Procs,
-    child_env,
     drop_install,
     ensure_services,
     ensure_tool,
     free_port,
+    install_env,
     log,
     processes,
     wait_port,
@@ -695,14 +695,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = folder / "haproxy.cfg"
     run_dir = Path(tempfile.mkdtemp(prefix="fs-spike-"))  # a unix socket's path is short
     cfg.write_text(render_haproxy(args, run_dir, public, internal, api_ports))
-    env = child_env(urls, **{
-        "FLASHSALE_REDIS_PREFIX": settings.redis_prefix,
-        "FLASHSALE_DATABASE_SCHEMA": settings.database_schema,
-        "FLASHSALE_ADMIN_TOKEN": settings.admin_token,
-        "FLASHSALE_TOKEN_KEY": settings.token_key,
-        "FLASHSALE_TOKEN_KEY_PREVIOUS": "",
-        "FLASHSALE_LOG_LEVEL": "WARNING",
-        "FLASHSALE_METRICS_PORT": "0",
+    env = install_env(urls, settings, **{
         "FLASHSALE_ADMITTER_TICK_MS": "50",
         "FLASHSALE_ADMITTER_REFRESH_SECONDS": "1",
         "FLASHSALE_SWEEP_INTERVAL_MS": "250",
