@@ -45,8 +45,11 @@ async def create_sale(request: Request) -> Response:
     body = await read_json(request, services.settings.max_admin_body_bytes)
     sale = await services.sales.create(body)
     services.forget(sale.id)
-    return JSONResponse(await _detail(services, sale), status_code=201,
-                        headers={"Location": f"/admin/sales/{sale.id}"})
+    return JSONResponse(
+        await _detail(services, sale),
+        status_code=201,
+        headers={"Location": f"/admin/sales/{sale.id}"},
+    )
 
 
 async def get_sale(request: Request) -> Response:
@@ -95,8 +98,9 @@ async def reconcile(request: Request) -> Response:
     sale = await services.sales.get(sale_id_from_path(request))
     repair = request.method == "POST" and bool_query(request, "repair", False)
     try:
-        report = await services.stock.reconcile(sale, repair=repair,
-                                                force=bool_query(request, "force", False))
+        report = await services.stock.reconcile(
+            sale, repair=repair, force=bool_query(request, "force", False)
+        )
     except NotDrained as exc:
         raise ApiError(409, str(exc), code="not_drained", headers={"Retry-After": "2"}) from exc
     return JSONResponse(report.as_dict())

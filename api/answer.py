@@ -18,8 +18,10 @@ VISITOR_COOKIE_MAX_AGE = 30 * 86400
 def visitor_cookie(visitor: str, secure: bool) -> str:
     """The `Set-Cookie` value that keeps a visitor's place (as Starlette's `set_cookie` would
     spell it); the id is checked against VISITOR_ID before it gets here."""
-    cookie = (f"{VISITOR_COOKIE}={visitor}; HttpOnly; Max-Age={VISITOR_COOKIE_MAX_AGE}; "
-              "Path=/; SameSite=lax")
+    cookie = (
+        f"{VISITOR_COOKIE}={visitor}; HttpOnly; Max-Age={VISITOR_COOKIE_MAX_AGE}; "
+        "Path=/; SameSite=lax"
+    )
     return cookie + "; Secure" if secure else cookie
 
 
@@ -39,10 +41,14 @@ class Answer:
     def raw(self) -> tuple[list[tuple[bytes, bytes]], bytes]:
         """Headers and body for a bare ASGI `send` (JSON as compact as JSONResponse's)."""
         body = orjson.dumps(self.body)
-        headers = [(name.lower().encode("latin-1"), value.encode("latin-1"))
-                   for name, value in self.headers.items()]
-        headers += [(b"content-length", str(len(body)).encode()),
-                    (b"content-type", b"application/json")]
+        headers = [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in self.headers.items()
+        ]
+        headers += [
+            (b"content-length", str(len(body)).encode()),
+            (b"content-type", b"application/json"),
+        ]
         if self.cookie is not None:
             headers.append((b"set-cookie", self.cookie.encode("latin-1")))
         return headers, body

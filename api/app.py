@@ -81,9 +81,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     return Starlette(
         routes=ROUTES,
-        middleware=[Middleware(FastPath),
-                    Middleware(RequestIdMiddleware, access_log=settings.access_log),
-                    Middleware(MetricsMiddleware)],
+        middleware=[
+            Middleware(FastPath),
+            Middleware(RequestIdMiddleware, access_log=settings.access_log),
+            Middleware(MetricsMiddleware),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

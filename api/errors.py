@@ -23,16 +23,33 @@ from waiting_room.tokens import TokenExpired, TokenInvalid
 
 log = logging.getLogger(__name__)
 
-_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-          405: "method_not_allowed", 409: "conflict", 410: "gone", 413: "too_large",
-          415: "unsupported_media_type", 422: "invalid", 429: "rate_limited",
-          503: "unavailable"}
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    410: "gone",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid",
+    429: "rate_limited",
+    503: "unavailable",
+}
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, code: str | None = None,
-                 field: str | None = None, headers: Mapping[str, str] | None = None,
-                 extra: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        field: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code or _CODES.get(status, "error")
@@ -46,8 +63,9 @@ def error_response(error: ApiError) -> JSONResponse:
     body: dict[str, Any] = {"code": error.code, "message": error.message}
     if error.field:
         body["field"] = error.field
-    return JSONResponse({"error": body, **error.extra}, status_code=error.status,
-                        headers=error.headers)
+    return JSONResponse(
+        {"error": body, **error.extra}, status_code=error.status, headers=error.headers
+    )
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
@@ -57,8 +75,11 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    message = {404: "no such endpoint", 405: "method not allowed on this endpoint",
-               413: "the request body is too large"}.get(exc.status_code, str(exc.detail))
+    message = {
+        404: "no such endpoint",
+        405: "method not allowed on this endpoint",
+        413: "the request body is too large",
+    }.get(exc.status_code, str(exc.detail))
     return error_response(ApiError(exc.status_code, message, headers=exc.headers))
 
 
@@ -92,8 +113,9 @@ async def _refused(request: Request, exc: Exception) -> JSONResponse:
     if exc.order is not None:
         extra["order"] = exc.order
     field = extra.pop("field", None)
-    return error_response(ApiError(exc.status, exc.message, code=exc.code, field=field,
-                                   headers=headers, extra=extra))
+    return error_response(
+        ApiError(exc.status, exc.message, code=exc.code, field=field, headers=headers, extra=extra)
+    )
 
 
 async def _internal(request: Request, exc: Exception) -> JSONResponse:
@@ -101,7 +123,8 @@ async def _internal(request: Request, exc: Exception) -> JSONResponse:
     rid = request_id.get()  # still set: see api/request_id.py
     return JSONResponse(
         {"error": {"code": "internal", "message": "internal error", "request_id": rid}},
-        status_code=500, headers={"X-Request-ID": rid} if rid else None,
+        status_code=500,
+        headers={"X-Request-ID": rid} if rid else None,
     )
 
 

@@ -99,8 +99,9 @@ def _no_body(headers: dict[bytes, bytes]) -> None:
         raise Fallback
 
 
-async def _json_object(headers: dict[bytes, bytes], receive: Receive,
-                       limit: int) -> tuple[dict[str, Any], bytes]:
+async def _json_object(
+    headers: dict[bytes, bytes], receive: Receive, limit: int
+) -> tuple[dict[str, Any], bytes]:
     """A small JSON object body, and its bytes; an empty body is {}."""
     if b"transfer-encoding" in headers:
         raise Fallback
@@ -133,8 +134,9 @@ async def _json_object(headers: dict[bytes, bytes], receive: Receive,
 
 def _replay(body: bytes, last: Message | None, receive: Receive) -> Receive:
     """A `receive` that gives back what the fast path already read, then carries on."""
-    queued: list[Message] = [{"type": "http.request", "body": body,
-                              "more_body": bool(last and last.get("more_body"))}]
+    queued: list[Message] = [
+        {"type": "http.request", "body": body, "more_body": bool(last and last.get("more_body"))}
+    ]
     if last is not None and last["type"] != "http.request":
         queued = [{"type": "http.request", "body": body, "more_body": True}, last]
 
@@ -146,8 +148,9 @@ def _replay(body: bytes, last: Message | None, receive: Receive) -> Receive:
 
 async def _rendered(scope: Scope, exc: Exception) -> Answered:
     """An error as the app's exception handlers answer it."""
-    handler = next(EXCEPTION_HANDLERS[kind] for kind in type(exc).__mro__
-                   if kind in EXCEPTION_HANDLERS)
+    handler = next(
+        EXCEPTION_HANDLERS[kind] for kind in type(exc).__mro__ if kind in EXCEPTION_HANDLERS
+    )
     response = await handler(Request(scope), exc)
     return response.status_code, list(response.raw_headers), bytes(response.body)
 
@@ -155,8 +158,8 @@ async def _rendered(scope: Scope, exc: Exception) -> Answered:
 # -- the three calls ------------------------------------------------------------------------
 # Each raises Fallback until it starts the work; from then on it answers every outcome.
 
-async def _status(services: Services, scope: Scope, receive: Receive,
-                  sale_id: str) -> Answered:
+
+async def _status(services: Services, scope: Scope, receive: Receive, sale_id: str) -> Answered:
     try:
         query = scope["query_string"]
         heartbeat = None
@@ -170,8 +173,9 @@ async def _status(services: Services, scope: Scope, receive: Receive,
         if ticket is None:
             raise Fallback
         presented, _ = _visitor(headers)
-        claims = services.signer.verify(ticket.decode("latin-1"), kind=TICKET, sale=sale_id,
-                                        now=time.time())
+        claims = services.signer.verify(
+            ticket.decode("latin-1"), kind=TICKET, sale=sale_id, now=time.time()
+        )
         if presented is not None and presented != claims.visitor:
             raise Fallback
         # a poll changes nothing that running it again would repeat (its heartbeat bit is
@@ -192,8 +196,9 @@ async def _join(services: Services, scope: Scope, receive: Receive, sale_id: str
     except Exception:
         raise Fallback from None
     client = scope.get("client")
-    answer = await join_answer(services, sale_id, presented, cookie,
-                               client[0] if client else "unknown")
+    answer = await join_answer(
+        services, sale_id, presented, cookie, client[0] if client else "unknown"
+    )
     answer_headers, body = answer.raw()
     return answer.status, answer_headers, body
 
@@ -201,8 +206,9 @@ async def _join(services: Services, scope: Scope, receive: Receive, sale_id: str
 async def _hold(services: Services, scope: Scope, receive: Receive, sale_id: str) -> Answered:
     try:
         headers = _headers(scope)
-        token = bearer_token(_text(headers.get(b"authorization")),
-                             _text(headers.get(b"x-admission-token")))
+        token = bearer_token(
+            _text(headers.get(b"authorization")), _text(headers.get(b"x-admission-token"))
+        )
         if not token:
             raise Fallback
         claims = services.signer.verify(token, kind=ADMISSION, sale=sale_id, now=time.time())
@@ -239,11 +245,15 @@ class FastPath:
         if scope["type"] != "http" or not path.startswith(PREFIX):
             await self.app(scope, receive, send)
             return
-        sale_id, _, action = path[len(PREFIX):].partition("/")
+        sale_id, _, action = path[len(PREFIX) :].partition("/")
         route = ROUTES.get((scope["method"], action))
         services: Services | None = getattr(scope["app"].state, "services", None)
-        if (route is None or services is None or not SALE_ID.match(sale_id)
-                or getattr(services.settings, "access_log", False)):
+        if (
+            route is None
+            or services is None
+            or not SALE_ID.match(sale_id)
+            or getattr(services.settings, "access_log", False)
+        ):
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
@@ -264,5 +274,6 @@ class FastPath:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         labelled(REQUEST_SECONDS, route[0], scope["method"], str(status)).observe(
-            time.perf_counter() - start)
+            time.perf_counter() - start
+        )
         request_id.reset(token)

@@ -36,8 +36,10 @@ async def readyz(request: Request) -> Response:
         except Exception as exc:  # any failure means not ready; the reason is reported
             checks[name] = f"unavailable: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
-                        status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "not_ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )
 
 
 async def metrics(request: Request) -> Response:

@@ -77,8 +77,9 @@ def sale_id_from_path(request: Request) -> str:
 
 def visitor_of(request: Request) -> str | None:
     """The visitor id the caller presents (header first, then cookie), if any."""
-    return presented_visitor(request.headers.get(VISITOR_HEADER),
-                             request.cookies.get(VISITOR_COOKIE))
+    return presented_visitor(
+        request.headers.get(VISITOR_HEADER), request.cookies.get(VISITOR_COOKIE)
+    )
 
 
 def presented_visitor(header: str | None, cookie: str | None) -> str | None:
@@ -88,8 +89,9 @@ def presented_visitor(header: str | None, cookie: str | None) -> str | None:
     if value is None:
         return None
     if not VISITOR_ID.match(value):
-        raise ApiError(400, "the visitor id must be 8-64 letters, digits, '-' or '_'",
-                       field="visitor_id")
+        raise ApiError(
+            400, "the visitor id must be 8-64 letters, digits, '-' or '_'", field="visitor_id"
+        )
     return value
 
 
@@ -108,9 +110,12 @@ def bearer_token(authorization: str | None, alternative: str | None) -> str:
 def ticket_of(request: Request) -> str:
     ticket = request.headers.get(TICKET_HEADER) or request.query_params.get("ticket")
     if not ticket:
-        raise ApiError(401, "a queue ticket is required: send the ticket from join in the "
-                            "X-Queue-Ticket header or the ticket query parameter",
-                       code="missing_ticket")
+        raise ApiError(
+            401,
+            "a queue ticket is required: send the ticket from join in the "
+            "X-Queue-Ticket header or the ticket query parameter",
+            code="missing_ticket",
+        )
     return ticket
 
 
@@ -121,13 +126,19 @@ def client_address(request: Request) -> str:
 
 def require_admin(request: Request, token: str) -> None:
     if not token:
-        raise ApiError(403, "the admin API is disabled: set FLASHSALE_ADMIN_TOKEN to enable it",
-                       code="admin_disabled")
+        raise ApiError(
+            403,
+            "the admin API is disabled: set FLASHSALE_ADMIN_TOKEN to enable it",
+            code="admin_disabled",
+        )
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given:
-        raise ApiError(401, "send the admin token as 'Authorization: Bearer <token>'",
-                       headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401,
+            "send the admin token as 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     if not hmac.compare_digest(given.strip().encode(), token.encode()):
         raise ApiError(401, "the admin token is wrong", headers={"WWW-Authenticate": "Bearer"})
 

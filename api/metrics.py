@@ -82,4 +82,5 @@ class MetricsMiddleware:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             labelled(REQUEST_SECONDS, path, scope["method"], str(status)).observe(
-                time.perf_counter() - start)
+                time.perf_counter() - start
+            )

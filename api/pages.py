@@ -34,9 +34,11 @@ CONTENT_TYPES = {
     ".css": "text/css; charset=utf-8",
     ".svg": "image/svg+xml",
 }
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
-       "form-action 'self'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
@@ -68,8 +70,9 @@ def assets() -> dict[str, Asset]:
     for path in sorted(STATIC_DIR.iterdir()):
         if path.is_file() and path.suffix in CONTENT_TYPES:
             body = path.read_bytes()
-            found[path.name] = Asset(body, CONTENT_TYPES[path.suffix],
-                                     f'"{hashlib.sha256(body).hexdigest()[:16]}"')
+            found[path.name] = Asset(
+                body, CONTENT_TYPES[path.suffix], f'"{hashlib.sha256(body).hexdigest()[:16]}"'
+            )
     return found
 
 
@@ -88,8 +91,9 @@ def template(name: str) -> str:
 
 
 def page(body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(body, status_code=status,
-                        headers={**SECURITY_HEADERS, "Cache-Control": PAGE_CACHE})
+    return HTMLResponse(
+        body, status_code=status, headers={**SECURITY_HEADERS, "Cache-Control": PAGE_CACHE}
+    )
 
 
 def _opens_text(sale: Sale) -> str:
@@ -102,18 +106,20 @@ def _opens_text(sale: Sale) -> str:
 def _sale_item(sale: Sale, now: datetime) -> str:
     esc = html.escape
     phase = sale.phase(now)
-    badge = ('<span class="badge badge-open" data-i18n="phase_open">Open now</span>'
-             if phase == "open" else
-             '<span class="badge" data-i18n="phase_scheduled">Coming soon</span>')
+    badge = (
+        '<span class="badge badge-open" data-i18n="phase_open">Open now</span>'
+        if phase == "open"
+        else '<span class="badge" data-i18n="phase_scheduled">Coming soon</span>'
+    )
     return (
         f'<li class="sale-card">'
         f'<h2><a href="/sales/{esc(sale.id)}">{esc(sale.name)}</a></h2>'
         f'<p>{badge} <span data-i18n="opens_label">Opens</span> '
         f'<time datetime="{esc(sale.opens_at.isoformat())}" data-tz="{esc(sale.timezone)}">'
-        f'{esc(_opens_text(sale))}</time></p>'
+        f"{esc(_opens_text(sale))}</time></p>"
         f'<p><a class="button" href="/sales/{esc(sale.id)}" data-i18n="enter_sale">'
-        f'Enter the waiting room</a></p>'
-        f'</li>'
+        f"Enter the waiting room</a></p>"
+        f"</li>"
     )
 
 
@@ -136,8 +142,10 @@ async def landing(request: Request) -> Response:
         items = "\n".join(_sale_item(s, now) for s in sales)
         listing = f'<ul class="sales" aria-labelledby="sales-title">\n{items}\n</ul>'
     else:
-        listing = ('<p class="card" data-i18n="no_sales">No sales are open or coming up right '
-                   'now. Come back soon!</p>')
+        listing = (
+            '<p class="card" data-i18n="no_sales">No sales are open or coming up right '
+            "now. Come back soon!</p>"
+        )
     return page(template("landing.html").replace("<!--sales-->", listing))
 
 
@@ -177,34 +185,55 @@ async def static(request: Request) -> Response:
 
 
 _HTML = {"text/html": {"schema": {"type": "string"}}}
-_NOT_FOUND_JSON = {"description": "No such file", "content": {"application/json": {
-    "schema": {"$ref": "#/components/schemas/Error"}}}}
+_NOT_FOUND_JSON = {
+    "description": "No such file",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
 
 # The pages' entries in /openapi.json (api/openapi.py adds them to its own)
 OPENAPI_PATHS: dict[str, dict[str, Any]] = {
-    "/": {"get": {
-        "summary": "Shopper page: the sales open now or coming up (HTML)",
-        "responses": {"200": {"description": "The landing page", "content": _HTML}}}},
-    "/sales/{sale_id}": {"get": {
-        "summary": "Shopper page: a sale's waiting room, then its purchase (HTML)",
-        "description": "A static page whose script joins the waiting room, polls the status, "
-                       "and once admitted holds, pays and shows the orders through the JSON "
-                       "API. Reloading it keeps the place (the fs_vid cookie).",
-        "parameters": [{"name": "sale_id", "in": "path", "required": True,
-                        "schema": {"type": "string"}}],
-        "responses": {"200": {"description": "The page", "content": _HTML},
-                      "404": {"description": "Unknown sale: an HTML page when the client "
-                                             "accepts text/html, else the JSON error",
-                              "content": {**_HTML, **_NOT_FOUND_JSON["content"]}}}}},
-    "/static/{name}": {"get": {
-        "summary": "The pages' scripts, style sheet and icon",
-        "description": "Asked for with `?v=<hash>` as the pages do, an asset is cacheable "
-                       "for a year; otherwise for five minutes.",
-        "parameters": [{"name": "name", "in": "path", "required": True,
-                        "schema": {"type": "string"}},
-                       {"name": "v", "in": "query", "schema": {"type": "string"}}],
-        "responses": {"200": {"description": "The file", "content": {
-            "text/javascript": {}, "text/css": {}, "image/svg+xml": {}}},
-            "304": {"description": "Not modified (If-None-Match)"},
-            "404": _NOT_FOUND_JSON}}},
+    "/": {
+        "get": {
+            "summary": "Shopper page: the sales open now or coming up (HTML)",
+            "responses": {"200": {"description": "The landing page", "content": _HTML}},
+        }
+    },
+    "/sales/{sale_id}": {
+        "get": {
+            "summary": "Shopper page: a sale's waiting room, then its purchase (HTML)",
+            "description": "A static page whose script joins the waiting room, polls the status, "
+            "and once admitted holds, pays and shows the orders through the JSON "
+            "API. Reloading it keeps the place (the fs_vid cookie).",
+            "parameters": [
+                {"name": "sale_id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {
+                "200": {"description": "The page", "content": _HTML},
+                "404": {
+                    "description": "Unknown sale: an HTML page when the client "
+                    "accepts text/html, else the JSON error",
+                    "content": {**_HTML, **_NOT_FOUND_JSON["content"]},
+                },
+            },
+        }
+    },
+    "/static/{name}": {
+        "get": {
+            "summary": "The pages' scripts, style sheet and icon",
+            "description": "Asked for with `?v=<hash>` as the pages do, an asset is cacheable "
+            "for a year; otherwise for five minutes.",
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                {"name": "v", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": {
+                    "description": "The file",
+                    "content": {"text/javascript": {}, "text/css": {}, "image/svg+xml": {}},
+                },
+                "304": {"description": "Not modified (If-None-Match)"},
+                "404": _NOT_FOUND_JSON,
+            },
+        }
+    },
 }

@@ -28,8 +28,7 @@ def _services(request: Request) -> Services:
     return services
 
 
-async def _replay_after_expiry(request: Request, services: Services,
-                               sale_id: str) -> Answer | None:
+async def _replay_after_expiry(request: Request, services: Services, sale_id: str) -> Answer | None:
     key = request.headers.get("idempotency-key")
     if key is None or not IDEMPOTENCY_KEY.match(key):
         return None
@@ -43,19 +42,29 @@ async def _replay_after_expiry(request: Request, services: Services,
 
 
 def _held_answer(sale_id: str, order: dict[str, Any], *, created: bool) -> Answer:
-    return Answer(201 if created else 200, order,
-                  {**NO_STORE, "Location": f"/api/sales/{sale_id}/orders/{order['id']}"})
+    return Answer(
+        201 if created else 200,
+        order,
+        {**NO_STORE, "Location": f"/api/sales/{sale_id}/orders/{order['id']}"},
+    )
 
 
-def _admission(request: Request, services: Services, sale_id: str, *,
-               expired_ok: bool = False) -> Claims:
-    token = bearer_token(request.headers.get("authorization"),
-                         request.headers.get("x-admission-token"))
+def _admission(
+    request: Request, services: Services, sale_id: str, *, expired_ok: bool = False
+) -> Claims:
+    token = bearer_token(
+        request.headers.get("authorization"), request.headers.get("x-admission-token")
+    )
     if not token:
-        raise ApiError(401, "an admission token is required: send the token from your status "
-                            "as 'Authorization: Bearer <token>'", code="missing_admission")
-    claims = services.signer.verify(token, kind=ADMISSION, sale=sale_id, now=time.time(),
-                                    expired_ok=expired_ok)
+        raise ApiError(
+            401,
+            "an admission token is required: send the token from your status "
+            "as 'Authorization: Bearer <token>'",
+            code="missing_admission",
+        )
+    claims = services.signer.verify(
+        token, kind=ADMISSION, sale=sale_id, now=time.time(), expired_ok=expired_ok
+    )
     presented = visitor_of(request)
     if presented is not None and presented != claims.visitor:
         raise ApiError(401, "this admission belongs to another visitor", code="invalid_token")
@@ -65,8 +74,11 @@ def _admission(request: Request, services: Services, sale_id: str, *,
 def _visitor(request: Request) -> str:
     visitor = visitor_of(request)
     if visitor is None:
-        raise ApiError(401, "identify yourself with the X-Visitor-Id header or the fs_vid "
-                            "cookie from join", code="missing_visitor")
+        raise ApiError(
+            401,
+            "identify yourself with the X-Visitor-Id header or the fs_vid cookie from join",
+            code="missing_visitor",
+        )
     return visitor
 
 
@@ -107,13 +119,15 @@ async def create_hold(request: Request) -> Response:
 
 def idempotency_key(raw: str | None) -> str | None:
     if raw is not None and not IDEMPOTENCY_KEY.match(raw):
-        raise ApiError(400, "Idempotency-Key must be 1-200 visible ASCII characters",
-                       field="Idempotency-Key")
+        raise ApiError(
+            400, "Idempotency-Key must be 1-200 visible ASCII characters", field="Idempotency-Key"
+        )
     return raw
 
 
-async def hold_answer(services: Services, sale_id: str, admission: Claims, key: str | None,
-                      body: Any) -> Answer:
+async def hold_answer(
+    services: Services, sale_id: str, admission: Claims, key: str | None, body: Any
+) -> Answer:
     """Hold stock for an admitted shopper; `key` is a checked Idempotency-Key, `body` the
     request's parsed JSON ({} if none)."""
     if not isinstance(body, dict):
@@ -126,8 +140,9 @@ async def hold_answer(services: Services, sale_id: str, admission: Claims, key: 
     if isinstance(quantity, bool) or not isinstance(quantity, int) or not 1 <= quantity <= 100:
         raise ApiError(422, "quantity must be a whole number from 1 to 100", field="quantity")
     seats = _seat_ids(sale, body["seats"]) if "seats" in body else None
-    held = await services.purchases.hold(sale, admission, quantity=quantity, seats=seats,
-                                         idempotency_key=key)
+    held = await services.purchases.hold(
+        sale, admission, quantity=quantity, seats=seats, idempotency_key=key
+    )
     labelled(HOLDS, "created" if held.created else "replayed").inc()
     return _held_answer(sale_id, held.order, created=held.created)
 
@@ -142,8 +157,7 @@ async def list_orders(request: Request) -> Response:
 async def get_order(request: Request) -> Response:
     services = _services(request)
     sale = await services.sale_cached(sale_id_from_path(request))
-    order = await services.purchases.order(sale, _visitor(request),
-                                           request.path_params["order_id"])
+    order = await services.purchases.order(sale, _visitor(request), request.path_params["order_id"])
     return JSONResponse(order, headers=NO_STORE)
 
 
@@ -158,8 +172,7 @@ async def pay(request: Request) -> Response:
     if not isinstance(token, str) or not 1 <= len(token) <= 200:
         raise ApiError(422, "payment_token must be a string", field="payment_token")
     try:
-        order = await services.purchases.pay(sale, visitor, request.path_params["order_id"],
-                                             token)
+        order = await services.purchases.pay(sale, visitor, request.path_params["order_id"], token)
     except PurchaseRefused as refused:
         labelled(PAYMENTS, refused.code).inc()
         raise
@@ -170,8 +183,9 @@ async def pay(request: Request) -> Response:
 async def cancel(request: Request) -> Response:
     services = _services(request)
     sale = await services.sale_cached(sale_id_from_path(request))
-    order = await services.purchases.cancel(sale, _visitor(request),
-                                            request.path_params["order_id"])
+    order = await services.purchases.cancel(
+        sale, _visitor(request), request.path_params["order_id"]
+    )
     return JSONResponse(order, headers=NO_STORE)
 
 
@@ -186,12 +200,21 @@ async def seats(request: Request) -> Response:
     taken = taken_from_bitmap(bitmap, layout.size)
     sections: dict[str, list[dict[str, Any]]] = {}
     for row in layout.rows:
-        sections.setdefault(row.section, []).append({
-            "name": row.name,
-            "seats": [{"id": s, "seat": row.labels[s - row.first], "free": s not in taken}
-                      for s in row.seats],
-        })
-    return JSONResponse({
-        "sale": sale.id, "free": layout.size - len(taken), "total": layout.size,
-        "sections": [{"name": name, "rows": rows} for name, rows in sections.items()],
-    }, headers={"Cache-Control": "public, max-age=1"})
+        sections.setdefault(row.section, []).append(
+            {
+                "name": row.name,
+                "seats": [
+                    {"id": s, "seat": row.labels[s - row.first], "free": s not in taken}
+                    for s in row.seats
+                ],
+            }
+        )
+    return JSONResponse(
+        {
+            "sale": sale.id,
+            "free": layout.size - len(taken),
+            "total": layout.size,
+            "sections": [{"name": name, "rows": rows} for name, rows in sections.items()],
+        },
+        headers={"Cache-Control": "public, max-age=1"},
+    )

@@ -65,15 +65,21 @@ class RequestIdMiddleware:
         request_id.reset(token)
 
 
-def log_access(scope: Scope, rid: str, status: int, start: float, *,
-               route: str | None = None) -> None:
+def log_access(
+    scope: Scope, rid: str, status: int, start: float, *, route: str | None = None
+) -> None:
     """The access-log line of one request (`start`: its time.perf_counter() on arrival;
     `route`: the route template, when no router matched it into the scope)."""
     route = route or getattr(scope.get("route"), "path", None) or "unmatched"
     client = scope.get("client")
-    extra = {"request_id": rid, "method": scope["method"], "route": route, "status": status,
-             "duration_ms": round((time.perf_counter() - start) * 1000, 2),
-             "client": client[0] if client else None}
+    extra = {
+        "request_id": rid,
+        "method": scope["method"],
+        "route": route,
+        "status": status,
+        "duration_ms": round((time.perf_counter() - start) * 1000, 2),
+        "client": client[0] if client else None,
+    }
     sale = scope.get("path_params", {}).get("sale_id")
     if sale:
         extra["sale"] = sale

@@ -38,18 +38,31 @@ class Services:
     _sales: dict[str, tuple[float, Sale]] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, settings: Settings, redis: Redis, raw_redis: Redis, pool: asyncpg.Pool, *,
-              room: WaitingRoom | None = None, sales: Sales | None = None,
-              payments: GuardedProvider | None = None) -> Services:
+    def build(
+        cls,
+        settings: Settings,
+        redis: Redis,
+        raw_redis: Redis,
+        pool: asyncpg.Pool,
+        *,
+        room: WaitingRoom | None = None,
+        sales: Sales | None = None,
+        payments: GuardedProvider | None = None,
+    ) -> Services:
         """Wire every service from connections; one path for the app, CLI roles and tests."""
         signer = room.signer if room else Signer(settings.signing_keys())
         room = room or WaitingRoom(redis, settings, signer)
         sales = sales or Sales(pool, room)
         payments = payments or GuardedProvider(
-            make_provider(settings.payment_provider, redis, settings.redis_prefix,
-                          latency_ms=settings.simulated_payment_latency_ms),
-            CircuitBreaker(threshold=settings.breaker_threshold,
-                           reset_after=settings.breaker_reset_seconds),
+            make_provider(
+                settings.payment_provider,
+                redis,
+                settings.redis_prefix,
+                latency_ms=settings.simulated_payment_latency_ms,
+            ),
+            CircuitBreaker(
+                threshold=settings.breaker_threshold, reset_after=settings.breaker_reset_seconds
+            ),
             timeout_s=settings.payment_timeout_seconds,
         )
         stock = Stock(redis, raw_redis, pool, room, payments=payments, clock=room.clock)

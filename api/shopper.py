@@ -84,26 +84,35 @@ async def join(request: Request) -> Response:
     body = await read_json(request, services.settings.max_body_bytes, required=False)
     if body is not None and not isinstance(body, dict):
         raise ApiError(422, "the body, when given, must be a JSON object", field="body")
-    answer = await join_answer(services, sale_id, visitor_of(request),
-                               request.cookies.get(VISITOR_COOKIE), client_address(request))
+    answer = await join_answer(
+        services,
+        sale_id,
+        visitor_of(request),
+        request.cookies.get(VISITOR_COOKIE),
+        client_address(request),
+    )
     return answer.response()
 
 
-async def join_answer(services: Services, sale_id: str, presented: str | None,
-                      cookie: str | None, address: str) -> Answer:
+async def join_answer(
+    services: Services, sale_id: str, presented: str | None, cookie: str | None, address: str
+) -> Answer:
     """Join `sale_id` as the visitor presented (checked), or as a new one; `cookie` is the
     visitor cookie the caller sent, reset when it is not the visitor's."""
     visitor = presented or new_visitor_id()
-    result = await with_room(services, sale_id,
-                             lambda: services.room.join(sale_id, visitor, address))
+    result = await with_room(
+        services, sale_id, lambda: services.room.join(sale_id, visitor, address)
+    )
     labelled(JOINS, "existing" if result.existing else result.outcome).inc()
     if result.outcome == "rate_limited":
         retry = math.ceil(result.retry_after_seconds or 1)
-        raise ApiError(429, f"too many joins; try again in {retry} s",
-                       headers={"Retry-After": str(retry)})
+        raise ApiError(
+            429, f"too many joins; try again in {retry} s", headers={"Retry-After": str(retry)}
+        )
     if result.outcome in ("closed", "sold_out"):
-        message = ("the sale has closed" if result.outcome == "closed"
-                   else "everything has been sold")
+        message = (
+            "the sale has closed" if result.outcome == "closed" else "everything has been sold"
+        )
         raise ApiError(409, message, code=result.outcome, extra={"state": result.outcome})
     assert result.claims is not None
     poll = await services.room.poll(sale_id, result.claims, result.heartbeat)
@@ -116,8 +125,7 @@ async def join_answer(services: Services, sale_id: str, presented: str | None,
 
 
 def _ticket_claims(request: Request, services: Services, sale_id: str) -> Claims:
-    claims = services.signer.verify(ticket_of(request), kind=TICKET, sale=sale_id,
-                                    now=time.time())
+    claims = services.signer.verify(ticket_of(request), kind=TICKET, sale=sale_id, now=time.time())
     presented = visitor_of(request)
     if presented is not None and presented != claims.visitor:
         raise ApiError(401, "this ticket belongs to another visitor", code="invalid_token")
@@ -129,8 +137,9 @@ async def status(request: Request) -> Response:
     sale_id = sale_id_from_path(request)
     claims = _ticket_claims(request, services, sale_id)
     heartbeat = int_query(request, "hb")
-    poll = await with_room(services, sale_id,
-                           lambda: services.room.poll(sale_id, claims, heartbeat))
+    poll = await with_room(
+        services, sale_id, lambda: services.room.poll(sale_id, claims, heartbeat)
+    )
     labelled(POLLS, poll.status.state.value).inc()
     return JSONResponse(status_body(sale_id, poll), headers=NO_STORE)
 

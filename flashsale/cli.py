@@ -34,8 +34,10 @@ def run_api(settings: Settings, args: argparse.Namespace) -> int:
     if not settings.token_key:
         # every worker must sign with the same key, or a ticket from one fails on another
         os.environ["FLASHSALE_TOKEN_KEY"] = secrets.token_urlsafe(32)
-        log.warning("FLASHSALE_TOKEN_KEY is not set: tokens are signed with a key made up for "
-                    "this run and die with it")
+        log.warning(
+            "FLASHSALE_TOKEN_KEY is not set: tokens are signed with a key made up for "
+            "this run and die with it"
+        )
     # every worker writes its metrics to this folder; /metrics adds them up
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
         prefix="flashsale-metrics-"
@@ -140,10 +142,14 @@ async def _admitter(settings: Settings) -> None:
     from waiting_room.admitter import Admitter
 
     async with connected(settings, pool_size=2) as services:
-        admitter = Admitter(services.sales, services.room, services.stock,
-                            tick_ms=settings.admitter_tick_ms,
-                            refresh_seconds=settings.admitter_refresh_seconds,
-                            prewarm_lead_seconds=settings.prewarm_lead_seconds)
+        admitter = Admitter(
+            services.sales,
+            services.room,
+            services.stock,
+            tick_ms=settings.admitter_tick_ms,
+            refresh_seconds=settings.admitter_refresh_seconds,
+            prewarm_lead_seconds=settings.prewarm_lead_seconds,
+        )
         await admitter.run(_stop_on_signals())
 
 
@@ -158,9 +164,13 @@ async def _persister(settings: Settings) -> None:
 
     async with connected(settings) as services:
         persister = Persister(
-            services.redis, services.pool, services.sales, services.purchases,
+            services.redis,
+            services.pool,
+            services.sales,
+            services.purchases,
             consumer=f"{socket.gethostname()}-{os.getpid()}",
-            batch=settings.persister_batch, claim_idle_ms=settings.persister_claim_idle_ms,
+            batch=settings.persister_batch,
+            claim_idle_ms=settings.persister_claim_idle_ms,
             max_deliveries=settings.persister_max_deliveries,
             sweep_interval_ms=settings.sweep_interval_ms,
             refresh_seconds=settings.admitter_refresh_seconds,
@@ -192,8 +202,7 @@ def run_prewarm(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if result["outcome"] == "ok" else 1
 
 
-async def _reconcile(settings: Settings, sale_id: str, repair: bool,
-                     force: bool) -> dict[str, Any]:
+async def _reconcile(settings: Settings, sale_id: str, repair: bool, force: bool) -> dict[str, Any]:
     async with connected(settings) as services:
         sale = await services.sales.get(sale_id)
         return (await services.stock.reconcile(sale, repair=repair, force=force)).as_dict()
@@ -246,26 +255,34 @@ def build_parser() -> argparse.ArgumentParser:
     roles.add_parser("admitter", help="admit waiting shoppers in batches").set_defaults(
         func=run_admitter
     )
-    roles.add_parser("persister", help="write orders from Redis to PostgreSQL; expire holds"
-                     ).set_defaults(func=run_persister)
+    roles.add_parser(
+        "persister", help="write orders from Redis to PostgreSQL; expire holds"
+    ).set_defaults(func=run_persister)
     roles.add_parser("migrate", help="apply pending PostgreSQL migrations").set_defaults(
         func=run_migrate
     )
     prewarm = roles.add_parser("prewarm", help="load a sale's stock from PostgreSQL into Redis")
     prewarm.add_argument("sale")
-    prewarm.add_argument("--force", action="store_true",
-                         help="overwrite a sale already warm (use reconcile --repair instead)")
+    prewarm.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite a sale already warm (use reconcile --repair instead)",
+    )
     prewarm.set_defaults(func=run_prewarm)
-    reconcile = roles.add_parser("reconcile",
-                                 help="check stock = sold + held + available in both stores")
+    reconcile = roles.add_parser(
+        "reconcile", help="check stock = sold + held + available in both stores"
+    )
     reconcile.add_argument("sale")
-    reconcile.add_argument("--repair", action="store_true",
-                           help="rebuild Redis from PostgreSQL when they differ")
-    reconcile.add_argument("--force", action="store_true",
-                           help="repair even while the stream is not drained")
+    reconcile.add_argument(
+        "--repair", action="store_true", help="rebuild Redis from PostgreSQL when they differ"
+    )
+    reconcile.add_argument(
+        "--force", action="store_true", help="repair even while the stream is not drained"
+    )
     reconcile.set_defaults(func=run_reconcile)
-    roles.add_parser("operator", help="run the Kubernetes operator for FlashSale objects"
-                     ).set_defaults(func=run_operator)
+    roles.add_parser(
+        "operator", help="run the Kubernetes operator for FlashSale objects"
+    ).set_defaults(func=run_operator)
     demo = roles.add_parser("demo", help="run a local flash sale end to end")
     demo.add_argument("--shoppers", type=int, default=3000)
     demo.set_defaults(func=run_demo)

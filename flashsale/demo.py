@@ -180,6 +180,7 @@ class DemoFailed(RuntimeError):
 
 # -- HTTP -------------------------------------------------------------------------------------
 
+
 class KeepAliveTransport(httpx.AsyncBaseTransport):
     """HTTP/1.1 keep-alive connections to the one API origin, kept in a free list.
 
@@ -203,12 +204,17 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             else:
                 await candidate.aclose()
         if connection is None:
-            connection = httpcore.AsyncHTTPConnection(self._origin,
-                                                      keepalive_expiry=self._keepalive)
+            connection = httpcore.AsyncHTTPConnection(
+                self._origin, keepalive_expiry=self._keepalive
+            )
         core_request = httpcore.Request(
             method=request.method,
-            url=httpcore.URL(scheme=request.url.raw_scheme, host=request.url.raw_host,
-                             port=request.url.port, target=request.url.raw_path),
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
             headers=request.headers.raw,
             content=request.stream,  # type: ignore[arg-type]
             extensions=request.extensions,
@@ -227,8 +233,9 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             self._free.append(connection)
         else:
             await connection.aclose()
-        return httpx.Response(response.status, headers=response.headers, content=body,
-                              extensions=response.extensions)
+        return httpx.Response(
+            response.status, headers=response.headers, content=body, extensions=response.extensions
+        )
 
     async def aclose(self) -> None:
         for connection in self._free:
@@ -242,8 +249,11 @@ def _as_httpx(exc: BaseException, request: httpx.Request) -> BaseException:
     if isinstance(exc, httpcore.ConnectionNotAvailable):
         return httpx.ConnectError(str(exc), request=request)
     kind = getattr(httpx, type(exc).__name__, None)
-    if type(exc).__module__.startswith("httpcore") and isinstance(kind, type) and issubclass(
-            kind, httpx.TransportError):
+    if (
+        type(exc).__module__.startswith("httpcore")
+        and isinstance(kind, type)
+        and issubclass(kind, httpx.TransportError)
+    ):
         return kind(str(exc), request=request)
     return exc
 
@@ -311,11 +321,14 @@ class Checkout:
     def expected(self) -> dict[str, tuple[str, str]]:
         """How each order must end in PostgreSQL: (status, start of the reason)."""
         ends: dict[str, tuple[str, str]] = {}
-        for ids, end in ((self.confirmed, ("confirmed", "")), (self.declined,
-                         ("released", "payment declined")), (self.walked_away,
-                         ("released", "hold expired")), (self.expired,
-                         ("released", "hold expired")), (self.failed, ("failed", "")),
-                         (self.cancelled, ("cancelled", ""))):
+        for ids, end in (
+            (self.confirmed, ("confirmed", "")),
+            (self.declined, ("released", "payment declined")),
+            (self.walked_away, ("released", "hold expired")),
+            (self.expired, ("released", "hold expired")),
+            (self.failed, ("failed", "")),
+            (self.cancelled, ("cancelled", "")),
+        ):
             for order_id in ids:
                 ends[order_id] = end
         return ends
@@ -344,9 +357,18 @@ class Demo:
     checkout: Checkout = field(default_factory=Checkout)
     extra: dict[str, Any] = field(default_factory=dict)  # more JSON fields
 
-    async def call(self, kind: str, method: str, url: str, *, priority: int,
-                   headers: dict[str, str] | None = None, params: dict[str, Any] | None = None,
-                   json_body: Any = None, idempotent: bool = True) -> httpx.Response:
+    async def call(
+        self,
+        kind: str,
+        method: str,
+        url: str,
+        *,
+        priority: int,
+        headers: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+        json_body: Any = None,
+        idempotent: bool = True,
+    ) -> httpx.Response:
         """One request through the in-flight gate, timed by `kind`. A 429 waits out its
         Retry-After (outside the gate) and goes again; transport errors and 5xx are retried
         only when repeating is harmless (a join whose answer was lost may have made a place,
@@ -361,8 +383,9 @@ class Demo:
                 self.queued.setdefault(kind, []).append(started - asked)
                 sent_at = sent_at or time.time()  # the first attempt may be the one served
                 try:
-                    response = await self.http.request(method, url, headers=headers,
-                                                       params=params, json=json_body)
+                    response = await self.http.request(
+                        method, url, headers=headers, params=params, json=json_body
+                    )
                 except httpx.TransportError as exc:
                     unsent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
                     if attempt >= 3 or not (idempotent or unsent):
@@ -387,24 +410,34 @@ class Demo:
         return {"X-Queue-Ticket": shopper.ticket, "X-Visitor-Id": shopper.visitor}
 
     async def leave(self, shopper: Shopper) -> None:
-        response = await self.call("leave", "POST", f"/api/sales/{self.sale_id}/leave",
-                                   priority=LEAVE, headers=self.ticket_headers(shopper))
+        response = await self.call(
+            "leave",
+            "POST",
+            f"/api/sales/{self.sale_id}/leave",
+            priority=LEAVE,
+            headers=self.ticket_headers(shopper),
+        )
         _expect(response, 200)
 
     # -- buying ---------------------------------------------------------------------------
 
-    async def hold(self, shopper: Shopper, admission_token: str, units: int,
-                   lose_answer: bool = False) -> dict[str, Any] | None:
+    async def hold(
+        self, shopper: Shopper, admission_token: str, units: int, lose_answer: bool = False
+    ) -> dict[str, Any] | None:
         """Hold `units` with an Idempotency-Key: a retry after a network error (`call` makes
         it), or a second send when the answer was lost (`lose_answer`), must bring back the
         same hold, never a second one. None when refused (the code goes to
         `shopper.purchase`)."""
         assert shopper.visitor
-        headers = {"Authorization": f"Bearer {admission_token}", "X-Visitor-Id": shopper.visitor,
-                   "Idempotency-Key": f"demo-{shopper.n}-{secrets.token_hex(8)}"}
+        headers = {
+            "Authorization": f"Bearer {admission_token}",
+            "X-Visitor-Id": shopper.visitor,
+            "Idempotency-Key": f"demo-{shopper.n}-{secrets.token_hex(8)}",
+        }
         url = f"/api/sales/{self.sale_id}/holds"
-        response = await self.call("hold", "POST", url, priority=BUY, headers=headers,
-                                   json_body={"quantity": units})
+        response = await self.call(
+            "hold", "POST", url, priority=BUY, headers=headers, json_body={"quantity": units}
+        )
         if response.status_code in (403, 409, 410):  # not admitted (any more), sold out...
             code = _error_code(response)
             self.checkout.refused[code] += 1
@@ -415,8 +448,9 @@ class Demo:
             self.checkout.replays += 1
             self.checkout.replays_same += 1  # the first answer never arrived to compare
         if lose_answer:  # as if the answer had been lost on the way: send it all again
-            again = await self.call("hold", "POST", url, priority=BUY, headers=headers,
-                                    json_body={"quantity": units})
+            again = await self.call(
+                "hold", "POST", url, priority=BUY, headers=headers, json_body={"quantity": units}
+            )
             if again.status_code in (403, 410):  # the admission ran out in between: the
                 self.checkout.replays_late += 1  # token is checked before the key
             else:
@@ -437,9 +471,14 @@ class Demo:
         url = f"/api/sales/{self.sale_id}/orders/{order['id']}/pay"
         give_up = time.monotonic() + self.plan.hold_seconds + 30
         while time.monotonic() < give_up:
-            response = await self.call("pay", "POST", url, priority=BUY,
-                                       headers={"X-Visitor-Id": shopper.visitor},
-                                       json_body={"payment_token": payment_token})
+            response = await self.call(
+                "pay",
+                "POST",
+                url,
+                priority=BUY,
+                headers={"X-Visitor-Id": shopper.visitor},
+                json_body={"payment_token": payment_token},
+            )
             code = _error_code(response)
             if response.status_code == 200:
                 paid = response.json()
@@ -469,9 +508,13 @@ class Demo:
         """Cancel a confirmed order: refunded, its units return to stock. A second try after
         a lost answer finds it cancelled already, which is the same outcome."""
         assert shopper.visitor
-        response = await self.call("cancel", "POST",
-                                   f"/api/sales/{self.sale_id}/orders/{order['id']}/cancel",
-                                   priority=BUY, headers={"X-Visitor-Id": shopper.visitor})
+        response = await self.call(
+            "cancel",
+            "POST",
+            f"/api/sales/{self.sale_id}/orders/{order['id']}/cancel",
+            priority=BUY,
+            headers={"X-Visitor-Id": shopper.visitor},
+        )
         if _error_code(response) != "order_cancelled":
             body = _expect(response, 200)
             if body.get("status") != "cancelled":
@@ -504,8 +547,10 @@ def _error_code(response: httpx.Response) -> str:
 
 def _expect(response: httpx.Response, *codes: int) -> dict[str, Any]:
     if response.status_code not in codes:
-        raise RuntimeError(f"{response.request.method} {response.request.url.path} answered "
-                           f"{response.status_code}: {response.text[:200]}")
+        raise RuntimeError(
+            f"{response.request.method} {response.request.url.path} answered "
+            f"{response.status_code}: {response.text[:200]}"
+        )
     body: dict[str, Any] = response.json()
     return body
 
@@ -527,8 +572,9 @@ async def shop(demo: Demo, shopper: Shopper, admitted: dict[str, Any]) -> None:
     plan, rng = demo.plan, demo.rng
     await asyncio.sleep(rng.uniform(*plan.shop_seconds))
     token = admitted["admission_token"]
-    order = await demo.hold(shopper, token, shopper.units,
-                            lose_answer=rng.random() < plan.lost_answer_share)
+    order = await demo.hold(
+        shopper, token, shopper.units, lose_answer=rng.random() < plan.lost_answer_share
+    )
     if order is not None and shopper.intent == WALK_AWAY:
         demo.checkout.walked_away.append(order["id"])
         shopper.outcome = shopper.purchase = "walked_away"
@@ -558,8 +604,9 @@ async def run_shopper(demo: Demo, shopper: Shopper, after_admission: AfterAdmiss
     try:
         await asyncio.sleep(max(0.0, shopper.arrive_at - time.time()))
         shopper.joined_at = time.time()
-        response = await demo.call("join", "POST", f"/api/sales/{demo.sale_id}/join",
-                                   priority=JOIN, idempotent=False)
+        response = await demo.call(
+            "join", "POST", f"/api/sales/{demo.sale_id}/join", priority=JOIN, idempotent=False
+        )
         if response.status_code == 409:  # closed or sold out before this shopper got in
             shopper.outcome = str(response.json().get("state", "closed"))
             return
@@ -567,8 +614,9 @@ async def run_shopper(demo: Demo, shopper: Shopper, after_admission: AfterAdmiss
         demo.joins.append(time.time())
         seen = response.extensions["sent_at"]
         shopper.visitor, shopper.ticket = body["visitor_id"], body["ticket"]
-        shopper.index = demo.room.signer.verify(shopper.ticket, kind=TICKET, sale=demo.sale_id,
-                                                now=time.time()).index
+        shopper.index = demo.room.signer.verify(
+            shopper.ticket, kind=TICKET, sale=demo.sale_id, now=time.time()
+        ).index
         while not _decided(body):
             told = float(body.get("poll_after_seconds") or 1.0)
             delay = demo.poll_delay(told)
@@ -580,9 +628,14 @@ async def run_shopper(demo: Demo, shopper: Shopper, after_admission: AfterAdmiss
                     return
             await asyncio.sleep(delay)
             params = {} if body.get("heartbeat") is None else {"hb": body["heartbeat"]}
-            response = await demo.call("status", "GET", f"/api/sales/{demo.sale_id}/status",
-                                       priority=POLL, headers=demo.ticket_headers(shopper),
-                                       params=params)
+            response = await demo.call(
+                "status",
+                "GET",
+                f"/api/sales/{demo.sale_id}/status",
+                priority=POLL,
+                headers=demo.ticket_headers(shopper),
+                params=params,
+            )
             body = _expect(response, 200)
             shopper.told = max(shopper.told, told)
             gap = time.time() - seen
@@ -613,16 +666,20 @@ def _decided(status: dict[str, Any]) -> bool:
 
 def _intent(plan: Plan, rng: random.Random) -> str:
     draw = rng.random()
-    for intent, share in ((DECLINE, plan.decline_share), (WALK_AWAY, plan.walk_away_share),
-                          (CANCEL, plan.cancel_share)):
+    for intent, share in (
+        (DECLINE, plan.decline_share),
+        (WALK_AWAY, plan.walk_away_share),
+        (CANCEL, plan.cancel_share),
+    ):
         if draw < share:
             return intent
         draw -= share
     return PAY
 
 
-def plan_shoppers(plan: Plan, count: int, rng: random.Random, created_at: float,
-                  opens_at: float) -> list[Shopper]:
+def plan_shoppers(
+    plan: Plan, count: int, rng: random.Random, created_at: float, opens_at: float
+) -> list[Shopper]:
     """Arrivals: a share before the opening (spread over the lead time), the rest after it;
     roles (abandoner, no-show, what they do with a hold) drawn independently of arrival."""
     early = round(count * plan.prequeue_share)
@@ -633,13 +690,21 @@ def plan_shoppers(plan: Plan, count: int, rng: random.Random, created_at: float,
         else:
             arrive = rng.uniform(opens_at + 0.05, opens_at + plan.after_open_seconds)
         patience = rng.uniform(*plan.patience) if rng.random() < plan.abandon_share else None
-        crowd.append(Shopper(n, arrive, patience, no_show=rng.random() < plan.no_show_share,
-                             intent=_intent(plan, rng),
-                             units=2 if rng.random() < plan.two_units_share else 1))
+        crowd.append(
+            Shopper(
+                n,
+                arrive,
+                patience,
+                no_show=rng.random() < plan.no_show_share,
+                intent=_intent(plan, rng),
+                units=2 if rng.random() < plan.two_units_share else 1,
+            )
+        )
     return crowd
 
 
 # -- watching the room ------------------------------------------------------------------------
+
 
 async def watch_room(demo: Demo, stop: asyncio.Event, every: float = 0.1) -> None:
     """Sample the room from Redis every 100 ms: the active count (the limit under test), the
@@ -652,9 +717,21 @@ async def watch_room(demo: Demo, stop: asyncio.Event, every: float = 0.1) -> Non
             c = await demo.room.counters(demo.sale_id)
             raw = await demo.room.redis.lrange(keys.batches, 0, -1)
             held, sold = await demo.room.redis.hmget(keys.inventory, ["held", "sold"])
-            demo.samples.append(Sample(time.time(), c.active, c.waiting, c.admitted_total,
-                                       c.skipped_total, c.frontier, c.joined, c.opened,
-                                       c.sold_out, int(held or 0), int(sold or 0)))
+            demo.samples.append(
+                Sample(
+                    time.time(),
+                    c.active,
+                    c.waiting,
+                    c.admitted_total,
+                    c.skipped_total,
+                    c.frontier,
+                    c.joined,
+                    c.opened,
+                    c.sold_out,
+                    int(held or 0),
+                    int(sold or 0),
+                )
+            )
             for item in raw:
                 if item not in demo.batches:
                     t, frontier, admitted, skipped = (int(x) for x in item.split(":")[:4])
@@ -672,11 +749,14 @@ async def progress(demo: Demo, crowd: Sequence[Shopper], stop: asyncio.Event) ->
         if demo.samples:
             s = demo.samples[-1]
             done = sum(1 for x in crowd if x.outcome != "pending")
-            print(f"  t={s.t - demo.opens_at:+6.1f}s  joined {s.joined:5d}  waiting "
-                  f"{s.waiting:5d}  active {s.active:4d}/{demo.plan.max_active}  admitted "
-                  f"{s.admitted:5d}  skipped {s.skipped:4d}  sold {s.sold:4d}  held "
-                  f"{s.held:3d}  shoppers done {done}/{len(crowd)}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  t={s.t - demo.opens_at:+6.1f}s  joined {s.joined:5d}  waiting "
+                f"{s.waiting:5d}  active {s.active:4d}/{demo.plan.max_active}  admitted "
+                f"{s.admitted:5d}  skipped {s.skipped:4d}  sold {s.sold:4d}  held "
+                f"{s.held:3d}  shoppers done {done}/{len(crowd)}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 async def drained(demo: Demo, deadline: float) -> bool:
@@ -692,9 +772,9 @@ async def drained(demo: Demo, deadline: float) -> bool:
     return False
 
 
-async def settle(demo: Demo, procs: dict[str, subprocess.Popen[bytes]],
-                 admin: dict[str, str], deadline: float) -> tuple[dict[str, Any] | None,
-                                                                  float | None]:
+async def settle(
+    demo: Demo, procs: dict[str, subprocess.Popen[bytes]], admin: dict[str, str], deadline: float
+) -> tuple[dict[str, Any] | None, float | None]:
     """Wait until no hold is open (the unpaid ones expire) and the persister has written
     every stream entry to PostgreSQL; returns the reconcile report from then (or the last
     one seen, with None for the time, when that did not happen by the deadline)."""
@@ -706,8 +786,12 @@ async def settle(demo: Demo, procs: dict[str, subprocess.Popen[bytes]],
             if response.status_code == 200:
                 report = response.json()
                 stream, redis = report["stream"], report["redis"]
-                if (stream["lag"] == 0 and stream["pending"] == 0
-                        and redis["open_holds"] == 0 and report["postgres"]["held"] == 0):
+                if (
+                    stream["lag"] == 0
+                    and stream["pending"] == 0
+                    and redis["open_holds"] == 0
+                    and report["postgres"]["held"] == 0
+                ):
                     return report, time.time()
         if time.time() >= deadline or procs["persister"].poll() is not None:
             return report, None
@@ -715,6 +799,7 @@ async def settle(demo: Demo, procs: dict[str, subprocess.Popen[bytes]],
 
 
 # -- subprocesses -----------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -731,37 +816,45 @@ def child_env(settings: Settings, plan: Plan) -> dict[str, str]:
     env = dict(os.environ)
     # `flashsale api` empties this folder at start: never let it point at the caller's
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env.update({
-        "REDIS_URL": settings.redis_url,
-        "DATABASE_URL": settings.database_url,
-        "FLASHSALE_DATABASE_SCHEMA": settings.database_schema,
-        "FLASHSALE_REDIS_PREFIX": settings.redis_prefix,
-        "FLASHSALE_ADMIN_TOKEN": settings.admin_token,
-        "FLASHSALE_TOKEN_KEY": settings.token_key,
-        "FLASHSALE_TOKEN_KEY_PREVIOUS": "",
-        "FLASHSALE_LOG_LEVEL": "WARNING",
-        "FLASHSALE_ADMITTER_TICK_MS": "50",
-        "FLASHSALE_ADMITTER_REFRESH_SECONDS": "1",
-        "FLASHSALE_METRICS_PORT": "0",
-        "FLASHSALE_SWEEP_INTERVAL_MS": "250",
-        "FLASHSALE_PERSISTER_CLAIM_IDLE_MS": "2000",
-        "FLASHSALE_JOIN_LIMIT_PER_ADDRESS": str(plan.join_limit_per_address),
-        "FLASHSALE_JOIN_BUCKETS": str(settings.join_buckets),
-    })
+    env.update(
+        {
+            "REDIS_URL": settings.redis_url,
+            "DATABASE_URL": settings.database_url,
+            "FLASHSALE_DATABASE_SCHEMA": settings.database_schema,
+            "FLASHSALE_REDIS_PREFIX": settings.redis_prefix,
+            "FLASHSALE_ADMIN_TOKEN": settings.admin_token,
+            "FLASHSALE_TOKEN_KEY": settings.token_key,
+            "FLASHSALE_TOKEN_KEY_PREVIOUS": "",
+            "FLASHSALE_LOG_LEVEL": "WARNING",
+            "FLASHSALE_ADMITTER_TICK_MS": "50",
+            "FLASHSALE_ADMITTER_REFRESH_SECONDS": "1",
+            "FLASHSALE_METRICS_PORT": "0",
+            "FLASHSALE_SWEEP_INTERVAL_MS": "250",
+            "FLASHSALE_PERSISTER_CLAIM_IDLE_MS": "2000",
+            "FLASHSALE_JOIN_LIMIT_PER_ADDRESS": str(plan.join_limit_per_address),
+            "FLASHSALE_JOIN_BUCKETS": str(settings.join_buckets),
+        }
+    )
     return env
 
 
 @contextlib.contextmanager
-def processes(commands: dict[str, list[str]],
-              env: dict[str, str]) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+def processes(
+    commands: dict[str, list[str]], env: dict[str, str]
+) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     """Start each command in its own session (so a Ctrl-C reaches only the demo, which then
     stops them in order) and always stop them: SIGTERM, then SIGKILL of the whole group (the
     API's workers included). Their output goes to stderr: stdout ends with the JSON line."""
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name, argv in commands.items():
-            procs[name] = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
-                                           stdout=sys.stderr.fileno(), start_new_session=True)
+            procs[name] = subprocess.Popen(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=sys.stderr.fileno(),
+                start_new_session=True,
+            )
         yield procs
     finally:
         for proc in procs.values():
@@ -778,8 +871,9 @@ def processes(commands: dict[str, list[str]],
                 proc.wait(5)
 
 
-async def wait_ready(http: httpx.AsyncClient, procs: dict[str, subprocess.Popen[bytes]],
-                     within: float) -> None:
+async def wait_ready(
+    http: httpx.AsyncClient, procs: dict[str, subprocess.Popen[bytes]], within: float
+) -> None:
     deadline = time.monotonic() + within
     while True:
         for name, proc in procs.items():
@@ -795,6 +889,7 @@ async def wait_ready(http: httpx.AsyncClient, procs: dict[str, subprocess.Popen[
 
 # -- the run ----------------------------------------------------------------------------------
 
+
 def demo_settings(settings: Settings) -> Settings:
     """The caller's connections with fresh demo secrets. Redis keys go under `demo` and
     tables into the schema `flashsale_demo`, so the demo's admitter and persister see only the
@@ -805,9 +900,14 @@ def demo_settings(settings: Settings) -> Settings:
         prefix = DEMO_PREFIX
     if schema == Settings.database_schema:
         schema = DEMO_SCHEMA
-    return dataclasses.replace(settings, redis_prefix=prefix, database_schema=schema,
-                               admin_token=secrets.token_urlsafe(24),
-                               token_key=secrets.token_urlsafe(32), token_key_previous="")
+    return dataclasses.replace(
+        settings,
+        redis_prefix=prefix,
+        database_schema=schema,
+        admin_token=secrets.token_urlsafe(24),
+        token_key=secrets.token_urlsafe(32),
+        token_key_previous="",
+    )
 
 
 def sale_body(plan: Plan, sale_id: str, opens_at: float) -> dict[str, Any]:
@@ -860,29 +960,48 @@ class Ledger:
     orders: dict[str, tuple[str, str, int]]  # order id -> (status, reason, quantity)
 
     def count(self, status: str, reason: str | None = None) -> int:
-        return sum(1 for st, why, _ in self.orders.values()
-                   if st == status and (reason is None or why.startswith(reason)))
+        return sum(
+            1
+            for st, why, _ in self.orders.values()
+            if st == status and (reason is None or why.startswith(reason))
+        )
 
 
 async def read_ledger(settings: Settings, sale_id: str) -> Ledger:
-    conn = await asyncpg.connect(settings.database_url,
-                                 server_settings={"search_path": settings.database_schema})
+    conn = await asyncpg.connect(
+        settings.database_url, server_settings={"search_path": settings.database_schema}
+    )
     try:
         inventory = await conn.fetchrow(
-            "SELECT stock, held, sold FROM sale_inventory WHERE sale_id = $1", sale_id)
-        rows = await conn.fetch("SELECT id::text AS id, status, coalesce(reason, '') AS reason,"
-                                " quantity FROM orders WHERE sale_id = $1", sale_id)
+            "SELECT stock, held, sold FROM sale_inventory WHERE sale_id = $1", sale_id
+        )
+        rows = await conn.fetch(
+            "SELECT id::text AS id, status, coalesce(reason, '') AS reason,"
+            " quantity FROM orders WHERE sale_id = $1",
+            sale_id,
+        )
     finally:
         await conn.close()
     if inventory is None:
         raise DemoFailed(f"PostgreSQL has no inventory for sale {sale_id}")
-    return Ledger(inventory["stock"], inventory["held"], inventory["sold"],
-                  {r["id"]: (r["status"], r["reason"], r["quantity"]) for r in rows})
+    return Ledger(
+        inventory["stock"],
+        inventory["held"],
+        inventory["sold"],
+        {r["id"]: (r["status"], r["reason"], r["quantity"]) for r in rows},
+    )
 
 
-async def run_sale(plan: Plan, settings: Settings, shoppers: int, port: int,
-                   procs: dict[str, subprocess.Popen[bytes]], after_admission: AfterAdmission,
-                   seed: int, made: list[str]) -> SaleResult:
+async def run_sale(
+    plan: Plan,
+    settings: Settings,
+    shoppers: int,
+    port: int,
+    procs: dict[str, subprocess.Popen[bytes]],
+    after_admission: AfterAdmission,
+    seed: int,
+    made: list[str],
+) -> SaleResult:
     """Create the sale (its id goes into `made`), release the crowd, watch the room, then
     read the final truth from Redis. The sale is closed on the way out, whatever happened."""
     task = asyncio.current_task()
@@ -894,9 +1013,12 @@ async def run_sale(plan: Plan, settings: Settings, shoppers: int, port: int,
     transport = KeepAliveTransport("127.0.0.1", port)
     # one client for the whole crowd: it must never keep cookies, or the visitor cookie of one
     # shopper would make the next one's join the same visitor
-    async with httpx.AsyncClient(transport=transport, base_url=f"http://127.0.0.1:{port}",
-                                 cookies=_NoCookies(),
-                                 timeout=httpx.Timeout(15.0, connect=5.0)) as http:
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url=f"http://127.0.0.1:{port}",
+        cookies=_NoCookies(),
+        timeout=httpx.Timeout(15.0, connect=5.0),
+    ) as http:
         demo = Demo(plan, settings, http, room, random.Random(seed), Gate(plan.in_flight))
         admin = {"Authorization": f"Bearer {settings.admin_token}"}
         stop = asyncio.Event()
@@ -908,14 +1030,18 @@ async def run_sale(plan: Plan, settings: Settings, shoppers: int, port: int,
             stamp = datetime.fromtimestamp(demo.created_at, UTC).strftime("%Y%m%d-%H%M%S")
             demo.sale_id = f"demo-{stamp}-{secrets.token_hex(2)}"
             made.append(demo.sale_id)
-            response = await http.post("/admin/sales", headers=admin,
-                                       json=sale_body(plan, demo.sale_id, demo.opens_at))
+            response = await http.post(
+                "/admin/sales", headers=admin, json=sale_body(plan, demo.sale_id, demo.opens_at)
+            )
             if response.status_code != 201:
-                raise DemoFailed(f"creating the sale answered {response.status_code}: "
-                                 f"{response.text[:300]}")
+                raise DemoFailed(
+                    f"creating the sale answered {response.status_code}: {response.text[:300]}"
+                )
             crowd = plan_shoppers(plan, shoppers, demo.rng, demo.created_at, demo.opens_at)
-            watchers = [asyncio.create_task(watch_room(demo, stop)),
-                        asyncio.create_task(progress(demo, crowd, stop))]
+            watchers = [
+                asyncio.create_task(watch_room(demo, stop)),
+                asyncio.create_task(progress(demo, crowd, stop)),
+            ]
             deadline = demo.created_at + plan.hard_timeout_seconds
             tasks = [asyncio.create_task(run_shopper(demo, s, after_admission)) for s in crowd]
             _, pending = await asyncio.wait(tasks, timeout=deadline - time.time())
@@ -928,23 +1054,34 @@ async def run_sale(plan: Plan, settings: Settings, shoppers: int, port: int,
             was_drained = await drained(demo, min(deadline, time.time() + plan.drain_seconds))
             finished_at = time.time()
             reconciled, settled_at = await settle(
-                demo, procs, admin, min(deadline, time.time() + plan.settle_seconds))
+                demo, procs, admin, min(deadline, time.time() + plan.settle_seconds)
+            )
             stop.set()
             await asyncio.gather(*watchers)
             final = await room.counters(demo.sale_id)
             view = await room.view(demo.sale_id, fresh=True)
             places = {s.n: place_of(view, s.index) for s in crowd if s.index is not None}
-            return SaleResult(demo, crowd, final, view.prequeue, await _admitted_bits(demo, crowd),
-                              places, was_drained, finished_at, port, reconciled, settled_at,
-                              await read_ledger(settings, demo.sale_id))
+            return SaleResult(
+                demo,
+                crowd,
+                final,
+                view.prequeue,
+                await _admitted_bits(demo, crowd),
+                places,
+                was_drained,
+                finished_at,
+                port,
+                reconciled,
+                settled_at,
+                await read_ledger(settings, demo.sale_id),
+            )
         finally:
             stop.set()
             for w in watchers:
                 w.cancel()
             if demo.sale_id:  # closed, no admitter takes it up again
                 with contextlib.suppress(Exception):
-                    await http.post(f"/admin/sales/{demo.sale_id}/close", headers=admin,
-                                    timeout=5)
+                    await http.post(f"/admin/sales/{demo.sale_id}/close", headers=admin, timeout=5)
             await close_shared()
             await redis.aclose()
 
@@ -962,24 +1099,35 @@ async def remove_room(settings: Settings, sale_id: str) -> None:
     try:
         room = WaitingRoom(redis, settings, Signer(settings.signing_keys()))
         await room.remove(sale_id)
-        conn = await asyncpg.connect(settings.database_url,
-                                     server_settings={"search_path": settings.database_schema})
+        conn = await asyncpg.connect(
+            settings.database_url, server_settings={"search_path": settings.database_schema}
+        )
         try:
-            orders = [r["id"] for r in await conn.fetch(
-                "SELECT id::text AS id FROM orders WHERE sale_id = $1", sale_id)]
-            earlier = [r["id"] for r in await conn.fetch(  # the persister's window is a day
-                "SELECT id FROM sales WHERE closed_at > now() - interval '2 days'"
-                " AND id <> $1", sale_id)]
+            orders = [
+                r["id"]
+                for r in await conn.fetch(
+                    "SELECT id::text AS id FROM orders WHERE sale_id = $1", sale_id
+                )
+            ]
+            earlier = [
+                r["id"]
+                for r in await conn.fetch(  # the persister's window is a day
+                    "SELECT id FROM sales WHERE closed_at > now() - interval '2 days' AND id <> $1",
+                    sale_id,
+                )
+            ]
         finally:
             await conn.close()
         provider = SimulatedProvider(redis, settings.redis_prefix)  # its key names, not a copy
         for start in range(0, len(orders), 500):
-            await redis.unlink(*(provider._record(o) for o in orders[start:start + 500]))
+            await redis.unlink(*(provider._record(o) for o in orders[start : start + 500]))
         for old in earlier:
             keys = room.keys(old)
-            if (not await redis.exists(keys.meta)
-                    and await redis.type(keys.orders_stream) == "stream"
-                    and await redis.xlen(keys.orders_stream) == 0):
+            if (
+                not await redis.exists(keys.meta)
+                and await redis.type(keys.orders_stream) == "stream"
+                and await redis.xlen(keys.orders_stream) == 0
+            ):
                 await redis.unlink(keys.orders_stream)
     finally:
         await close_shared()
@@ -1009,6 +1157,7 @@ async def _admitted_bits(demo: Demo, crowd: Sequence[Shopper]) -> dict[int, bool
 
 # -- the report -------------------------------------------------------------------------------
 
+
 def percentile(values: Sequence[float], p: float) -> float | None:
     if not values:
         return None
@@ -1024,8 +1173,9 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
 
 
-def report(result: SaleResult, plan: Plan, shoppers: int, seed: int, started: float,
-           cpu: dict[str, float]) -> tuple[list[str], dict[str, Any], bool]:
+def report(
+    result: SaleResult, plan: Plan, shoppers: int, seed: int, started: float, cpu: dict[str, float]
+) -> tuple[list[str], dict[str, Any], bool]:
     """The summary lines, the JSON figures and whether every check passed."""
     demo, crowd, final, bits = result.demo, result.crowd, result.final, result.admitted_bits
     opens = demo.opens_at
@@ -1047,8 +1197,9 @@ def report(result: SaleResult, plan: Plan, shoppers: int, seed: int, started: fl
     skipped_polling = [s for s in by.get("expired", []) if not bits.get(s.n)]
     missed = [s for s in by.get("expired", []) if bits.get(s.n)]  # polled after it ended
     told_too_long = [s for s in skipped_polling if s.told > absent_after]
-    seen_in_time = [s for s in skipped_polling
-                    if s not in told_too_long and s.silence <= absent_after]
+    seen_in_time = [
+        s for s in skipped_polling if s not in told_too_long and s.silence <= absent_after
+    ]
     late = len(skipped_polling) - len(told_too_long) - len(seen_in_time)
     missed_in_time = [s for s in missed if s.silence <= plan.admission_ttl_seconds]
     wronged = len(told_too_long) + len(seen_in_time) + len(missed_in_time)
@@ -1057,20 +1208,30 @@ def report(result: SaleResult, plan: Plan, shoppers: int, seed: int, started: fl
     told_sold_out = [s for s in by.get("sold_out", []) if s.index is not None]
     # admitted by Redis, but the stock was gone (held by others) by the time they looked
     sold_out_admitted = sum(1 for s in told_sold_out if bits.get(s.n))
-    unreached = [s for s in crowd if s.n in result.places
-                 and result.places[s.n] >= final.frontier]
+    unreached = [s for s in crowd if s.n in result.places and result.places[s.n] >= final.frontier]
     stayed = shoppers - len(abandoned) - failed - len(turned_away)
     prequeue = result.prequeue
     joined = final.joined
     max_active_seen = max((x.active for x in demo.samples), default=0)
     within_limit = max_active_seen <= plan.max_active
-    pre_waits = [s.admitted_at - opens for s in admitted
-                 if s.index is not None and s.index < prequeue and s.admitted_at is not None]
-    post_waits = [s.admitted_at - s.joined_at for s in admitted
-                  if s.index is not None and s.index >= prequeue
-                  and s.admitted_at is not None and s.joined_at is not None]
-    noticed = [s.noticed_at - s.admitted_at for s in admitted
-               if s.noticed_at is not None and s.admitted_at is not None]
+    pre_waits = [
+        s.admitted_at - opens
+        for s in admitted
+        if s.index is not None and s.index < prequeue and s.admitted_at is not None
+    ]
+    post_waits = [
+        s.admitted_at - s.joined_at
+        for s in admitted
+        if s.index is not None
+        and s.index >= prequeue
+        and s.admitted_at is not None
+        and s.joined_at is not None
+    ]
+    noticed = [
+        s.noticed_at - s.admitted_at
+        for s in admitted
+        if s.noticed_at is not None and s.admitted_at is not None
+    ]
     batches = sorted(demo.batches.values(), key=lambda b: b.t)
     admitting = [b for b in batches if b.admitted]
     full_at = next((x.t for x in demo.samples if x.active >= plan.max_active), None)
@@ -1088,40 +1249,64 @@ def report(result: SaleResult, plan: Plan, shoppers: int, seed: int, started: fl
     # places the frontier never reached are resolved too when the stock ran out: admission
     # stopped and their owners were told (or had left the line)
     resolved = (
-        result.drained and joined == len(bits)
+        result.drained
+        and joined == len(bits)
         and final.admitted_total + final.skipped_total == final.frontier
-        and (final.frontier >= joined or (
-            final.sold_out and len(unreached) == joined - final.frontier
-            and all(s.outcome in ("sold_out", "abandoned") for s in unreached)))
+        and (
+            final.frontier >= joined
+            or (
+                final.sold_out
+                and len(unreached) == joined - final.frontier
+                and all(s.outcome in ("sold_out", "abandoned") for s in unreached)
+            )
+        )
     )
 
     checks = [
         ("the sale opened and admitted shoppers", bool(admitted)),
-        (f"active shoppers never exceeded the limit ({max_active_seen} <= {plan.max_active})",
-         within_limit),
+        (
+            f"active shoppers never exceeded the limit ({max_active_seen} <= {plan.max_active})",
+            within_limit,
+        ),
         (f"no shopper hit an error ({failed})", failed == 0),
-        (f"every shopper who kept polling in time was admitted or told the stock was gone "
-         f"({len(admitted)} + {len(told_sold_out)} of {stayed}"
-         + (f"; {late + len(missed) - len(missed_in_time)} came back too late and rightly "
-            f"lost their turn" if late or missed else "") + ")",
-         wronged == 0 and len(admitted) + len(told_sold_out)
-         == stayed - late - (len(missed) - len(missed_in_time))),
-        (f"every place in line was resolved (admitted {final.admitted_total} + skipped "
-         f"{final.skipped_total}"
-         + (f" + {len(unreached)} not reached once sold out" if unreached else "")
-         + f" = joined {joined})", resolved),
-        (f"Redis agrees with the shoppers (admitted {final.admitted_total} = {len(admitted)} "
-         f"seen + {abandoned_admitted} abandoners reached before their absence showed"
-         + (f" + {len(missed)} who polled too late to see it" if missed else "")
-         + (f" + {sold_out_admitted} who found it sold out" if sold_out_admitted else "")
-         + f"; skipped {final.skipped_total})", redis_agrees),
+        (
+            f"every shopper who kept polling in time was admitted or told the stock was gone "
+            f"({len(admitted)} + {len(told_sold_out)} of {stayed}"
+            + (
+                f"; {late + len(missed) - len(missed_in_time)} came back too late and rightly "
+                f"lost their turn"
+                if late or missed
+                else ""
+            )
+            + ")",
+            wronged == 0
+            and len(admitted) + len(told_sold_out)
+            == stayed - late - (len(missed) - len(missed_in_time)),
+        ),
+        (
+            f"every place in line was resolved (admitted {final.admitted_total} + skipped "
+            f"{final.skipped_total}"
+            + (f" + {len(unreached)} not reached once sold out" if unreached else "")
+            + f" = joined {joined})",
+            resolved,
+        ),
+        (
+            f"Redis agrees with the shoppers (admitted {final.admitted_total} = {len(admitted)} "
+            f"seen + {abandoned_admitted} abandoners reached before their absence showed"
+            + (f" + {len(missed)} who polled too late to see it" if missed else "")
+            + (f" + {sold_out_admitted} who found it sold out" if sold_out_admitted else "")
+            + f"; skipped {final.skipped_total})",
+            redis_agrees,
+        ),
     ]
     buying, bought_figures, bought_checks = purchase_report(result, plan)
     checks += bought_checks
     ok = all(passed for _, passed in checks)
 
-    lat = {kind: demo.latency.get(kind, [])
-           for kind in ("join", "status", "leave", "hold", "pay", "cancel")}
+    lat = {
+        kind: demo.latency.get(kind, [])
+        for kind in ("join", "status", "leave", "hold", "pay", "cancel")
+    }
     figures: dict[str, Any] = {
         "ok": ok,
         "sale": demo.sale_id,
@@ -1175,32 +1360,56 @@ def report(result: SaleResult, plan: Plan, shoppers: int, seed: int, started: fl
     all_paid_at = next((x.t for x in demo.samples if x.sold >= plan.stock), None)
     events: list[tuple[float | None, str]] = [
         (demo.created_at, "sale created; shoppers start arriving"),
-        (opens, f"opening (the admitter drew the pre-queue at {at(opened_at).strip()}): "
-                f"{prequeue} places shuffled"),
-        (admitting[0].t if admitting else None,
-         f"first batch: {admitting[0].admitted if admitting else 0} admitted"),
+        (
+            opens,
+            f"opening (the admitter drew the pre-queue at {at(opened_at).strip()}): "
+            f"{prequeue} places shuffled",
+        ),
+        (
+            admitting[0].t if admitting else None,
+            f"first batch: {admitting[0].admitted if admitting else 0} admitted",
+        ),
         (full_at, f"{plan.max_active} active: from here the limit paces the line")
         if full_at is not None
         else (None, f"the limit of {plan.max_active} active was never reached"),
-        (last_join, f"last join answered ({joined - prequeue} joined after the opening; "
-                    f"arrivals were planned until {at(opens + plan.after_open_seconds).strip()})"),
-        (admitting[-1].t if admitting else None,
-         f"last admission; {len(batches)} batches in all"),
-        (result.finished_at, "every shopper done, every place resolved" if result.drained
-         else "gave up waiting for the line to resolve"),
-        (result.settled_at, "no hold left open, the persister drained: PostgreSQL caught up"
-         if result.settled_at is not None
-         else "gave up waiting for open holds to expire and the persister to drain"),
+        (
+            last_join,
+            f"last join answered ({joined - prequeue} joined after the opening; "
+            f"arrivals were planned until {at(opens + plan.after_open_seconds).strip()})",
+        ),
+        (admitting[-1].t if admitting else None, f"last admission; {len(batches)} batches in all"),
+        (
+            result.finished_at,
+            "every shopper done, every place resolved"
+            if result.drained
+            else "gave up waiting for the line to resolve",
+        ),
+        (
+            result.settled_at,
+            "no hold left open, the persister drained: PostgreSQL caught up"
+            if result.settled_at is not None
+            else "gave up waiting for open holds to expire and the persister to drain",
+        ),
     ]
     if sold_out_at is not None:
-        events.append((sold_out_at.t, f"sold out for the first time: {sold_out_at.sold} paid "
-                                      f"for, {sold_out_at.held} in holds"))
+        events.append(
+            (
+                sold_out_at.t,
+                f"sold out for the first time: {sold_out_at.sold} paid "
+                f"for, {sold_out_at.held} in holds",
+            )
+        )
     if all_paid_at is not None:
         events.append((all_paid_at, f"all {plan.stock} units paid for"))
     # in time order; an event that never happened stays where the old fixed order had it
     first_batch = admitting[0].t if admitting else None
-    events.sort(key=lambda e: e[0] if e[0] is not None else (
-        first_batch if "never reached" in e[1] and first_batch is not None else math.inf))
+    events.sort(
+        key=lambda e: (
+            e[0]
+            if e[0] is not None
+            else (first_batch if "never reached" in e[1] and first_batch is not None else math.inf)
+        )
+    )
     lines = [
         f"FlashSale demo: sale {demo.sale_id}, {shoppers} shoppers, stock {plan.stock}",
         f"  API on 127.0.0.1:{result.port} (2 workers) + 1 admitter + 1 persister; Redis "
@@ -1224,17 +1433,23 @@ def report(result: SaleResult, plan: Plan, shoppers: int, seed: int, started: fl
         f"{count('walked_away')} walked away from their hold, {count('no_show')} never came "
         f"back (their admissions expired)",
         f"  told the stock was gone while in line {len(told_sold_out)}"
-        + (f" ({sold_out_admitted} of them admitted, but every unit was held or sold by the "
-           f"time they looked)" if sold_out_admitted else ""),
+        + (
+            f" ({sold_out_admitted} of them admitted, but every unit was held or sold by the "
+            f"time they looked)"
+            if sold_out_admitted
+            else ""
+        ),
         f"  abandoned the line {len(abandoned)}: {len(abandoned) - abandoned_admitted} skipped "
         f"by the admitter, {abandoned_admitted} reached before their absence showed",
         f"  max active seen {max_active_seen} / limit {plan.max_active} "
         f"({'within' if within_limit else 'OVER'} the limit; Redis sampled every 100 ms)",
         "",
         "Latency              p50       p95    count",
-        *(f"  {kind:<12} {_fmt(_r(percentile(v, 0.5), 1000)):>7} ms "
-          f"{_fmt(_r(percentile(v, 0.95), 1000)):>6} ms {len(v):>8}"
-          for kind, v in lat.items()),
+        *(
+            f"  {kind:<12} {_fmt(_r(percentile(v, 0.5), 1000)):>7} ms "
+            f"{_fmt(_r(percentile(v, 0.95), 1000)):>6} ms {len(v):>8}"
+            for kind, v in lat.items()
+        ),
         f"  queued in the demo client before sending, p95: polls "
         f"{_fmt(_r(queued['status'], 1000))} ms, joins {_fmt(_r(queued['join'], 1000))} ms",
         f"  CPU: demo client {cpu['demo']:.0f} s, API + admitter + persister "
@@ -1260,7 +1475,8 @@ def report(result: SaleResult, plan: Plan, shoppers: int, seed: int, started: fl
             f"wait longer than that; {len(seen_in_time)} were seen within it. "
             f"{len(missed)} polled too late to see their admission "
             f"({len(missed_in_time)} of them within the admission's "
-            f"{plan.admission_ttl_seconds} s)")
+            f"{plan.admission_ttl_seconds} s)"
+        )
     for s in [*by.get("error", []), *by.get("unfinished", [])][:5]:
         lines.append(f"    shopper {s.n}: {s.outcome} {s.error or ''}")
     odd = {k: len(v) for k, v in by.items() if k == "closed"}
@@ -1270,8 +1486,9 @@ def report(result: SaleResult, plan: Plan, shoppers: int, seed: int, started: fl
     return lines, figures, ok
 
 
-def purchase_report(result: SaleResult,
-                    plan: Plan) -> tuple[list[str], dict[str, Any], list[tuple[str, bool]]]:
+def purchase_report(
+    result: SaleResult, plan: Plan
+) -> tuple[list[str], dict[str, Any], list[tuple[str, bool]]]:
     """The purchase section: what the shoppers saw, squared with PostgreSQL (read after the
     persister drained) and with Redis (through reconcile). Returns lines, figures, checks."""
     demo, ledger, reconciled = result.demo, result.ledger, result.reconcile
@@ -1285,14 +1502,19 @@ def purchase_report(result: SaleResult,
     kept = set(co.confirmed) - set(co.cancelled)
     paid_once = len(co.confirmed) == len(set(co.confirmed))
     expected = co.expected()
-    mismatched = [oid for oid, (status, reason) in expected.items()
-                  if oid not in ledger.orders or ledger.orders[oid][0] != status
-                  or not ledger.orders[oid][1].startswith(reason)]
+    mismatched = [
+        oid
+        for oid, (status, reason) in expected.items()
+        if oid not in ledger.orders
+        or ledger.orders[oid][0] != status
+        or not ledger.orders[oid][1].startswith(reason)
+    ]
     unknown = set(ledger.orders) - set(co.held)  # in PostgreSQL, but no shopper held it
     unended = set(co.held) - set(expected)  # held, but no shopper saw how it ended
     reconcile_ok = bool(reconciled and reconciled.get("ok"))
     differences = (reconciled or {}).get("differences") or (
-        [] if reconciled else ["no reconcile report"])
+        [] if reconciled else ["no reconcile report"]
+    )
     stream = (reconciled or {}).get("stream") or {}
     expired = ledger.count("released", "hold expired")
     cancelled = ledger.count("cancelled")
@@ -1332,8 +1554,11 @@ def purchase_report(result: SaleResult,
         f"  holds {len(co.held)} ({co.units_held} units); refused: {refusal_text or 'none'}",
         f"  {co.replays} holds sent again with the same Idempotency-Key: the same hold came "
         f"back {co.replays_same} times"
-        + (f" ({co.replays_late} more sent too late: the admission had expired)"
-           if co.replays_late else ""),
+        + (
+            f" ({co.replays_late} more sent too late: the admission had expired)"
+            if co.replays_late
+            else ""
+        ),
         f"  paid {len(co.confirmed)} orders ({co.units_confirmed} units); declined "
         f"{len(co.declined)} ({co.retried} tried again); {len(co.walked_away)} holds left "
         f"unpaid; {len(co.cancelled)} cancelled after paying (refunded); {len(co.expired)} "
@@ -1343,28 +1568,49 @@ def purchase_report(result: SaleResult,
         f"{expired}, declined {declined}, cancelled {cancelled}, failed {failed}",
         f"  persister: stream of {stream.get('length', '?')} entries, lag "
         f"{stream.get('lag', '?')}, pending {stream.get('pending', '?')}; reconcile "
-        + ("ok: Redis and PostgreSQL agree" if reconcile_ok
-           else "FAILED: " + "; ".join(differences)),
+        + (
+            "ok: Redis and PostgreSQL agree"
+            if reconcile_ok
+            else "FAILED: " + "; ".join(differences)
+        ),
     ]
     for oid in mismatched[:5]:
-        lines.append(f"    order {oid}: shopper saw {expected[oid]}, PostgreSQL has "
-                     f"{ledger.orders.get(oid, 'nothing')}")
+        lines.append(
+            f"    order {oid}: shopper saw {expected[oid]}, PostgreSQL has "
+            f"{ledger.orders.get(oid, 'nothing')}"
+        )
     checks = [
-        (f"nothing oversold (PostgreSQL: sold {sold} + held {held} <= stock {stock})",
-         oversold == 0),
-        (f"every unit sold is in a confirmed order in PostgreSQL ({orders_in_db} units in "
-         f"orders = sold {sold})", orders_in_db == sold),
-        (f"every purchase a shopper saw confirmed is in PostgreSQL, exactly once "
-         f"({len(co.confirmed)} paid - {len(co.cancelled)} cancelled = {len(kept)} = "
-         f"{len(confirmed_db)} confirmed orders)", paid_once and kept == confirmed_db),
-        (f"every order ended in PostgreSQL as its shopper saw it ({len(expected)} orders; "
-         f"{len(co.walked_away)} unpaid holds expired back to stock)",
-         not mismatched and not unknown and not unended),
-        (f"a hold sent again with its Idempotency-Key is the same hold ({co.replays_same} of "
-         f"{co.replays})", co.replays_same == co.replays),
-        ("no hold left open and the persister drained ("
-         + (f"at {settled - demo.opens_at:+.1f}s" if settled is not None else "not in time")
-         + ")", settled is not None),
+        (
+            f"nothing oversold (PostgreSQL: sold {sold} + held {held} <= stock {stock})",
+            oversold == 0,
+        ),
+        (
+            f"every unit sold is in a confirmed order in PostgreSQL ({orders_in_db} units in "
+            f"orders = sold {sold})",
+            orders_in_db == sold,
+        ),
+        (
+            f"every purchase a shopper saw confirmed is in PostgreSQL, exactly once "
+            f"({len(co.confirmed)} paid - {len(co.cancelled)} cancelled = {len(kept)} = "
+            f"{len(confirmed_db)} confirmed orders)",
+            paid_once and kept == confirmed_db,
+        ),
+        (
+            f"every order ended in PostgreSQL as its shopper saw it ({len(expected)} orders; "
+            f"{len(co.walked_away)} unpaid holds expired back to stock)",
+            not mismatched and not unknown and not unended,
+        ),
+        (
+            f"a hold sent again with its Idempotency-Key is the same hold ({co.replays_same} of "
+            f"{co.replays})",
+            co.replays_same == co.replays,
+        ),
+        (
+            "no hold left open and the persister drained ("
+            + (f"at {settled - demo.opens_at:+.1f}s" if settled is not None else "not in time")
+            + ")",
+            settled is not None,
+        ),
         ("reconcile: Redis agrees with PostgreSQL", reconcile_ok),
     ]
     return lines, figures, checks
@@ -1383,16 +1629,23 @@ def _timeline_table(demo: Demo, batches: Sequence[Batch]) -> list[str]:
         in_slice = [b for b in batches if start <= b.t < stop]
         samples = [x for x in demo.samples if start <= x.t < stop]
         if samples:
-            lines.append(f"  {start - demo.opens_at:+7.0f}s {sum(b.admitted for b in in_slice):9d}"
-                         f" {sum(b.skipped for b in in_slice):8d} {len(in_slice):8d}"
-                         f" {max(x.active for x in samples):12d} {samples[-1].waiting:15d}"
-                         f" {samples[-1].sold:5d} {samples[-1].held:5d}")
+            lines.append(
+                f"  {start - demo.opens_at:+7.0f}s {sum(b.admitted for b in in_slice):9d}"
+                f" {sum(b.skipped for b in in_slice):8d} {len(in_slice):8d}"
+                f" {max(x.active for x in samples):12d} {samples[-1].waiting:15d}"
+                f" {samples[-1].sold:5d} {samples[-1].held:5d}"
+            )
         start = stop
     return lines
 
 
-def run(settings: Settings, shoppers: int = 3000, *,
-        after_admission: AfterAdmission = shop, plan: Plan | None = None) -> int:
+def run(
+    settings: Settings,
+    shoppers: int = 3000,
+    *,
+    after_admission: AfterAdmission = shop,
+    plan: Plan | None = None,
+) -> int:
     """Run the demo sale; prints the summary, then the JSON line. 0 when every check passed."""
     started = time.time()
     plan = plan or Plan()
@@ -1406,26 +1659,39 @@ def run(settings: Settings, shoppers: int = 3000, *,
     load = os.getloadavg()[0]
     port = free_port()
     python = [sys.executable, "-m", "flashsale.cli"]
-    commands = {"API": [*python, "api", "--host", "127.0.0.1", "--port", str(port),
-                        "--workers", "2"],
-                "admitter": [*python, "admitter"],
-                "persister": [*python, "persister"]}
-    print(f"FlashSale demo: starting the API on 127.0.0.1:{port}, an admitter and a persister "
-          f"(Redis prefix {settings.redis_prefix!r}, PostgreSQL schema "
-          f"{settings.database_schema!r}), then {shoppers} shoppers (progress on stderr)",
-          flush=True)
+    commands = {
+        "API": [*python, "api", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        "admitter": [*python, "admitter"],
+        "persister": [*python, "persister"],
+    }
+    print(
+        f"FlashSale demo: starting the API on 127.0.0.1:{port}, an admitter and a persister "
+        f"(Redis prefix {settings.redis_prefix!r}, PostgreSQL schema "
+        f"{settings.database_schema!r}), then {shoppers} shoppers (progress on stderr)",
+        flush=True,
+    )
     made: list[str] = []
     try:
         asyncio.run(migrate(settings))  # `make demo` migrates first; a no-op when up to date
         with processes(commands, child_env(settings, plan)) as procs, _runner() as runner:
-            result = runner.run(run_sale(plan, settings, shoppers, port, procs,
-                                         after_admission, seed, made))
+            result = runner.run(
+                run_sale(plan, settings, shoppers, port, procs, after_admission, seed, made)
+            )
     except Exception as exc:  # still end with the JSON line: scripts read nothing else
         if not isinstance(exc, DemoFailed):
             traceback.print_exc()
         print(f"flashsale demo: {exc}", file=sys.stderr)
-        print(json.dumps({"ok": False, "shoppers": shoppers, "admitted": 0,
-                          "max_active_seen": 0, "error": f"{type(exc).__name__}: {exc}"}))
+        print(
+            json.dumps(
+                {
+                    "ok": False,
+                    "shoppers": shoppers,
+                    "admitted": 0,
+                    "max_active_seen": 0,
+                    "error": f"{type(exc).__name__}: {exc}",
+                }
+            )
+        )
         return 1
     except asyncio.CancelledError:  # SIGTERM; the processes are stopped by now
         print("flashsale demo: stopped", file=sys.stderr)
@@ -1434,10 +1700,14 @@ def run(settings: Settings, shoppers: int = 3000, *,
         if made:
             with contextlib.suppress(Exception):
                 asyncio.run(remove_room(settings, made[0]))
-    own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
-                                                          resource.RUSAGE_CHILDREN))
-    cpu = {"demo": own.ru_utime + own.ru_stime,
-           "services": children.ru_utime + children.ru_stime, "load": load}
+    own, children = (
+        resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    cpu = {
+        "demo": own.ru_utime + own.ru_stime,
+        "services": children.ru_utime + children.ru_stime,
+        "load": load,
+    }
     lines, figures, ok = report(result, plan, shoppers, seed, started, cpu)
     print("\n".join(lines))
     print(json.dumps(figures, separators=(",", ":")), flush=True)

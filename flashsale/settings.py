@@ -205,8 +205,7 @@ class Settings:
     operator_tick_seconds: float = _s(
         "FLASHSALE_OPERATOR_TICK_SECONDS",
         5.0,
-        "How often the operator re-derives each FlashSale's phase, pre-warm, scaling and "
-        "counters.",
+        "How often the operator re-derives each FlashSale's phase, pre-warm, scaling and counters.",
     )
     operator_default_target: str = _s(
         "FLASHSALE_OPERATOR_DEFAULT_TARGET",
@@ -255,8 +254,13 @@ class Settings:
             raise SettingsError("FLASHSALE_OPERATOR_TICK_SECONDS must be positive")
         if self.reconcile_interval_seconds < 0:
             raise SettingsError("FLASHSALE_RECONCILE_INTERVAL_SECONDS must not be negative")
-        for name in ("workers", "status_cache_ms", "join_buckets", "rate_window_seconds",
-                     "redis_command_timeout_seconds"):
+        for name in (
+            "workers",
+            "status_cache_ms",
+            "join_buckets",
+            "rate_window_seconds",
+            "redis_command_timeout_seconds",
+        ):
             if getattr(self, name) < 0 or (name != "status_cache_ms" and getattr(self, name) == 0):
                 env = next(f.metadata["setting"].env for f in fields(self) if f.name == name)
                 raise SettingsError(f"{env} must be positive")

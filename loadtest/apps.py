@@ -55,9 +55,15 @@ def rowlock() -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         schema = os.environ.get(ROWLOCK_SCHEMA_ENV, "public")
-        pool.append(await asyncpg.create_pool(
-            os.environ["DATABASE_URL"], min_size=1, max_size=10,  # the API's pool size
-            server_settings={"search_path": schema}, command_timeout=30))
+        pool.append(
+            await asyncpg.create_pool(
+                os.environ["DATABASE_URL"],
+                min_size=1,
+                max_size=10,  # the API's pool size
+                server_settings={"search_path": schema},
+                command_timeout=30,
+            )
+        )
         try:
             yield
         finally:
@@ -69,15 +75,22 @@ def rowlock() -> Starlette:
         order_id = uuid.uuid4()
         async with pool[0].acquire() as conn, conn.transaction():
             stock = await conn.fetchval(
-                "SELECT stock FROM rowlock_counter WHERE sale_id = $1 FOR UPDATE", sale_id)
+                "SELECT stock FROM rowlock_counter WHERE sale_id = $1 FOR UPDATE", sale_id
+            )
             if stock is None or stock < 1:
                 return JSONResponse({"error": {"code": "sold_out"}}, status_code=409)
             await conn.execute(
-                "UPDATE rowlock_counter SET stock = stock - 1 WHERE sale_id = $1", sale_id)
+                "UPDATE rowlock_counter SET stock = stock - 1 WHERE sale_id = $1", sale_id
+            )
             await conn.execute(
                 "INSERT INTO rowlock_orders (id, sale_id, visitor, quantity)"
-                " VALUES ($1, $2, $3, 1)", order_id, sale_id, visitor)
+                " VALUES ($1, $2, $3, 1)",
+                order_id,
+                sale_id,
+                visitor,
+            )
         return JSONResponse({"id": str(order_id), "status": "confirmed"}, status_code=201)
 
-    return Starlette(routes=[Route("/rowlock/{sale}/purchase", purchase, methods=["POST"])],
-                     lifespan=lifespan)
+    return Starlette(
+        routes=[Route("/rowlock/{sale}/purchase", purchase, methods=["POST"])], lifespan=lifespan
+    )

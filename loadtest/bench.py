@@ -108,8 +108,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=2.0, help="warm-up per kind, seconds")
     p.add_argument("--workers", type=int, default=1, help="uvicorn workers of every server")
     p.add_argument("--connections", type=int, default=50, help="wrk keep-alive connections")
-    p.add_argument("--waiters", type=int, default=1_000_000,
-                   help="visitors joined for the Redis memory figure")
+    p.add_argument(
+        "--waiters", type=int, default=1_000_000, help="visitors joined for the Redis memory figure"
+    )
     p.add_argument("--no-pin", action="store_true", help="do not pin servers and wrk to CPUs")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: http,drain,memory")
     return p.parse_args(argv)
@@ -117,23 +118,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # -- set-up ----------------------------------------------------------------------------------
 
+
 def bench_settings(urls: dict[str, str]) -> Settings:
     run = f"{os.getpid()}{secrets.token_hex(2)}"
     return Settings.from_env(
-        redis_url=urls["REDIS_URL"], database_url=urls["DATABASE_URL"],
-        redis_prefix=f"bench{run}", database_schema=f"flashsale_bench_{run}",
-        admin_token=secrets.token_urlsafe(24), token_key=secrets.token_urlsafe(32),
-        token_key_previous="", join_limit_per_address=1_000_000_000,
+        redis_url=urls["REDIS_URL"],
+        database_url=urls["DATABASE_URL"],
+        redis_prefix=f"bench{run}",
+        database_schema=f"flashsale_bench_{run}",
+        admin_token=secrets.token_urlsafe(24),
+        token_key=secrets.token_urlsafe(32),
+        token_key_previous="",
+        join_limit_per_address=1_000_000_000,
     )
 
 
 def sale_body(sale_id: str, opens: datetime, **extra: Any) -> dict[str, Any]:
     body = {
-        "id": sale_id, "name": "benchmark", "stock": 10_000_000, "price_cents": 100,
-        "opens_at": opens.isoformat(), "closes_at": (opens + timedelta(hours=2)).isoformat(),
-        "per_shopper_limit": 100, "hold_seconds": 3600,
-        "admission": {"batch_size": 100_000, "batch_interval_ms": 50, "max_active": 1_000_000,
-                      "admission_ttl_seconds": 86_400, "abandon_after_seconds": 3_600},
+        "id": sale_id,
+        "name": "benchmark",
+        "stock": 10_000_000,
+        "price_cents": 100,
+        "opens_at": opens.isoformat(),
+        "closes_at": (opens + timedelta(hours=2)).isoformat(),
+        "per_shopper_limit": 100,
+        "hold_seconds": 3600,
+        "admission": {
+            "batch_size": 100_000,
+            "batch_interval_ms": 50,
+            "max_active": 1_000_000,
+            "admission_ttl_seconds": 86_400,
+            "abandon_after_seconds": 3_600,
+        },
     }
     body.update(extra)
     return body
@@ -142,7 +158,7 @@ def sale_body(sale_id: str, opens: datetime, **extra: Any) -> dict[str, Any]:
 async def gather_chunked(calls: list[Any], chunk: int = 50) -> list[Any]:
     out: list[Any] = []
     for first in range(0, len(calls), chunk):
-        out += await asyncio.gather(*calls[first:first + chunk])
+        out += await asyncio.gather(*calls[first : first + chunk])
     return out
 
 
@@ -159,23 +175,28 @@ async def prepare(settings: Settings, data: Path, waiters: int, admitted: int) -
     try:
         async with pool.acquire() as conn:
             await conn.execute(ROWLOCK_DDL)
-            await conn.execute("INSERT INTO rowlock_counter (sale_id, stock) VALUES ($1, $2)"
-                               " ON CONFLICT (sale_id) DO UPDATE SET stock = $2",
-                               "rowlock", 100_000_000)
+            await conn.execute(
+                "INSERT INTO rowlock_counter (sale_id, stock) VALUES ($1, $2)"
+                " ON CONFLICT (sale_id) DO UPDATE SET stock = $2",
+                "rowlock",
+                100_000_000,
+            )
         stamp = datetime.now(UTC).strftime("%H%M%S")
         opens = datetime.now(UTC) + timedelta(seconds=1.5)
         poll_sale = await sales.create(sale_body(f"bench-poll-{stamp}", opens))
         hold_sale = await sales.create(sale_body(f"bench-hold-{stamp}", opens))
         await asyncio.sleep(max(0.0, opens.timestamp() - time.time() + 0.2))
         tickets = []
-        for joined in await gather_chunked([room.join(poll_sale.id, f"poller-{n:07d}",
-                                                      "127.0.0.1") for n in range(waiters)]):
+        for joined in await gather_chunked(
+            [room.join(poll_sale.id, f"poller-{n:07d}", "127.0.0.1") for n in range(waiters)]
+        ):
             assert joined.outcome == "ok", joined
             tickets.append(joined.ticket)
         (data / "tickets.txt").write_text("\n".join(tickets) + "\n")
         visitors = [f"buyer-{n:07d}" for n in range(admitted)]
-        for joined in await gather_chunked([room.join(hold_sale.id, v, "127.0.0.1")
-                                            for v in visitors]):
+        for joined in await gather_chunked(
+            [room.join(hold_sale.id, v, "127.0.0.1") for v in visitors]
+        ):
             assert joined.outcome == "ok", joined
         for _ in range(100):
             result = await room.admit_once(hold_sale.id)
@@ -190,8 +211,12 @@ async def prepare(settings: Settings, data: Path, waiters: int, admitted: int) -
         for v in visitors:
             bucket = await redis.hget(keys.visitors(v), v)
             index[v] = int(bucket)
-        tokens = [signer.sign(Claims(ADMISSION, hold_sale.id, v, index[v],
-                                     exp=active[str(index[v])] / 1000)) for v in visitors]
+        tokens = [
+            signer.sign(
+                Claims(ADMISSION, hold_sale.id, v, index[v], exp=active[str(index[v])] / 1000)
+            )
+            for v in visitors
+        ]
         (data / "tokens.txt").write_text("\n".join(tokens) + "\n")
         # the API prewarms on the first hold; doing it here keeps it out of the measurement
         await Stock(redis, redis, pool, room).prewarm(hold_sale)
@@ -223,52 +248,95 @@ async def drop(settings: Settings) -> None:
 
 # -- HTTP rounds -----------------------------------------------------------------------------
 
+
 def wrk_script(data: Path, name: str) -> str:
     path = data / f"{name}.lua"
     if not path.exists():
-        path.write_text((WRK_DIR / "common.lua").read_text() + "\n"
-                        + (WRK_DIR / f"{name}.lua").read_text())
+        path.write_text(
+            (WRK_DIR / "common.lua").read_text() + "\n" + (WRK_DIR / f"{name}.lua").read_text()
+        )
     return str(path)
 
 
-def run_wrk(wrk: str, kind: Kind, data: Path, seconds: float, connections: int,
-            cpus: str | None, redis_pid: int = 0) -> Run:
-    argv = pinned([wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-                   "--timeout", "10s", "-s", wrk_script(data, kind.script),
-                   f"http://127.0.0.1:{kind.port}", "--", *kind.args], cpus)
-    before = [cpu_seconds(kind.pid) if kind.pid else None,
-              cpu_seconds(redis_pid) if redis_pid else None]
+def run_wrk(
+    wrk: str,
+    kind: Kind,
+    data: Path,
+    seconds: float,
+    connections: int,
+    cpus: str | None,
+    redis_pid: int = 0,
+) -> Run:
+    argv = pinned(
+        [
+            wrk,
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            wrk_script(data, kind.script),
+            f"http://127.0.0.1:{kind.port}",
+            "--",
+            *kind.args,
+        ],
+        cpus,
+    )
+    before = [
+        cpu_seconds(kind.pid) if kind.pid else None,
+        cpu_seconds(redis_pid) if redis_pid else None,
+    ]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
-    after = [cpu_seconds(kind.pid) if kind.pid else None,
-             cpu_seconds(redis_pid) if redis_pid else None]
+    after = [
+        cpu_seconds(kind.pid) if kind.pid else None,
+        cpu_seconds(redis_pid) if redis_pid else None,
+    ]
     line = next((x for x in out.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk gave no summary for {kind.name}: {out.stdout}{out.stderr}")
     s = json.loads(line.removeprefix("WRK_JSON "))
-    errors = (s["connect_errors"] + s["read_errors"] + s["write_errors"] + s["status_errors"]
-              + s["timeouts"])
-    per_request = [None if b is None or a is None or not s["requests"]
-                   else (a - b) / s["requests"] * 1e6 for b, a in zip(before, after, strict=True)]
-    return Run(kind.name, s["requests"] / (s["duration_us"] / 1e6), s["requests"], errors,
-               s["p50_us"] / 1000, s["p99_us"] / 1000, *per_request)
+    errors = (
+        s["connect_errors"]
+        + s["read_errors"]
+        + s["write_errors"]
+        + s["status_errors"]
+        + s["timeouts"]
+    )
+    per_request = [
+        None if b is None or a is None or not s["requests"] else (a - b) / s["requests"] * 1e6
+        for b, a in zip(before, after, strict=True)
+    ]
+    return Run(
+        kind.name,
+        s["requests"] / (s["duration_us"] / 1e6),
+        s["requests"],
+        errors,
+        s["p50_us"] / 1000,
+        s["p99_us"] / 1000,
+        *per_request,
+    )
 
 
-def http_rounds(args: argparse.Namespace, wrk: str, kinds: list[Kind],
-                data: Path, redis_pid: int) -> dict[str, list[Run]]:
+def http_rounds(
+    args: argparse.Namespace, wrk: str, kinds: list[Kind], data: Path, redis_pid: int
+) -> dict[str, list[Run]]:
     cpus = None if args.no_pin else "0"
     for kind in kinds:  # warm-up: caches, JIT-less but lazy imports, connections, pools
         run = run_wrk(wrk, kind, data, args.warmup, args.connections, cpus, redis_pid)
         log(f"  warm-up {kind.name:8s} {run.rps:8.0f} req/s")
     runs: dict[str, list[Run]] = {k.name: [] for k in kinds}
     for r in range(args.rounds):
-        order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
+        order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]
         for kind in order:
             run = run_wrk(wrk, kind, data, args.seconds, args.connections, cpus, redis_pid)
             runs[kind.name].append(run)
             flag = f"  ({run.errors} errors!)" if run.errors else ""
-            log(f"  round {r + 1} {kind.name:8s} {run.rps:8.0f} req/s  p50 {run.p50_ms:6.1f} ms"
+            log(
+                f"  round {r + 1} {kind.name:8s} {run.rps:8.0f} req/s  p50 {run.p50_ms:6.1f} ms"
                 f"  p99 {run.p99_ms:6.1f} ms  CPU/request: server {_us(run.server_cpu_us)}, "
-                f"Redis {_us(run.redis_cpu_us)}{flag}")
+                f"Redis {_us(run.redis_cpu_us)}{flag}"
+            )
     return runs
 
 
@@ -277,18 +345,19 @@ def _us(value: float | None) -> str:
 
 
 def median_ratio(runs: dict[str, list[Run]], top: str, bottom: str) -> float:
-    return statistics.median(a.rps / b.rps for a, b in zip(runs[top], runs[bottom],
-                                                           strict=True))
+    return statistics.median(a.rps / b.rps for a, b in zip(runs[top], runs[bottom], strict=True))
 
 
 # -- persister drain -------------------------------------------------------------------------
+
 
 async def drain_rate(settings: Settings, sale_id: str, start_persister: Any) -> dict[str, Any]:
     """Start a persister on a stream full of holds; entries per second from its first
     acknowledged batch until nothing is unread or pending."""
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
-    stream = WaitingRoom(redis, settings, Signer(settings.signing_keys())).keys(
-        sale_id).orders_stream
+    stream = (
+        WaitingRoom(redis, settings, Signer(settings.signing_keys())).keys(sale_id).orders_stream
+    )
     try:
         total = await redis.xlen(stream)
         start_persister()
@@ -315,6 +384,7 @@ async def drain_rate(settings: Settings, sale_id: str, start_persister: Any) -> 
 
 # -- Redis memory ----------------------------------------------------------------------------
 
+
 async def redis_memory(settings: Settings, waiters: int) -> dict[str, Any]:
     """Bytes of Redis per waiting visitor with `waiters` in one sale's pre-queue."""
     prefix = f"benchmem{os.getpid()}{secrets.token_hex(2)}"
@@ -324,9 +394,13 @@ async def redis_memory(settings: Settings, waiters: int) -> dict[str, Any]:
     room = WaitingRoom(redis, mem_settings, Signer(settings.signing_keys()))
     try:
         opens = datetime.now(UTC) + timedelta(hours=1)
-        sale = await Sales(pool, room).create(sale_body(
-            f"bench-mem-{datetime.now(UTC):%H%M%S}", opens,
-            admission={"abandon_after_seconds": 60}))
+        sale = await Sales(pool, room).create(
+            sale_body(
+                f"bench-mem-{datetime.now(UTC):%H%M%S}",
+                opens,
+                admission={"abandon_after_seconds": 60},
+            )
+        )
         keys = room.keys(sale.id)
         view = await room.view(sale.id, fresh=True)
         before = (await redis.info("memory"))["used_memory"]
@@ -342,9 +416,21 @@ async def redis_memory(settings: Settings, waiters: int) -> dict[str, Any]:
                     visitor = secrets.token_urlsafe(16)  # what the API issues
                     address = f"198.18.{n // 250 % 250}.{n % 250}"
                     pipe.evalsha(
-                        join_sha, 6, keys.meta, keys.visitors(visitor), keys.heartbeat(current),
-                        keys.rate("v", visitor), keys.rate("a", address), keys.inventory,
-                        visitor, now, 3 * 60_000, window_ms, 10, 1_000_000)
+                        join_sha,
+                        6,
+                        keys.meta,
+                        keys.visitors(visitor),
+                        keys.heartbeat(current),
+                        keys.rate("v", visitor),
+                        keys.rate("a", address),
+                        keys.inventory,
+                        visitor,
+                        now,
+                        3 * 60_000,
+                        window_ms,
+                        10,
+                        1_000_000,
+                    )
                 results = await pipe.execute()
             bad = [r for r in results if r[0] != "ok"]
             if bad:
@@ -364,21 +450,25 @@ async def redis_memory(settings: Settings, waiters: int) -> dict[str, Any]:
         names = list(sizes)
         for first in range(0, len(names), 1000):
             async with redis.pipeline(transaction=False) as pipe:
-                for key in names[first:first + 1000]:
+                for key in names[first : first + 1000]:
                     pipe.memory_usage(key, samples=0)
-                for key, size in zip(names[first:first + 1000], await pipe.execute(),
-                                     strict=True):
+                for key, size in zip(
+                    names[first : first + 1000], await pipe.execute(), strict=True
+                ):
                     sizes[key] = int(size or 0)
         after = (await redis.info("memory"))["used_memory"]
         total = sum(sizes.values())
         buckets = sum(v for k, v in sizes.items() if ":v:" in k)
         encodings = {await redis.object("encoding", k) for k in names[:50] if ":v:" in k}
         return {
-            "waiters": int(joined or 0), "keys": len(sizes), "bytes": total,
+            "waiters": int(joined or 0),
+            "keys": len(sizes),
+            "bytes": total,
             "per_waiter": total / max(1, int(joined or 0)),
             "visitor_index_per_waiter": buckets / max(1, int(joined or 0)),
             "info_delta_per_waiter": (after - before) / max(1, int(joined or 0)),
-            "rate_limit_keys_left": rate_keys, "bucket_encodings": sorted(encodings),
+            "rate_limit_keys_left": rate_keys,
+            "bucket_encodings": sorted(encodings),
             "join_rate": waiters / (time.monotonic() - started),
         }
     finally:
@@ -390,6 +480,7 @@ async def redis_memory(settings: Settings, waiters: int) -> dict[str, Any]:
 
 
 # -- the run ---------------------------------------------------------------------------------
+
 
 def verdict(name: str, value: float | None) -> str:
     target, sense = TARGETS[name]
@@ -411,18 +502,26 @@ def main(argv: list[str] | None = None) -> int:
     settings = bench_settings(urls)
     server_cpus = None if args.no_pin else str((os.cpu_count() or 1) - 1)
     figures: dict[str, Any] = {}
-    log(f"bench: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; servers "
+    log(
+        f"bench: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; servers "
         f"{'on CPU ' + server_cpus if server_cpus else 'unpinned'}, {args.workers} uvicorn "
         f"worker(s) each; wrk -t1 -c{args.connections}; {args.rounds} rounds of "
-        f"{args.seconds:g} s")
-    with tempfile.TemporaryDirectory(prefix="flashsale-bench-") as tmp, \
-            processes(Path(tmp) / "logs") as procs:
+        f"{args.seconds:g} s"
+    )
+    with (
+        tempfile.TemporaryDirectory(prefix="flashsale-bench-") as tmp,
+        processes(Path(tmp) / "logs") as procs,
+    ):
         data = Path(tmp)
         try:
-            env = install_env(urls, settings, **{
-                "FLASHSALE_JOIN_LIMIT_PER_ADDRESS": "1000000000",
-                "FLASHSALE_ADMITTER_REFRESH_SECONDS": "0.2",
-            })
+            env = install_env(
+                urls,
+                settings,
+                **{
+                    "FLASHSALE_JOIN_LIMIT_PER_ADDRESS": "1000000000",
+                    "FLASHSALE_ADMITTER_REFRESH_SECONDS": "0.2",
+                },
+            )
             sales = asyncio.run(prepare(settings, data, waiters=5000, admitted=3000))
             if "http" not in skip:
                 assert wrk is not None
@@ -430,10 +529,25 @@ def main(argv: list[str] | None = None) -> int:
                 pids = {}
                 for app in ("loadtest.apps:bare", "flashsale", "loadtest.apps:rowlock"):
                     port = ports[app] = free_port()
-                    pids[app] = procs.start(app.rsplit(":", 1)[-1], pinned(
-                        [sys.executable, "-m", "loadtest.serve", app, "--host", "127.0.0.1",
-                         "--port", str(port), "--workers", str(args.workers)], server_cpus),
-                        env).pid
+                    pids[app] = procs.start(
+                        app.rsplit(":", 1)[-1],
+                        pinned(
+                            [
+                                sys.executable,
+                                "-m",
+                                "loadtest.serve",
+                                app,
+                                "--host",
+                                "127.0.0.1",
+                                "--port",
+                                str(port),
+                                "--workers",
+                                str(args.workers),
+                            ],
+                            server_cpus,
+                        ),
+                        env,
+                    ).pid
                 for port in ports.values():
                     wait_port(port, 60, procs)
                 fs = ports["flashsale"]
@@ -442,15 +556,35 @@ def main(argv: list[str] | None = None) -> int:
                     pids = dict.fromkeys(pids, 0)
                 fs_pid, rowlock = pids["flashsale"], "loadtest.apps:rowlock"
                 kinds = [
-                    Kind("bare", ports["loadtest.apps:bare"], "bare", ("/",),
-                         pids["loadtest.apps:bare"]),
-                    Kind("poll", fs, "status", (f"/api/sales/{poll}/status",
-                                                str(data / "tickets.txt")), fs_pid),
+                    Kind(
+                        "bare",
+                        ports["loadtest.apps:bare"],
+                        "bare",
+                        ("/",),
+                        pids["loadtest.apps:bare"],
+                    ),
+                    Kind(
+                        "poll",
+                        fs,
+                        "status",
+                        (f"/api/sales/{poll}/status", str(data / "tickets.txt")),
+                        fs_pid,
+                    ),
                     Kind("join", fs, "join", (f"/api/sales/{poll}/join",), fs_pid),
-                    Kind("hold", fs, "hold", (f"/api/sales/{hold}/holds",
-                                              str(data / "tokens.txt")), fs_pid),
-                    Kind("rowlock", ports[rowlock], "rowlock", ("/rowlock/rowlock/purchase",),
-                         pids[rowlock]),
+                    Kind(
+                        "hold",
+                        fs,
+                        "hold",
+                        (f"/api/sales/{hold}/holds", str(data / "tokens.txt")),
+                        fs_pid,
+                    ),
+                    Kind(
+                        "rowlock",
+                        ports[rowlock],
+                        "rowlock",
+                        ("/rowlock/rowlock/purchase",),
+                        pids[rowlock],
+                    ),
                 ]
                 runs = http_rounds(args, wrk, kinds, data, redis_process(settings))
                 procs.stop("bare", "flashsale", "rowlock")
@@ -459,7 +593,8 @@ def main(argv: list[str] | None = None) -> int:
                     for part in ("server", "redis"):
                         used = [u for r in rs if (u := getattr(r, f"{part}_cpu_us")) is not None]
                         figures[f"{name}_{part}_cpu_us"] = (
-                            round(statistics.median(used)) if used else None)
+                            round(statistics.median(used)) if used else None
+                        )
                     figures[f"{name}_p99_ms"] = round(statistics.median(r.p99_ms for r in rs), 1)
                     figures[f"{name}_errors"] = sum(r.errors for r in rs)
                 figures["poll_ratio"] = round(median_ratio(runs, "poll", "bare"), 3)
@@ -468,9 +603,17 @@ def main(argv: list[str] | None = None) -> int:
                 figures["purchase_vs_rowlock"] = round(median_ratio(runs, "hold", "rowlock"), 2)
                 if "drain" not in skip:
                     log("bench: persister drain")
-                    drained = asyncio.run(drain_rate(settings, hold, lambda: procs.start(
-                        "persister", [sys.executable, "-m", "flashsale.cli", "persister"],
-                        env)))
+                    drained = asyncio.run(
+                        drain_rate(
+                            settings,
+                            hold,
+                            lambda: procs.start(
+                                "persister",
+                                [sys.executable, "-m", "flashsale.cli", "persister"],
+                                env,
+                            ),
+                        )
+                    )
                     procs.stop("persister")
                     figures["drain_entries"] = drained["entries"]
                     figures["drain_rate"] = round(drained["rate"])
@@ -503,28 +646,38 @@ def main(argv: list[str] | None = None) -> int:
             f"  row-lock purchase (PG)      {figures['rowlock_rps']:>8} req/s   hold / "
             f"row-lock {figures['purchase_vs_rowlock']:.2f}  "
             f"{verdict('purchase_vs_rowlock', figures['purchase_vs_rowlock'])}",
-            "  CPU per request (server process; Redis):  " + ",  ".join(
+            "  CPU per request (server process; Redis):  "
+            + ",  ".join(
                 f"{name} {_us(figures.get(f'{name}_server_cpu_us'))}"
-                + (f"; {_us(figures.get(f'{name}_redis_cpu_us'))}"
-                   if name in ("poll", "join", "hold") else "")
-                for name in ("bare", "poll", "join", "hold", "rowlock")),
+                + (
+                    f"; {_us(figures.get(f'{name}_redis_cpu_us'))}"
+                    if name in ("poll", "join", "hold")
+                    else ""
+                )
+                for name in ("bare", "poll", "join", "hold", "rowlock")
+            ),
         ]
     if "drain_rate" in figures:
-        lines.append(f"  persister drain             {figures['drain_rate']:>8} entries/s "
-                     f"drain / hold {figures['drain_ratio']:.2f}  "
-                     f"{verdict('drain_ratio', figures['drain_ratio'])}")
+        lines.append(
+            f"  persister drain             {figures['drain_rate']:>8} entries/s "
+            f"drain / hold {figures['drain_ratio']:.2f}  "
+            f"{verdict('drain_ratio', figures['drain_ratio'])}"
+        )
     if "redis_bytes_per_waiter" in figures:
-        lines.append(f"  Redis per waiting visitor   {figures['redis_bytes_per_waiter']:>8} bytes "
-                     f"(INFO delta {figures['redis_info_delta_per_waiter']}) with "
-                     f"{figures['redis_waiters']} waiting  "
-                     f"{verdict('redis_bytes_per_waiter', figures['redis_bytes_per_waiter'])}")
+        lines.append(
+            f"  Redis per waiting visitor   {figures['redis_bytes_per_waiter']:>8} bytes "
+            f"(INFO delta {figures['redis_info_delta_per_waiter']}) with "
+            f"{figures['redis_waiters']} waiting  "
+            f"{verdict('redis_bytes_per_waiter', figures['redis_bytes_per_waiter'])}"
+        )
     figures["seconds"] = round(time.time() - started, 1)
     lines.append(f"  ({figures['seconds']} s in all)")
     print("\n".join(lines))
     out = {k: figures.get(k) for k in TARGETS}
     out["targets_met"] = all(
         figures.get(k) is not None and (figures[k] >= t if s == "min" else figures[k] <= t)
-        for k, (t, s) in TARGETS.items())
+        for k, (t, s) in TARGETS.items()
+    )
     out.update({k: v for k, v in figures.items() if k not in out})
     print(json.dumps(out, separators=(",", ":")), flush=True)
     return 0

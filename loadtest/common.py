@@ -37,8 +37,7 @@ def ensure_services() -> dict[str, str]:
     found = {k: os.environ[k] for k in ("REDIS_URL", "DATABASE_URL") if os.environ.get(k)}
     if len(found) == 2:
         return found
-    subprocess.run([str(ROOT / "scripts" / "ensure-services.sh")], check=True,
-                   stdout=sys.stderr)
+    subprocess.run([str(ROOT / "scripts" / "ensure-services.sh")], check=True, stdout=sys.stderr)
     values: dict[str, str] = {}
     for line in SERVICES_ENV.read_text().splitlines():
         words = shlex.split(line)
@@ -52,8 +51,8 @@ def ensure_tool(binary: str, package: str, *, install: bool = True) -> str | Non
     """The path of `binary`, installing Debian's `package` with apt-get (through sudo when not
     root) if it is missing and `install` allows; None when it cannot be had."""
     path = shutil.which(binary) or next(
-        (p for p in (f"/usr/sbin/{binary}", f"/usr/bin/{binary}") if os.access(p, os.X_OK)),
-        None)
+        (p for p in (f"/usr/sbin/{binary}", f"/usr/bin/{binary}") if os.access(p, os.X_OK)), None
+    )
     if path or not install:
         return path
     if not shutil.which("apt-get"):
@@ -67,8 +66,11 @@ def ensure_tool(binary: str, package: str, *, install: bool = True) -> str | Non
     log(f"installing Debian's {package} with apt-get")
     try:
         subprocess.run([*apt, "update", "-qq"], check=True, stdout=sys.stderr)
-        subprocess.run([*apt, "install", "-y", "-qq", "--no-install-recommends", package],
-                       check=True, stdout=sys.stderr)
+        subprocess.run(
+            [*apt, "install", "-y", "-qq", "--no-install-recommends", package],
+            check=True,
+            stdout=sys.stderr,
+        )
     except subprocess.CalledProcessError as exc:
         log(f"could not install {package}: {exc}")
         return None
@@ -122,13 +124,21 @@ class Procs:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[IO[bytes]] = []
 
-    def start(self, name: str, argv: Sequence[str], env: dict[str, str],
-              cwd: Path = ROOT) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: Sequence[str], env: dict[str, str], cwd: Path = ROOT
+    ) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         self._logs.append(out)
-        proc = subprocess.Popen(list(argv), env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            list(argv),
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.procs[name] = proc
         return proc
 
@@ -192,16 +202,19 @@ def child_env(base: dict[str, str], **settings: str) -> dict[str, str]:
 
 def install_env(base: dict[str, str], settings: Settings, **more: str) -> dict[str, str]:
     """`child_env` for a run's own install: its Redis prefix, schema, keys and quiet logs."""
-    return child_env(base, **{
-        "FLASHSALE_REDIS_PREFIX": settings.redis_prefix,
-        "FLASHSALE_DATABASE_SCHEMA": settings.database_schema,
-        "FLASHSALE_ADMIN_TOKEN": settings.admin_token,
-        "FLASHSALE_TOKEN_KEY": settings.token_key,
-        "FLASHSALE_TOKEN_KEY_PREVIOUS": "",
-        "FLASHSALE_LOG_LEVEL": "WARNING",
-        "FLASHSALE_METRICS_PORT": "0",
-        **more,
-    })
+    return child_env(
+        base,
+        **{
+            "FLASHSALE_REDIS_PREFIX": settings.redis_prefix,
+            "FLASHSALE_DATABASE_SCHEMA": settings.database_schema,
+            "FLASHSALE_ADMIN_TOKEN": settings.admin_token,
+            "FLASHSALE_TOKEN_KEY": settings.token_key,
+            "FLASHSALE_TOKEN_KEY_PREVIOUS": "",
+            "FLASHSALE_LOG_LEVEL": "WARNING",
+            "FLASHSALE_METRICS_PORT": "0",
+            **more,
+        },
+    )
 
 
 async def drop_install(settings: Settings) -> None:

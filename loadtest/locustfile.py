@@ -134,8 +134,9 @@ class Shopper(FastHttpUser):
     def _join(self) -> dict[str, Any] | None:
         url = f"/api/sales/{self.sale_id}/join"
         for _ in range(5):
-            with self.client.post(url, name="join", headers=self._headers(),
-                                  catch_response=True) as r:
+            with self.client.post(
+                url, name="join", headers=self._headers(), catch_response=True
+            ) as r:
                 if r.status_code in (200, 201):
                     body = r.json()
                     rid = r.headers.get("x-request-id") or ""
@@ -161,15 +162,17 @@ class Shopper(FastHttpUser):
         url = f"/api/sales/{self.sale_id}/status"
         headers = self._headers(**{"X-Queue-Ticket": self.ticket, "X-Visitor-Id": self.visitor})
         while status["state"] in ("not_open", "waiting") or (
-                status["state"] == "sold_out" and status.get("poll_after_seconds")):
+            status["state"] == "sold_out" and status.get("poll_after_seconds")
+        ):
             told = float(status.get("poll_after_seconds") or 1.0)
             delay = told * random.uniform(0.9, 1.0)  # up to 10% early, never late
             if patience is not None and time.monotonic() + delay - arrived > patience:
                 return None  # walks away from the line: simply stops polling
             gevent.sleep(delay)
             query = "" if status.get("heartbeat") is None else f"?hb={status['heartbeat']}"
-            with self.client.get(url + query, name="status", headers=headers,
-                                 catch_response=True) as r:
+            with self.client.get(
+                url + query, name="status", headers=headers, catch_response=True
+            ) as r:
                 if r.status_code == 200:
                     status = r.json()
                 elif r.status_code == 429:
@@ -178,8 +181,12 @@ class Shopper(FastHttpUser):
                     r.failure(f"status answered {r.status_code}: {r.text[:120]}")
                     return None
         if status["state"] == "admitted":
-            Record.write(event="admitted", sale=self.sale_id, visitor=self.visitor,
-                         position=status.get("position"))
+            Record.write(
+                event="admitted",
+                sale=self.sale_id,
+                visitor=self.visitor,
+                position=status.get("position"),
+            )
         return status
 
     def _shop(self, status: dict[str, Any]) -> None:
@@ -194,8 +201,9 @@ class Shopper(FastHttpUser):
             return
         draw = random.random()
         if draw >= PAY_SHARE + DECLINE_SHARE:
-            Record.write(event="walked", sale=self.sale_id, order=order["id"],
-                         quantity=order["quantity"])
+            Record.write(
+                event="walked", sale=self.sale_id, order=order["id"], quantity=order["quantity"]
+            )
             return  # closes the tab with a hold in the basket: it must expire
         gevent.sleep(random.uniform(0.2, 1.0))  # types the card number
         self._pay(order, "tok_approve" if draw < PAY_SHARE else "tok_decline")
@@ -203,22 +211,36 @@ class Shopper(FastHttpUser):
 
     def _hold(self, admission: str, quantity: int) -> dict[str, Any] | None:
         url = f"/api/sales/{self.sale_id}/holds"
-        headers = self._headers(**{"Authorization": f"Bearer {admission}",
-                                   "X-Visitor-Id": self.visitor,
-                                   "Idempotency-Key": uuid.uuid4().hex})
+        headers = self._headers(
+            **{
+                "Authorization": f"Bearer {admission}",
+                "X-Visitor-Id": self.visitor,
+                "Idempotency-Key": uuid.uuid4().hex,
+            }
+        )
         for _ in range(5):
-            with self.client.post(url, name="hold", headers=headers, json={"quantity": quantity},
-                                  catch_response=True) as r:
+            with self.client.post(
+                url, name="hold", headers=headers, json={"quantity": quantity}, catch_response=True
+            ) as r:
                 if r.status_code in (200, 201):
                     order = r.json()
-                    Record.write(event="held", sale=self.sale_id, order=order["id"],
-                                 quantity=order["quantity"],
-                                 seats=[s.get("id") for s in order.get("seats") or []])
+                    Record.write(
+                        event="held",
+                        sale=self.sale_id,
+                        order=order["id"],
+                        quantity=order["quantity"],
+                        seats=[s.get("id") for s in order.get("seats") or []],
+                    )
                     return order
                 code = _code(r)
                 if r.status_code in (403, 409) and code in (
-                        "sold_out", "insufficient_stock", "not_admitted", "limit_reached",
-                        "seats_taken", "closed"):
+                    "sold_out",
+                    "insufficient_stock",
+                    "not_admitted",
+                    "limit_reached",
+                    "seats_taken",
+                    "closed",
+                ):
                     r.success()  # the sale's answer, not an error
                     return None
                 if r.status_code in (429, 503):  # sent again with the same key: same hold
@@ -236,14 +258,20 @@ class Shopper(FastHttpUser):
         seats = [s.get("id") for s in order.get("seats") or []]
         give_up = time.monotonic() + 60
         while time.monotonic() < give_up:
-            with self.client.post(url, name="pay", headers=headers,
-                                  json={"payment_token": card}, catch_response=True) as r:
+            with self.client.post(
+                url, name="pay", headers=headers, json={"payment_token": card}, catch_response=True
+            ) as r:
                 code = _code(r)
                 if r.status_code == 200 and r.json().get("status") == "confirmed":
                     if card != "tok_approve":
                         r.failure("a declined card was confirmed")
-                    Record.write(event="confirmed", sale=self.sale_id, order=order["id"],
-                                 quantity=order["quantity"], seats=seats)
+                    Record.write(
+                        event="confirmed",
+                        sale=self.sale_id,
+                        order=order["id"],
+                        quantity=order["quantity"],
+                        seats=seats,
+                    )
                     return
                 if r.status_code == 402:
                     if card == "tok_approve":
@@ -269,10 +297,12 @@ class Shopper(FastHttpUser):
             gevent.sleep(wait)
 
     def _leave(self) -> None:
-        with self.client.post(f"/api/sales/{self.sale_id}/leave", name="leave",
-                              headers=self._headers(**{"X-Queue-Ticket": self.ticket,
-                                                       "X-Visitor-Id": self.visitor}),
-                              catch_response=True) as r:
+        with self.client.post(
+            f"/api/sales/{self.sale_id}/leave",
+            name="leave",
+            headers=self._headers(**{"X-Queue-Ticket": self.ticket, "X-Visitor-Id": self.visitor}),
+            catch_response=True,
+        ) as r:
             if r.status_code in (200, 429):
                 r.success()
             else:
@@ -294,13 +324,20 @@ class Ops(FastHttpUser):
             return
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         for sale in SALES:
-            with self.client.get(f"{INTERNAL}/admin/sales/{sale['id']}", name="admin sale",
-                                 headers=headers, catch_response=True) as r:
+            with self.client.get(
+                f"{INTERNAL}/admin/sales/{sale['id']}",
+                name="admin sale",
+                headers=headers,
+                catch_response=True,
+            ) as r:
                 if r.status_code != 200 or "room" not in r.json():
                     r.failure(f"admin sale answered {r.status_code}: {r.text[:120]}")
-            with self.client.get(f"{INTERNAL}/admin/sales/{sale['id']}/reconcile",
-                                 name="admin reconcile", headers=headers,
-                                 catch_response=True) as r:
+            with self.client.get(
+                f"{INTERNAL}/admin/sales/{sale['id']}/reconcile",
+                name="admin reconcile",
+                headers=headers,
+                catch_response=True,
+            ) as r:
                 if r.status_code != 200 or "ok" not in r.json():
                     r.failure(f"reconcile answered {r.status_code}: {r.text[:120]}")
 
@@ -324,9 +361,12 @@ class Scraper(FastHttpUser):
             gevent.sleep(1)
             return
         self.sent += 1
-        with self.client.get(f"/api/sales/{SALES[0]['id']}", name="scraper",
-                             headers={"X-Forwarded-For": self.address},
-                             catch_response=True) as r:
+        with self.client.get(
+            f"/api/sales/{SALES[0]['id']}",
+            name="scraper",
+            headers={"X-Forwarded-For": self.address},
+            catch_response=True,
+        ) as r:
             if r.status_code == 429:
                 r.success()
                 self.limited += 1

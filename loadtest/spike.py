@@ -93,70 +93,119 @@ LOCUSTFILE = HERE / "locustfile.py"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="loadtest.spike", description=__doc__.split("\n")[0])
     p.add_argument("--users", "-u", type=int, default=1500, help="shoppers at the peak")
-    p.add_argument("--spawn-rate", "-r", type=float, default=500,
-                   help="shoppers arriving per second in the burst at the opening")
+    p.add_argument(
+        "--spawn-rate",
+        "-r",
+        type=float,
+        default=500,
+        help="shoppers arriving per second in the burst at the opening",
+    )
     p.add_argument("--seconds", type=float, default=90, help="load after the opening")
-    p.add_argument("--lead", type=float, default=6, help="seconds from the sales' creation to "
-                   "their opening (the pre-queue forms)")
+    p.add_argument(
+        "--lead",
+        type=float,
+        default=6,
+        help="seconds from the sales' creation to their opening (the pre-queue forms)",
+    )
     p.add_argument("--stock", type=int, default=3000, help="units of the quantity sale")
     p.add_argument("--seats", type=int, default=1500, help="seats of the seated sale")
     p.add_argument("--hold-seconds", type=int, default=15, help="unpaid holds expire after")
     p.add_argument("--batch-size", type=int, default=60)
     p.add_argument("--batch-interval-ms", type=int, default=500)
     p.add_argument("--max-active", type=int, default=300)
-    p.add_argument("--api-workers", type=int, default=2,
-                   help="`flashsale api --workers 1` processes behind HAProxy")
+    p.add_argument(
+        "--api-workers",
+        type=int,
+        default=2,
+        help="`flashsale api --workers 1` processes behind HAProxy",
+    )
     p.add_argument("--locust-processes", type=int, default=1)
     p.add_argument("--haproxy-threads", type=int, default=1)
-    p.add_argument("--rate-limit", type=int, default=1200,
-                   help="requests per client address per period (chart: 1200 per 10s)")
+    p.add_argument(
+        "--rate-limit",
+        type=int,
+        default=1200,
+        help="requests per client address per period (chart: 1200 per 10s)",
+    )
     p.add_argument("--prefix", default="spike", help="Redis key prefix (emptied at start)")
-    p.add_argument("--schema", default="flashsale_spike",
-                   help="PostgreSQL schema (dropped and migrated at start)")
+    p.add_argument(
+        "--schema",
+        default="flashsale_spike",
+        help="PostgreSQL schema (dropped and migrated at start)",
+    )
     p.add_argument("--report-root", default=str(ROOT / "reports"))
-    p.add_argument("--settle-seconds", type=float, default=None,
-                   help="longest wait for holds to expire and the persister to drain")
+    p.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=None,
+        help="longest wait for holds to expire and the persister to drain",
+    )
     p.add_argument("--no-install", action="store_true", help="never apt-get install haproxy")
-    p.add_argument("--cleanup", action="store_true",
-                   help="remove the Redis keys and the schema at the end")
+    p.add_argument(
+        "--cleanup", action="store_true", help="remove the Redis keys and the schema at the end"
+    )
     return p.parse_args(argv)
 
 
 # -- the sales ---------------------------------------------------------------------------------
+
 
 def seat_map(seats: int) -> dict[str, Any]:
     """`seats` seats in rows of up to 25, ten rows a section."""
     rows = [min(25, seats - start) for start in range(0, seats, 25)]
     sections = []
     for s in range(0, len(rows), 10):
-        sections.append({"name": f"Section {s // 10 + 1}",
-                         "rows": [{"name": string.ascii_uppercase[i % 26] + str(i // 26 or ""),
-                                   "seats": n} for i, n in enumerate(rows[s:s + 10])]})
+        sections.append(
+            {
+                "name": f"Section {s // 10 + 1}",
+                "rows": [
+                    {"name": string.ascii_uppercase[i % 26] + str(i // 26 or ""), "seats": n}
+                    for i, n in enumerate(rows[s : s + 10])
+                ],
+            }
+        )
     return {"sections": sections}
 
 
 def sale_bodies(args: argparse.Namespace, stamp: str, opens_at: float) -> list[dict[str, Any]]:
     opens = datetime.fromtimestamp(opens_at, UTC)
     common = {
-        "opens_at": opens.isoformat(), "closes_at": (opens + timedelta(hours=1)).isoformat(),
-        "timezone": "UTC", "per_shopper_limit": 4, "hold_seconds": args.hold_seconds,
-        "price_cents": 4900, "currency": "USD",
-        "admission": {"batch_size": args.batch_size, "batch_interval_ms": args.batch_interval_ms,
-                      "max_active": args.max_active, "admission_ttl_seconds": 30,
-                      "abandon_after_seconds": 10},
+        "opens_at": opens.isoformat(),
+        "closes_at": (opens + timedelta(hours=1)).isoformat(),
+        "timezone": "UTC",
+        "per_shopper_limit": 4,
+        "hold_seconds": args.hold_seconds,
+        "price_cents": 4900,
+        "currency": "USD",
+        "admission": {
+            "batch_size": args.batch_size,
+            "batch_interval_ms": args.batch_interval_ms,
+            "max_active": args.max_active,
+            "admission_ttl_seconds": 30,
+            "abandon_after_seconds": 10,
+        },
     }
     return [
         {"id": f"spike-q-{stamp}", "name": "Spike: sneakers", "stock": args.stock, **common},
-        {"id": f"spike-s-{stamp}", "name": "Spike: concert", "seat_map": seat_map(args.seats),
-         **common},
+        {
+            "id": f"spike-s-{stamp}",
+            "name": "Spike: concert",
+            "seat_map": seat_map(args.seats),
+            **common,
+        },
     ]
 
 
-def http_json(method: str, url: str, token: str, body: Any = None,
-              timeout: float = 15) -> tuple[int, Any]:
+def http_json(
+    method: str, url: str, token: str, body: Any = None, timeout: float = 15
+) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={
-        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url,
+        data=data,
+        method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"null")
@@ -168,8 +217,10 @@ def wait_ready(url: str, within: float, procs: Procs) -> None:
     deadline = time.monotonic() + within
     while True:
         procs.check()
-        with contextlib.suppress(OSError, urllib.error.URLError), \
-                urllib.request.urlopen(url, timeout=2) as response:
+        with (
+            contextlib.suppress(OSError, urllib.error.URLError),
+            urllib.request.urlopen(url, timeout=2) as response,
+        ):
             if response.status == 200:
                 return
         if time.monotonic() > deadline:
@@ -178,6 +229,7 @@ def wait_ready(url: str, within: float, procs: Procs) -> None:
 
 
 # -- sampling --------------------------------------------------------------------------------
+
 
 @dataclass
 class Sampler:
@@ -197,37 +249,63 @@ class Sampler:
 
     async def sample(self, redis: Redis, conn: asyncpg.Connection) -> None:
         now = time.time()
-        rows = await conn.fetch("SELECT sale_id, status, count(*) AS n, sum(quantity) AS units"
-                                " FROM orders GROUP BY 1, 2")
+        rows = await conn.fetch(
+            "SELECT sale_id, status, count(*) AS n, sum(quantity) AS units"
+            " FROM orders GROUP BY 1, 2"
+        )
         db = {(r["sale_id"], r["status"]): (r["n"], r["units"]) for r in rows}
         for sale in self.sales:
             k = self.keys(sale["id"])
             async with redis.pipeline(transaction=False) as pipe:
-                pipe.hmget(k.meta, ["pre", "seq", "P", "frontier", "admitted_total",
-                                    "skipped_total", "opened", "sold_out"])
+                pipe.hmget(
+                    k.meta,
+                    [
+                        "pre",
+                        "seq",
+                        "P",
+                        "frontier",
+                        "admitted_total",
+                        "skipped_total",
+                        "opened",
+                        "sold_out",
+                    ],
+                )
                 pipe.zcount(k.active, f"({int(now * 1000)}", "+inf")
                 pipe.hmget(k.inventory, ["held", "sold", "avail"])
                 pipe.lrange(k.batches, 0, -1)
                 pipe.zcard(k.holds)
                 meta, active, inv, batches, holds = await pipe.execute()
-            pre, seq, _, frontier, admitted, skipped, opened, sold_out = (
-                int(x or 0) for x in meta)
+            pre, seq, _, frontier, admitted, skipped, opened, sold_out = (int(x or 0) for x in meta)
             joined = seq if opened else pre
             self.batches[sale["id"]].update(batches)
-            self.samples.append({
-                "t": round(now, 3), "sale": sale["id"], "joined": joined,
-                "waiting": max(0, seq - frontier) if opened else pre, "frontier": frontier,
-                "admitted": admitted, "skipped": skipped, "active": active,
-                "held": int(inv[0] or 0), "sold": int(inv[1] or 0), "avail": int(inv[2] or 0),
-                "open_holds": holds, "sold_out": sold_out,
-                "pg_confirmed_units": int((db.get((sale["id"], "confirmed")) or (0, 0))[1] or 0),
-                "pg_orders": sum(n for (s, _), (n, _) in db.items() if s == sale["id"]),
-            })
+            self.samples.append(
+                {
+                    "t": round(now, 3),
+                    "sale": sale["id"],
+                    "joined": joined,
+                    "waiting": max(0, seq - frontier) if opened else pre,
+                    "frontier": frontier,
+                    "admitted": admitted,
+                    "skipped": skipped,
+                    "active": active,
+                    "held": int(inv[0] or 0),
+                    "sold": int(inv[1] or 0),
+                    "avail": int(inv[2] or 0),
+                    "open_holds": holds,
+                    "sold_out": sold_out,
+                    "pg_confirmed_units": int(
+                        (db.get((sale["id"], "confirmed")) or (0, 0))[1] or 0
+                    ),
+                    "pg_orders": sum(n for (s, _), (n, _) in db.items() if s == sale["id"]),
+                }
+            )
 
     async def run(self) -> None:
         redis = Redis.from_url(self.settings.redis_url, decode_responses=True)
-        conn = await asyncpg.connect(self.settings.database_url, server_settings={
-            "search_path": self.settings.database_schema})
+        conn = await asyncpg.connect(
+            self.settings.database_url,
+            server_settings={"search_path": self.settings.database_schema},
+        )
         try:
             next_at = time.monotonic()
             while not self.stop.is_set():
@@ -249,10 +327,15 @@ class Sampler:
 
 # -- settling and checking -------------------------------------------------------------------
 
+
 async def backlog(redis: Redis, keys: SaleKeys) -> dict[str, int]:
     length = await redis.xlen(keys.orders_stream)
-    out = {"length": length, "lag": length, "pending": 0,
-           "dead": await redis.xlen(keys.dead_letters)}
+    out = {
+        "length": length,
+        "lag": length,
+        "pending": 0,
+        "dead": await redis.xlen(keys.dead_letters),
+    }
     with contextlib.suppress(Exception):
         for group in await redis.xinfo_groups(keys.orders_stream):
             if group["name"] == PERSISTER_GROUP:
@@ -261,14 +344,16 @@ async def backlog(redis: Redis, keys: SaleKeys) -> dict[str, int]:
     return out
 
 
-async def settle(settings: Settings, sales: list[dict[str, Any]], within: float,
-                 procs: Procs) -> float | None:
+async def settle(
+    settings: Settings, sales: list[dict[str, Any]], within: float, procs: Procs
+) -> float | None:
     """Wait until no hold is open anywhere and the persister has written every entry; the
     seconds it took, or None if that did not happen in time."""
     started = time.monotonic()
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
-    conn = await asyncpg.connect(settings.database_url,
-                                 server_settings={"search_path": settings.database_schema})
+    conn = await asyncpg.connect(
+        settings.database_url, server_settings={"search_path": settings.database_schema}
+    )
     try:
         while time.monotonic() - started < within:
             procs.check()
@@ -277,8 +362,9 @@ async def settle(settings: Settings, sales: list[dict[str, Any]], within: float,
                 keys = SaleKeys(settings.redis_prefix, sale["id"], settings.join_buckets)
                 b = await backlog(redis, keys)
                 holds = await redis.zcard(keys.holds)
-                held = await conn.fetchval("SELECT held FROM sale_inventory WHERE sale_id = $1",
-                                           sale["id"])
+                held = await conn.fetchval(
+                    "SELECT held FROM sale_inventory WHERE sale_id = $1", sale["id"]
+                )
                 done = done and b["lag"] == 0 and b["pending"] == 0 and holds == 0 and held == 0
             if done:
                 return time.monotonic() - started
@@ -309,9 +395,14 @@ def read_records(folder: Path) -> list[dict[str, Any]]:
     return records
 
 
-async def check_sale(settings: Settings, sale: dict[str, Any], records: list[dict[str, Any]],
-                     batches_seen: set[str], samples: list[dict[str, Any]],
-                     internal: str) -> dict[str, Any]:
+async def check_sale(
+    settings: Settings,
+    sale: dict[str, Any],
+    records: list[dict[str, Any]],
+    batches_seen: set[str],
+    samples: list[dict[str, Any]],
+    internal: str,
+) -> dict[str, Any]:
     """Every invariant of one sale, from PostgreSQL, Redis and what its shoppers saw."""
     from waiting_room.status import RoomView
 
@@ -319,23 +410,36 @@ async def check_sale(settings: Settings, sale: dict[str, Any], records: list[dic
     keys = SaleKeys(settings.redis_prefix, sale_id, settings.join_buckets)
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
     raw = Redis.from_url(settings.redis_url)
-    conn = await asyncpg.connect(settings.database_url,
-                                 server_settings={"search_path": settings.database_schema})
+    conn = await asyncpg.connect(
+        settings.database_url, server_settings={"search_path": settings.database_schema}
+    )
     try:
-        inv = await conn.fetchrow("SELECT stock, held, sold FROM sale_inventory"
-                                  " WHERE sale_id = $1", sale_id)
-        orders = {str(r["id"]): r for r in await conn.fetch(
-            "SELECT id, status, quantity, coalesce(reason, '') AS reason FROM orders"
-            " WHERE sale_id = $1", sale_id)}
-        confirmed_units = sum(r["quantity"] for r in orders.values()
-                              if r["status"] == "confirmed")
+        inv = await conn.fetchrow(
+            "SELECT stock, held, sold FROM sale_inventory WHERE sale_id = $1", sale_id
+        )
+        orders = {
+            str(r["id"]): r
+            for r in await conn.fetch(
+                "SELECT id, status, quantity, coalesce(reason, '') AS reason FROM orders"
+                " WHERE sale_id = $1",
+                sale_id,
+            )
+        }
+        confirmed_units = sum(r["quantity"] for r in orders.values() if r["status"] == "confirmed")
         double_seats = await conn.fetch(
             "SELECT s.seat, count(*) AS n FROM order_seats s JOIN orders o ON o.id = s.order_id"
             " WHERE o.sale_id = $1 AND o.status = 'confirmed' GROUP BY s.seat"
-            " HAVING count(*) > 1", sale_id)
-        sold_seats = {r["seat"] for r in await conn.fetch(
-            "SELECT s.seat FROM order_seats s JOIN orders o ON o.id = s.order_id"
-            " WHERE o.sale_id = $1 AND o.status = 'confirmed'", sale_id)}
+            " HAVING count(*) > 1",
+            sale_id,
+        )
+        sold_seats = {
+            r["seat"]
+            for r in await conn.fetch(
+                "SELECT s.seat FROM order_seats s JOIN orders o ON o.id = s.order_id"
+                " WHERE o.sale_id = $1 AND o.status = 'confirmed'",
+                sale_id,
+            )
+        }
         redis_inv = await redis.hgetall(keys.inventory)
         stream = await backlog(redis, keys)
         meta = await redis.hgetall(keys.meta)
@@ -357,36 +461,48 @@ async def check_sale(settings: Settings, sale: dict[str, Any], records: list[dic
         seen[r["event"]].append(r)
     confirmed_ids = [r["order"] for r in seen["confirmed"]]
     lost = [o for o in confirmed_ids if o not in orders or orders[o]["status"] != "confirmed"]
-    wrong_quantity = [r["order"] for r in seen["confirmed"]
-                      if r["order"] in orders and orders[r["order"]]["quantity"] != r["quantity"]]
+    wrong_quantity = [
+        r["order"]
+        for r in seen["confirmed"]
+        if r["order"] in orders and orders[r["order"]]["quantity"] != r["quantity"]
+    ]
     twice = [o for o, n in Counter(confirmed_ids).items() if n > 1]
-    not_released = [r["order"] for kind in ("declined", "walked", "expired")
-                    for r in seen[kind] if r["order"] not in orders
-                    or orders[r["order"]]["status"] != "released"]
-    unseen_confirmed = [o for o, r in orders.items()
-                        if r["status"] == "confirmed" and o not in set(confirmed_ids)]
+    not_released = [
+        r["order"]
+        for kind in ("declined", "walked", "expired")
+        for r in seen[kind]
+        if r["order"] not in orders or orders[r["order"]]["status"] != "released"
+    ]
+    unseen_confirmed = [
+        o for o, r in orders.items() if r["status"] == "confirmed" and o not in set(confirmed_ids)
+    ]
 
     # admission order, batch by batch
     view = RoomView.from_redis(meta, [])
     order_ok, order_problems = True, []
-    parsed = sorted((tuple(int(x) for x in b.split(":")[:4]) for b in batches_seen),
-                    key=lambda b: (b[0], b[1]))
+    parsed = sorted(
+        (tuple(int(x) for x in b.split(":")[:4]) for b in batches_seen), key=lambda b: (b[0], b[1])
+    )
     previous = 0
     positions = sorted(place_of(view, j) for j in admitted_bits) if view.opened else []
     at = 0
     for t_ms, frontier, admitted, skipped in parsed:
         if frontier != previous + admitted + skipped:
             order_ok = False
-            order_problems.append(f"batch at {t_ms}: frontier {frontier} != {previous} + "
-                                  f"{admitted} admitted + {skipped} skipped")
+            order_problems.append(
+                f"batch at {t_ms}: frontier {frontier} != {previous} + "
+                f"{admitted} admitted + {skipped} skipped"
+            )
         inside = 0
         while at < len(positions) and positions[at] < frontier:
             inside += positions[at] >= previous
             at += 1
         if inside != admitted:
             order_ok = False
-            order_problems.append(f"batch at {t_ms}: {inside} admitted places in "
-                                  f"[{previous}, {frontier}), the batch says {admitted}")
+            order_problems.append(
+                f"batch at {t_ms}: {inside} admitted places in "
+                f"[{previous}, {frontier}), the batch says {admitted}"
+            )
         previous = frontier
     beyond = len(positions) - at
     if beyond:
@@ -394,55 +510,78 @@ async def check_sale(settings: Settings, sale: dict[str, Any], records: list[dic
         order_problems.append(f"{beyond} admitted places beyond the last frontier {previous}")
     if view.opened and previous != view.frontier:
         order_ok = False
-        order_problems.append(f"the batches end at {previous}, the room's frontier is "
-                              f"{view.frontier}")
+        order_problems.append(
+            f"the batches end at {previous}, the room's frontier is {view.frontier}"
+        )
     told = [r.get("position") for r in seen["admitted"] if r.get("position")]
     not_on_admitted = [p for p in told if index_at(view, p - 1) not in admitted_bits]
     if not_on_admitted:
         order_ok = False
-        order_problems.append(f"{len(not_on_admitted)} shoppers told 'admitted' stand on places "
-                              "not admitted")
+        order_problems.append(
+            f"{len(not_on_admitted)} shoppers told 'admitted' stand on places not admitted"
+        )
 
     max_active = max((s["active"] for s in samples if s["sale"] == sale_id), default=0)
-    status, reconciled = http_json("GET", f"{internal}/admin/sales/{sale_id}/reconcile",
-                                   settings.admin_token)
+    status, reconciled = http_json(
+        "GET", f"{internal}/admin/sales/{sale_id}/reconcile", settings.admin_token
+    )
     checks = {
         "not oversold (PostgreSQL and Redis: sold + held <= stock)": oversold == 0,
         "Redis and PostgreSQL agree on what is sold": r_sold == sold and r_held == held,
         "confirmed orders add up to what is sold": confirmed_units == sold,
         "no seat sold twice": not double_seats,
-        "every purchase seen confirmed is confirmed in PostgreSQL, once, with its quantity":
-            not lost and not twice and not wrong_quantity,
+        "every purchase seen confirmed is confirmed in PostgreSQL, once, with its quantity": (
+            not lost and not twice and not wrong_quantity
+        ),
         "declined, walked-away and expired holds ended released": not not_released,
-        "orders stream drained (lag 0, pending 0, no dead letters)":
-            stream["lag"] == 0 and stream["pending"] == 0 and stream["dead"] == 0,
+        "orders stream drained (lag 0, pending 0, no dead letters)": stream["lag"] == 0
+        and stream["pending"] == 0
+        and stream["dead"] == 0,
         "admission followed queue order, batch by batch": order_ok,
-        f"active shoppers never above max_active ({sale['max_active']}; sampled)":
-            max_active <= sale["max_active"],
-        "reconcile: Redis agrees with PostgreSQL": status == 200 and bool(
-            reconciled and reconciled.get("ok")),
+        f"active shoppers never above max_active ({sale['max_active']}; sampled)": max_active
+        <= sale["max_active"],
+        "reconcile: Redis agrees with PostgreSQL": status == 200
+        and bool(reconciled and reconciled.get("ok")),
     }
     if sale["seated"]:
         checks["seat bitmap holds exactly the sold seats"] = seat_bits == sold_seats
     return {
-        "sale": sale_id, "seated": sale["seated"], "stock": stock, "sold": sold, "held": held,
-        "redis_sold": r_sold, "oversold": oversold, "orders_in_db": len(orders),
-        "confirmed_units": confirmed_units, "confirmed_seen": len(confirmed_ids),
-        "lost_orders": len(lost), "confirmed_twice": len(twice),
-        "wrong_quantity": len(wrong_quantity), "not_released": len(not_released),
-        "confirmed_unseen": len(unseen_confirmed), "seats_double_sold": len(double_seats),
-        "stream": stream, "joined": int(meta.get("seq") or 0) if view.opened
-        else int(meta.get("pre") or 0), "prequeue": view.prequeue,
-        "admitted": len(admitted_bits), "skipped": int(meta.get("skipped_total") or 0),
-        "batches": len(parsed), "admission_order": order_problems[:5],
-        "max_active_seen": max_active, "held_events": len(seen["held"]),
-        "declined": len(seen["declined"]), "walked": len(seen["walked"]),
-        "expired": len(seen["expired"]), "failed": len(seen["failed"]),
-        "checks": checks, "ok": all(checks.values()),
+        "sale": sale_id,
+        "seated": sale["seated"],
+        "stock": stock,
+        "sold": sold,
+        "held": held,
+        "redis_sold": r_sold,
+        "oversold": oversold,
+        "orders_in_db": len(orders),
+        "confirmed_units": confirmed_units,
+        "confirmed_seen": len(confirmed_ids),
+        "lost_orders": len(lost),
+        "confirmed_twice": len(twice),
+        "wrong_quantity": len(wrong_quantity),
+        "not_released": len(not_released),
+        "confirmed_unseen": len(unseen_confirmed),
+        "seats_double_sold": len(double_seats),
+        "stream": stream,
+        "joined": int(meta.get("seq") or 0) if view.opened else int(meta.get("pre") or 0),
+        "prequeue": view.prequeue,
+        "admitted": len(admitted_bits),
+        "skipped": int(meta.get("skipped_total") or 0),
+        "batches": len(parsed),
+        "admission_order": order_problems[:5],
+        "max_active_seen": max_active,
+        "held_events": len(seen["held"]),
+        "declined": len(seen["declined"]),
+        "walked": len(seen["walked"]),
+        "expired": len(seen["expired"]),
+        "failed": len(seen["failed"]),
+        "checks": checks,
+        "ok": all(checks.values()),
     }
 
 
 # -- locust's figures ------------------------------------------------------------------------
+
 
 def locust_stats(prefix: Path) -> dict[str, dict[str, Any]]:
     path = Path(f"{prefix}_stats.csv")
@@ -467,8 +606,14 @@ def haproxy_stats(sock_path: Path) -> list[dict[str, str]]:
 
 # -- plots -----------------------------------------------------------------------------------
 
-def plots(folder: Path, samples: list[dict[str, Any]], sales: list[dict[str, Any]],
-          opens_at: float, history: Path) -> list[str]:
+
+def plots(
+    folder: Path,
+    samples: list[dict[str, Any]],
+    sales: list[dict[str, Any]],
+    opens_at: float,
+    history: Path,
+) -> list[str]:
     """PNG plots over time (t = 0 at the opening); the file names, or [] without matplotlib."""
     try:
         import matplotlib
@@ -493,15 +638,30 @@ def plots(folder: Path, samples: list[dict[str, Any]], sales: list[dict[str, Any
         return out_t, out_y
 
     figures = [
-        ("arrivals.png", "Arrivals", [("joined", "joined (total)", False),
-                                      ("joined", "arrivals per second", True)]),
+        (
+            "arrivals.png",
+            "Arrivals",
+            [("joined", "joined (total)", False), ("joined", "arrivals per second", True)],
+        ),
         ("waiting.png", "Waiting in line", [("waiting", "waiting", False)]),
-        ("admitted.png", "Admission", [("admitted", "admitted (total)", False),
-                                       ("skipped", "skipped (total)", False),
-                                       ("active", "active now", False)]),
-        ("sold.png", "Stock", [("sold", "sold (Redis)", False),
-                               ("pg_confirmed_units", "confirmed (PostgreSQL)", False),
-                               ("held", "in holds", False)]),
+        (
+            "admitted.png",
+            "Admission",
+            [
+                ("admitted", "admitted (total)", False),
+                ("skipped", "skipped (total)", False),
+                ("active", "active now", False),
+            ],
+        ),
+        (
+            "sold.png",
+            "Stock",
+            [
+                ("sold", "sold (Redis)", False),
+                ("pg_confirmed_units", "confirmed (PostgreSQL)", False),
+                ("held", "in holds", False),
+            ],
+        ),
     ]
     for name, title, lines in figures:
         fig, ax = plt.subplots(figsize=(9, 4.5))
@@ -541,17 +701,39 @@ def plots(folder: Path, samples: list[dict[str, Any]], sales: list[dict[str, Any
                 continue
             if req == "Aggregated":
                 for pct, style in (("50%", "-"), ("95%", "--"), ("99%", ":")):
-                    top.plot([t for t, _ in pts], [float(r[pct]) for _, r in pts], style,
-                             label=f"all requests p{pct[:-1]}", color="black")
-                bottom.plot([t for t, _ in pts], [float(r["Requests/s"]) for _, r in pts],
-                            label="requests/s", color="black")
-                bottom.plot([t for t, _ in pts], [float(r["Failures/s"]) for _, r in pts],
-                            label="failures/s", color="red")
-                bottom.plot([t for t, _ in pts], [float(r["User Count"]) for _, r in pts],
-                            label="locust users", color="grey", linestyle="--")
+                    top.plot(
+                        [t for t, _ in pts],
+                        [float(r[pct]) for _, r in pts],
+                        style,
+                        label=f"all requests p{pct[:-1]}",
+                        color="black",
+                    )
+                bottom.plot(
+                    [t for t, _ in pts],
+                    [float(r["Requests/s"]) for _, r in pts],
+                    label="requests/s",
+                    color="black",
+                )
+                bottom.plot(
+                    [t for t, _ in pts],
+                    [float(r["Failures/s"]) for _, r in pts],
+                    label="failures/s",
+                    color="red",
+                )
+                bottom.plot(
+                    [t for t, _ in pts],
+                    [float(r["User Count"]) for _, r in pts],
+                    label="locust users",
+                    color="grey",
+                    linestyle="--",
+                )
             else:
-                top.plot([t for t, _ in pts], [float(r["95%"]) for _, r in pts],
-                         label=f"{req} p95", alpha=0.7)
+                top.plot(
+                    [t for t, _ in pts],
+                    [float(r["95%"]) for _, r in pts],
+                    label=f"{req} p95",
+                    alpha=0.7,
+                )
         top.set_yscale("log")
         top.set_ylabel("latency, ms")
         top.set_title("Latency percentiles (locust, over the last seconds)")
@@ -570,6 +752,7 @@ def plots(folder: Path, samples: list[dict[str, Any]], sales: list[dict[str, Any
 
 # -- the run ---------------------------------------------------------------------------------
 
+
 async def reset(settings: Settings, drop_only: bool = False) -> None:
     """Empty the spike's Redis prefix and PostgreSQL schema (they are the spike's own)."""
     await drop_install(settings)
@@ -577,23 +760,39 @@ async def reset(settings: Settings, drop_only: bool = False) -> None:
         await migrate(settings)
 
 
-def render_haproxy(args: argparse.Namespace, run_dir: Path, public: int, internal: int,
-                   api_ports: list[int]) -> str:
-    servers = "\n".join(f"    server api{n + 1} 127.0.0.1:{port}"
-                        for n, port in enumerate(api_ports))
+def render_haproxy(
+    args: argparse.Namespace, run_dir: Path, public: int, internal: int, api_ports: list[int]
+) -> str:
+    servers = "\n".join(
+        f"    server api{n + 1} 127.0.0.1:{port}" for n, port in enumerate(api_ports)
+    )
     import resource
 
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]  # each connection: two descriptors
     maxconn = max(1000, min(50_000, (limit if limit > 0 else 20_000) // 2 - 500))
     return string.Template(TEMPLATE.read_text()).substitute(
-        maxconn=maxconn, threads=args.haproxy_threads, run_dir=run_dir, public_port=public,
-        internal_port=internal, rate_requests=args.rate_limit, rate_period="10s",
-        rate_status=429, rate_size="1m", pod_maxconn=500, servers=servers)
+        maxconn=maxconn,
+        threads=args.haproxy_threads,
+        run_dir=run_dir,
+        public_port=public,
+        internal_port=internal,
+        rate_requests=args.rate_limit,
+        rate_period="10s",
+        rate_status=429,
+        rate_size="1m",
+        pod_maxconn=500,
+        servers=servers,
+    )
 
 
-def report_markdown(args: argparse.Namespace, out: dict[str, Any], results: list[dict[str, Any]],
-                    stats: dict[str, dict[str, Any]], haproxy: list[dict[str, str]],
-                    images: list[str]) -> str:
+def report_markdown(
+    args: argparse.Namespace,
+    out: dict[str, Any],
+    results: list[dict[str, Any]],
+    stats: dict[str, dict[str, Any]],
+    haproxy: list[dict[str, str]],
+    images: list[str],
+) -> str:
     lines = [
         f"# FlashSale spike: {out['started']}",
         "",
@@ -628,32 +827,53 @@ def report_markdown(args: argparse.Namespace, out: dict[str, Any], results: list
         ]
         for problem in r["admission_order"]:
             lines.append(f"    {problem}")
-    lines += ["## Requests (locust)", "",
-              "| request | count | failures | median ms | p95 ms | p99 ms | max ms | req/s |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "## Requests (locust)",
+        "",
+        "| request | count | failures | median ms | p95 ms | p99 ms | max ms | req/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, row in stats.items():
-        lines.append(f"| {row.get('Type', '')} {name} | {row['Request Count']} | "
-                     f"{row['Failure Count']} | {row['Median Response Time']} | {row['95%']} | "
-                     f"{row['99%']} | {float(row['Max Response Time']):.0f} | "
-                     f"{float(row['Requests/s']):.1f} |")
+        lines.append(
+            f"| {row.get('Type', '')} {name} | {row['Request Count']} | "
+            f"{row['Failure Count']} | {row['Median Response Time']} | {row['95%']} | "
+            f"{row['99%']} | {float(row['Max Response Time']):.0f} | "
+            f"{float(row['Requests/s']):.1f} |"
+        )
     if out.get("cpu_seconds"):
-        lines += ["", "## CPU seconds by process (the whole run)", "",
-                  ", ".join(f"{k} {v}" for k, v in out["cpu_seconds"].items()), ""]
+        lines += [
+            "",
+            "## CPU seconds by process (the whole run)",
+            "",
+            ", ".join(f"{k} {v}" for k, v in out["cpu_seconds"].items()),
+            "",
+        ]
     if haproxy:
-        lines += ["", "## HAProxy", "",
-                  "| proxy | server | sessions | 2xx | 4xx | 5xx | denied | queue max |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "## HAProxy",
+            "",
+            "| proxy | server | sessions | 2xx | 4xx | 5xx | denied | queue max |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for row in haproxy:
-            lines.append(f"| {row.get('pxname')} | {row.get('svname')} | {row.get('stot')} | "
-                         f"{row.get('hrsp_2xx')} | {row.get('hrsp_4xx')} | "
-                         f"{row.get('hrsp_5xx')} | {row.get('dreq')} | {row.get('qmax')} |")
+            lines.append(
+                f"| {row.get('pxname')} | {row.get('svname')} | {row.get('stot')} | "
+                f"{row.get('hrsp_2xx')} | {row.get('hrsp_4xx')} | "
+                f"{row.get('hrsp_5xx')} | {row.get('dreq')} | {row.get('qmax')} |"
+            )
     if images:
         lines += ["", "## Over time (t = 0 at the opening)", ""]
         lines += [f"![{name}]({name})" for name in images]
-    lines += ["", "## Files", "",
-              "`locust_*.csv` (locust), `samples.json` (Redis and PostgreSQL every 0.5 s), "
-              "`haproxy.cfg` (as run), `logs/` (every process), `orders-*.jsonl` (what the "
-              "shoppers saw)", ""]
+    lines += [
+        "",
+        "## Files",
+        "",
+        "`locust_*.csv` (locust), `samples.json` (Redis and PostgreSQL every 0.5 s), "
+        "`haproxy.cfg` (as run), `logs/` (every process), `orders-*.jsonl` (what the "
+        "shoppers saw)",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -668,10 +888,18 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.report_root)
     folder = root / f"loadtest-{stamp}"
     folder.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Any] = {"invariants_ok": False, "stock": 0, "sold": 0, "oversold": 0,
-                           "lost_orders": 0, "requests": 0, "failures": 0,
-                           "report": str(folder), "started": datetime.now(UTC).isoformat(),
-                           "load_average": os.getloadavg()[0]}
+    out: dict[str, Any] = {
+        "invariants_ok": False,
+        "stock": 0,
+        "sold": 0,
+        "oversold": 0,
+        "lost_orders": 0,
+        "requests": 0,
+        "failures": 0,
+        "report": str(folder),
+        "started": datetime.now(UTC).isoformat(),
+        "load_average": os.getloadavg()[0],
+    }
     if importlib.util.find_spec("locust") is None:  # not imported: it monkey-patches with gevent
         out["error"] = "locust is not installed: pip install -e '.[loadtest]'"
         log(f"spike: {out['error']}")
@@ -684,10 +912,14 @@ def main(argv: list[str] | None = None) -> int:
         final_line(out)
         return 1
     settings = Settings.from_env(
-        redis_url=urls["REDIS_URL"], database_url=urls["DATABASE_URL"],
-        redis_prefix=args.prefix, database_schema=args.schema,
-        admin_token=secrets.token_urlsafe(24), token_key=secrets.token_urlsafe(32),
-        token_key_previous="")
+        redis_url=urls["REDIS_URL"],
+        database_url=urls["DATABASE_URL"],
+        redis_prefix=args.prefix,
+        database_schema=args.schema,
+        admin_token=secrets.token_urlsafe(24),
+        token_key=secrets.token_urlsafe(32),
+        token_key_previous="",
+    )
     log(f"spike: report in {folder}; Redis prefix {args.prefix!r}, schema {args.schema!r}")
     asyncio.run(reset(settings))
     api_ports = [free_port() for _ in range(args.api_workers)]
@@ -695,12 +927,16 @@ def main(argv: list[str] | None = None) -> int:
     cfg = folder / "haproxy.cfg"
     run_dir = Path(tempfile.mkdtemp(prefix="fs-spike-"))  # a unix socket's path is short
     cfg.write_text(render_haproxy(args, run_dir, public, internal, api_ports))
-    env = install_env(urls, settings, **{
-        "FLASHSALE_ADMITTER_TICK_MS": "50",
-        "FLASHSALE_ADMITTER_REFRESH_SECONDS": "1",
-        "FLASHSALE_SWEEP_INTERVAL_MS": "250",
-        "FLASHSALE_PERSISTER_CLAIM_IDLE_MS": "2000",
-    })
+    env = install_env(
+        urls,
+        settings,
+        **{
+            "FLASHSALE_ADMITTER_TICK_MS": "50",
+            "FLASHSALE_ADMITTER_REFRESH_SECONDS": "1",
+            "FLASHSALE_SWEEP_INTERVAL_MS": "250",
+            "FLASHSALE_PERSISTER_CLAIM_IDLE_MS": "2000",
+        },
+    )
     sampler: Sampler | None = None
     results: list[dict[str, Any]] = []
     hastats: list[dict[str, str]] = []
@@ -714,8 +950,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"haproxy refused {cfg}: {problem}")
             python = [sys.executable, "-m", "flashsale.cli"]
             for n, port in enumerate(api_ports):
-                procs.start(f"api{n + 1}", [*python, "api", "--host", "127.0.0.1", "--port",
-                                            str(port), "--workers", "1"], env)
+                procs.start(
+                    f"api{n + 1}",
+                    [*python, "api", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                    env,
+                )
             procs.start("admitter", [*python, "admitter"], env)
             procs.start("persister", [*python, "persister"], env)
             procs.start("haproxy", [haproxy, "-db", "-f", str(cfg)], env)
@@ -726,30 +965,64 @@ def main(argv: list[str] | None = None) -> int:
             wait_ready(f"{entry}/readyz", 20, procs)
             opens_at = math.ceil(time.time() + args.lead)
             for body in sale_bodies(args, datetime.now().strftime("%H%M%S"), opens_at):
-                status, made = http_json("POST", f"{entry}/admin/sales", settings.admin_token,
-                                         body)
+                status, made = http_json("POST", f"{entry}/admin/sales", settings.admin_token, body)
                 if status != 201:
                     raise RuntimeError(f"creating sale {body['id']} answered {status}: {made}")
-                sales.append({"id": body["id"], "seated": "seat_map" in body,
-                              "weight": 3 if "stock" in body else 1,
-                              "max_active": args.max_active})
-            log(f"spike: sales {', '.join(s['id'] for s in sales)} open at "
-                f"{datetime.fromtimestamp(opens_at, UTC):%H:%M:%S} UTC")
+                sales.append(
+                    {
+                        "id": body["id"],
+                        "seated": "seat_map" in body,
+                        "weight": 3 if "stock" in body else 1,
+                        "max_active": args.max_active,
+                    }
+                )
+            log(
+                f"spike: sales {', '.join(s['id'] for s in sales)} open at "
+                f"{datetime.fromtimestamp(opens_at, UTC):%H:%M:%S} UTC"
+            )
             sampler = Sampler(settings, sales)
             thread = sampler.start()
             run_time = max(1, round(opens_at - time.time() + args.seconds))
-            locust_env = {**env, "SPIKE_SALES": json.dumps(sales),
-                          "SPIKE_OPENS_AT": str(opens_at), "SPIKE_INTERNAL": entry,
-                          "SPIKE_ADMIN_TOKEN": settings.admin_token, "SPIKE_OUT": str(folder)}
-            argv = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-                    "-u", str(args.users), "-r", f"{args.spawn_rate:g}",
-                    "--run-time", f"{run_time}s", "-H", f"http://127.0.0.1:{public}",
-                    "--csv", str(folder / "locust"), "--csv-full-history", "--only-summary",
-                    "--loglevel", "WARNING", "--stop-timeout", "0", "--exit-code-on-error", "0"]
+            locust_env = {
+                **env,
+                "SPIKE_SALES": json.dumps(sales),
+                "SPIKE_OPENS_AT": str(opens_at),
+                "SPIKE_INTERNAL": entry,
+                "SPIKE_ADMIN_TOKEN": settings.admin_token,
+                "SPIKE_OUT": str(folder),
+            }
+            argv = [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                str(LOCUSTFILE),
+                "--headless",
+                "-u",
+                str(args.users),
+                "-r",
+                f"{args.spawn_rate:g}",
+                "--run-time",
+                f"{run_time}s",
+                "-H",
+                f"http://127.0.0.1:{public}",
+                "--csv",
+                str(folder / "locust"),
+                "--csv-full-history",
+                "--only-summary",
+                "--loglevel",
+                "WARNING",
+                "--stop-timeout",
+                "0",
+                "--exit-code-on-error",
+                "0",
+            ]
             if args.locust_processes > 1:
                 argv += ["--processes", str(args.locust_processes)]
-            log(f"spike: locust -u {args.users} -r {args.spawn_rate:g} --run-time {run_time}s "
-                f"against HAProxy on :{public}")
+            log(
+                f"spike: locust -u {args.users} -r {args.spawn_rate:g} --run-time {run_time}s "
+                f"against HAProxy on :{public}"
+            )
             locust = procs.start("locust", argv, locust_env)
             deadline = time.monotonic() + run_time + 120
             cpu: dict[str, float] = {}
@@ -762,24 +1035,33 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError("locust did not stop in time")
                 time.sleep(0.5)
             procs.stop("locust")
-            log("spike: load over; waiting for unpaid holds to expire and the persister to "
-                "drain")
+            log("spike: load over; waiting for unpaid holds to expire and the persister to drain")
             within = args.settle_seconds or args.hold_seconds + 30
             settle_s = asyncio.run(settle(settings, sales, within, procs))
             sampler.stop.set()
             thread.join(5)
             records = read_records(folder)
             for sale in sales:
-                results.append(asyncio.run(check_sale(
-                    settings, sale, records, sampler.batches[sale["id"]], sampler.samples,
-                    entry)))
+                results.append(
+                    asyncio.run(
+                        check_sale(
+                            settings,
+                            sale,
+                            records,
+                            sampler.batches[sale["id"]],
+                            sampler.samples,
+                            entry,
+                        )
+                    )
+                )
             hastats = haproxy_stats(run_dir / "haproxy.sock")
             cpu.update(procs.cpu())
             out["cpu_seconds"] = {k: round(v, 1) for k, v in sorted(cpu.items())}
             scraped = [r for r in records if r.get("event") == "scraper"]
             out["rate_limited_429"] = scraped[0]["limited"] if scraped else 0
-            out["scraper_sent_before_429"] = scraped[0]["sent"] - scraped[0]["limited"] \
-                if scraped else None
+            out["scraper_sent_before_429"] = (
+                scraped[0]["sent"] - scraped[0]["limited"] if scraped else None
+            )
     except Exception as exc:  # still write what there is, and end with the JSON line
         import traceback
 
@@ -798,46 +1080,74 @@ def main(argv: list[str] | None = None) -> int:
     (folder / "samples.json").write_text(json.dumps(samples))
     images = plots(folder, samples, sales, opens_at, folder / "locust_stats_history.csv")
     total = stats.get("Aggregated", {})
-    out.update({
-        "invariants_ok": bool(results) and all(r["ok"] for r in results)
-        and "error" not in out and settle_s is not None,
-        "stock": sum(r["stock"] for r in results),
-        "sold": sum(r["sold"] for r in results),
-        "oversold": sum(r["oversold"] for r in results),
-        "lost_orders": sum(r["lost_orders"] for r in results),
-        "requests": int(total.get("Request Count") or 0),
-        "failures": int(total.get("Failure Count") or 0),
-        "rps": round(float(total.get("Requests/s") or 0), 1),
-        "seats_double_sold": sum(r["seats_double_sold"] for r in results),
-        "admission_order_ok": bool(results) and all(
-            r["checks"]["admission followed queue order, batch by batch"] for r in results),
-        "stream_lag": sum(r["stream"]["lag"] for r in results),
-        "stream_pending": sum(r["stream"]["pending"] for r in results),
-        "confirmed_seen": sum(r["confirmed_seen"] for r in results),
-        "joined": sum(r["joined"] for r in results),
-        "admitted": sum(r["admitted"] for r in results),
-        "max_active_seen": max((r["max_active_seen"] for r in results), default=0),
-        "settle_seconds": None if settle_s is None else round(settle_s, 1),
-        "sampler_error": sampler.error if sampler else None,
-        "latency_ms": {name: {"p50": _num(row.get("50%")), "p95": _num(row.get("95%")),
-                              "p99": _num(row.get("99%"))}
-                       for name, row in stats.items() if name in (
-                           "join", "status", "hold", "pay", "leave", "Aggregated")},
-        "failed_checks": [f"{r['sale']}: {text}" for r in results
-                          for text, ok in r["checks"].items() if not ok],
-        "seconds": round(time.time() - started, 1),
-        "sales": {r["sale"]: {k: r[k] for k in ("stock", "sold", "oversold", "lost_orders",
-                                                 "confirmed_seen", "joined", "admitted",
-                                                 "skipped", "batches", "max_active_seen")}
-                  for r in results},
-    })
-    (folder / "report.md").write_text(report_markdown(args, out, results, stats, hastats,
-                                                      images))
+    out.update(
+        {
+            "invariants_ok": bool(results)
+            and all(r["ok"] for r in results)
+            and "error" not in out
+            and settle_s is not None,
+            "stock": sum(r["stock"] for r in results),
+            "sold": sum(r["sold"] for r in results),
+            "oversold": sum(r["oversold"] for r in results),
+            "lost_orders": sum(r["lost_orders"] for r in results),
+            "requests": int(total.get("Request Count") or 0),
+            "failures": int(total.get("Failure Count") or 0),
+            "rps": round(float(total.get("Requests/s") or 0), 1),
+            "seats_double_sold": sum(r["seats_double_sold"] for r in results),
+            "admission_order_ok": bool(results)
+            and all(r["checks"]["admission followed queue order, batch by batch"] for r in results),
+            "stream_lag": sum(r["stream"]["lag"] for r in results),
+            "stream_pending": sum(r["stream"]["pending"] for r in results),
+            "confirmed_seen": sum(r["confirmed_seen"] for r in results),
+            "joined": sum(r["joined"] for r in results),
+            "admitted": sum(r["admitted"] for r in results),
+            "max_active_seen": max((r["max_active_seen"] for r in results), default=0),
+            "settle_seconds": None if settle_s is None else round(settle_s, 1),
+            "sampler_error": sampler.error if sampler else None,
+            "latency_ms": {
+                name: {
+                    "p50": _num(row.get("50%")),
+                    "p95": _num(row.get("95%")),
+                    "p99": _num(row.get("99%")),
+                }
+                for name, row in stats.items()
+                if name in ("join", "status", "hold", "pay", "leave", "Aggregated")
+            },
+            "failed_checks": [
+                f"{r['sale']}: {text}"
+                for r in results
+                for text, ok in r["checks"].items()
+                if not ok
+            ],
+            "seconds": round(time.time() - started, 1),
+            "sales": {
+                r["sale"]: {
+                    k: r[k]
+                    for k in (
+                        "stock",
+                        "sold",
+                        "oversold",
+                        "lost_orders",
+                        "confirmed_seen",
+                        "joined",
+                        "admitted",
+                        "skipped",
+                        "batches",
+                        "max_active_seen",
+                    )
+                }
+                for r in results
+            },
+        }
+    )
+    (folder / "report.md").write_text(report_markdown(args, out, results, stats, hastats, images))
     (folder / "result.json").write_text(json.dumps(out, indent=2, default=str))
-    print(f"FlashSale spike: {'invariants hold' if out['invariants_ok'] else 'INVARIANTS BROKEN'}"
-          f" — {out['requests']} requests ({out['failures']} failures, {out['rps']} req/s), "
-          f"sold {out['sold']} of {out['stock']}, oversold {out['oversold']}, lost orders "
-          f"{out['lost_orders']}; report {folder / 'report.md'}")
+    print(
+        f"FlashSale spike: {'invariants hold' if out['invariants_ok'] else 'INVARIANTS BROKEN'}"
+        f" — {out['requests']} requests ({out['failures']} failures, {out['rps']} req/s), "
+        f"sold {out['sold']} of {out['stock']}, oversold {out['oversold']}, lost orders "
+        f"{out['lost_orders']}; report {folder / 'report.md'}"
+    )
     for text in out["failed_checks"]:
         print(f"  FAILED {text}")
     final_line(out)
@@ -855,8 +1165,7 @@ def haproxy_config_problem(haproxy: str, cfg: Path) -> str:
     """'' when HAProxy accepts the configuration, else what it says."""
     import subprocess
 
-    result = subprocess.run([haproxy, "-c", "-q", "-f", str(cfg)], capture_output=True,
-                            text=True)
+    result = subprocess.run([haproxy, "-c", "-q", "-f", str(cfg)], capture_output=True, text=True)
     return "" if result.returncode == 0 else (result.stderr or result.stdout)[-800:]
 
 

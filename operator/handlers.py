@@ -43,9 +43,23 @@ log = logging.getLogger(__name__)
 
 INDEX = "flashsale_windows"
 FINALIZER = "flashsale.io/finalizer"
-_WRITABLE = ("name", "stock", "opens_at", "closes_at", "timezone", "seat_map",
-             "per_shopper_limit", "hold_seconds", "price_cents", "currency", "batch_size",
-             "batch_interval_ms", "max_active", "admission_ttl_seconds", "abandon_after_seconds")
+_WRITABLE = (
+    "name",
+    "stock",
+    "opens_at",
+    "closes_at",
+    "timezone",
+    "seat_map",
+    "per_shopper_limit",
+    "hold_seconds",
+    "price_cents",
+    "currency",
+    "batch_size",
+    "batch_interval_ms",
+    "max_active",
+    "admission_ttl_seconds",
+    "abandon_after_seconds",
+)
 _PHASE_MESSAGES = {
     schedule.Phase.SCHEDULED: "scheduled: opens at {opens}",
     schedule.Phase.WARMING: "warming: stock pre-warmed ({remaining} available), pre-queue open",
@@ -72,8 +86,14 @@ class _Memory:
 
 
 class FlashSaleOperator:
-    def __init__(self, services: Services, *, login: Login = kopf.login_via_client,
-                 tick_seconds: float = 5.0, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        services: Services,
+        *,
+        login: Login = kopf.login_via_client,
+        tick_seconds: float = 5.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.services = services
         self.sales = services.sales
         self.room = services.room
@@ -84,9 +104,11 @@ class FlashSaleOperator:
         self.tick = tick_seconds
         self.clock = clock
         settings = services.settings
-        self.default_target = ((settings.operator_default_target_kind,
-                                settings.operator_default_target)
-                               if settings.operator_default_target else None)
+        self.default_target = (
+            (settings.operator_default_target_kind, settings.operator_default_target)
+            if settings.operator_default_target
+            else None
+        )
         self._memory: dict[str, _Memory] = {}
 
     # -- wiring ----------------------------------------------------------------------------
@@ -98,13 +120,19 @@ class FlashSaleOperator:
         kopf.on.cleanup(registry=registry)(self.on_cleanup)
         kopf.index(*resource, registry=registry, id=INDEX)(self.index_windows)
         kopf.on.create(*resource, registry=registry, id="apply-created")(self.on_spec)
-        kopf.on.update(*resource, registry=registry, id="apply-updated", field="spec")(
-            self.on_spec)
+        kopf.on.update(*resource, registry=registry, id="apply-updated", field="spec")(self.on_spec)
         kopf.on.resume(*resource, registry=registry, id="apply-resumed")(self.on_spec)
-        kopf.timer(*resource, registry=registry, id="tick", interval=self.tick,
-                   initial_delay=min(1.0, self.tick), backoff=self.tick)(self.on_tick)
-        kopf.on.delete(*resource, registry=registry, id="archive",
-                       backoff=max(1.0, self.tick))(self.on_delete)
+        kopf.timer(
+            *resource,
+            registry=registry,
+            id="tick",
+            interval=self.tick,
+            initial_delay=min(1.0, self.tick),
+            backoff=self.tick,
+        )(self.on_tick)
+        kopf.on.delete(*resource, registry=registry, id="archive", backoff=max(1.0, self.tick))(
+            self.on_delete
+        )
 
     @staticmethod
     def configure(settings: kopf.OperatorSettings) -> kopf.OperatorSettings:
@@ -112,9 +140,11 @@ class FlashSaleOperator:
         phase change, per applied or refused spec), not copies of its log lines."""
         settings.persistence.finalizer = FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-            prefix="flashsale.io")
+            prefix="flashsale.io"
+        )
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix="flashsale.io", key="last-handled-spec")
+            prefix="flashsale.io", key="last-handled-spec"
+        )
         settings.posting.loggers = False
         return settings
 
@@ -129,8 +159,9 @@ class FlashSaleOperator:
 
     # -- the index of scaling windows ------------------------------------------------------
 
-    def index_windows(self, namespace: str, name: str, spec: Any, meta: Any,
-                      **_: Any) -> dict[tuple[str, str, str], schedule.Window]:
+    def index_windows(
+        self, namespace: str, name: str, spec: Any, meta: Any, **_: Any
+    ) -> dict[tuple[str, str, str], schedule.Window]:
         """{(namespace, kind, name) of the target: this FlashSale's window}. An empty dict (not
         None, which kopf takes as "keep the old value") when it wishes for nothing: no
         scaling, a spec that cannot work, or on its way out."""
@@ -147,9 +178,20 @@ class FlashSaleOperator:
 
     # -- spec -> sale ----------------------------------------------------------------------
 
-    async def on_spec(self, name: str, namespace: str, uid: str, spec: Any, meta: Any,
-                      status: Any, patch: kopf.Patch, body: kopf.Body, old: Any = None,
-                      new: Any = None, **kwargs: Any) -> None:
+    async def on_spec(
+        self,
+        name: str,
+        namespace: str,
+        uid: str,
+        spec: Any,
+        meta: Any,
+        status: Any,
+        patch: kopf.Patch,
+        body: kopf.Body,
+        old: Any = None,
+        new: Any = None,
+        **kwargs: Any,
+    ) -> None:
         now = self.clock()
         generation = meta.get("generation")
         mem = self._mem(uid)
@@ -159,29 +201,61 @@ class FlashSaleOperator:
                 api_body, wanted = validate(name, spec)
                 if accepted_id and wanted.id != accepted_id:
                     raise ValidationError(
-                        "spec.saleId", f"cannot change once accepted (it is {accepted_id!r}); "
-                                       "create a new FlashSale for another sale")
+                        "spec.saleId",
+                        f"cannot change once accepted (it is {accepted_id!r}); "
+                        "create a new FlashSale for another sale",
+                    )
                 await self._claim(wanted.id, namespace, name)
             except ValidationError as error:
-                await self._refuse(patch, body, mem, status, "InvalidSpec", str(error), now,
-                                   generation, accepted_id)
+                await self._refuse(
+                    patch,
+                    body,
+                    mem,
+                    status,
+                    "InvalidSpec",
+                    str(error),
+                    now,
+                    generation,
+                    accepted_id,
+                )
             try:
                 sale, what = await self._apply(wanted, api_body)
             except ValidationError as error:
-                await self._refuse(patch, body, mem, status, "Refused", str(translate(error)),
-                                   now, generation, accepted_id)
+                await self._refuse(
+                    patch,
+                    body,
+                    mem,
+                    status,
+                    "Refused",
+                    str(translate(error)),
+                    now,
+                    generation,
+                    accepted_id,
+                )
             except SaleConflict as error:
                 await self._refuse(
-                    patch, body, mem, status, "Refused",
-                    f"{error}; create a new FlashSale with another spec.saleId", now,
-                    generation, accepted_id)
+                    patch,
+                    body,
+                    mem,
+                    status,
+                    "Refused",
+                    f"{error}; create a new FlashSale with another spec.saleId",
+                    now,
+                    generation,
+                    accepted_id,
+                )
             mem.sale_id = sale.id
-            mem.accepted = st.condition("Accepted", True, "Applied", f"sale {sale.id} {what}",
-                                        now=now, generation=generation)
+            mem.accepted = st.condition(
+                "Accepted",
+                True,
+                "Applied",
+                f"sale {sale.id} {what}",
+                now=now,
+                generation=generation,
+            )
             patch.status["saleId"] = sale.id
             patch.status["observedGeneration"] = generation
-            patch.status["conditions"] = st.merge_conditions(status.get("conditions"),
-                                                             mem.accepted)
+            patch.status["conditions"] = st.merge_conditions(status.get("conditions"), mem.accepted)
             if what != "unchanged":
                 kopf.info(body, reason="Applied", message=f"sale {sale.id} {what}")
         # a target this sale no longer scales goes back to what the other sales want of it
@@ -197,8 +271,10 @@ class FlashSaleOperator:
         owner = await self.services.redis.get(key)
         if owner != me:
             raise ValidationError(
-                "spec.saleId", f"sale {sale_id!r} is already managed by FlashSale {owner}; set "
-                               "spec.saleId to another id")
+                "spec.saleId",
+                f"sale {sale_id!r} is already managed by FlashSale {owner}; set "
+                "spec.saleId to another id",
+            )
 
     async def _unclaim(self, name: str, namespace: str, spec: Any) -> None:
         try:
@@ -215,19 +291,30 @@ class FlashSaleOperator:
         except SaleNotFound:
             current = None
         if current is not None and all(
-                getattr(current, f) == getattr(wanted, f) for f in _WRITABLE):
+            getattr(current, f) == getattr(wanted, f) for f in _WRITABLE
+        ):
             await self.sales.ensure_room(wanted.id)
             return current, "unchanged"
         sale, created = await self.sales.apply(wanted.id, api_body)
         return sale, "created" if created else "updated"
 
-    async def _refuse(self, patch: kopf.Patch, body: kopf.Body, mem: _Memory, status: Any,
-                      reason: str, message: str, now: datetime, generation: int | None,
-                      accepted_id: str | None) -> NoReturn:
+    async def _refuse(
+        self,
+        patch: kopf.Patch,
+        body: kopf.Body,
+        mem: _Memory,
+        status: Any,
+        reason: str,
+        message: str,
+        now: datetime,
+        generation: int | None,
+        accepted_id: str | None,
+    ) -> NoReturn:
         """Say why in the status and an Event, and stop: kopf does not retry a permanent
         error until the spec changes."""
-        mem.accepted = st.condition("Accepted", False, reason, message, now=now,
-                                    generation=generation)
+        mem.accepted = st.condition(
+            "Accepted", False, reason, message, now=now, generation=generation
+        )
         patch.status["observedGeneration"] = generation
         patch.status["conditions"] = st.merge_conditions(status.get("conditions"), mem.accepted)
         if not accepted_id:
@@ -235,8 +322,9 @@ class FlashSaleOperator:
         kopf.warn(body, reason=reason, message=message)
         raise kopf.PermanentError(message)
 
-    async def _release_old_target(self, namespace: str, name: str, old: Any, new: Any,
-                                  index: Any) -> None:
+    async def _release_old_target(
+        self, namespace: str, name: str, old: Any, new: Any, index: Any
+    ) -> None:
         def target_of(spec: Any) -> Target | None:
             scaling = (spec or {}).get("scaling") or {}
             if not scaling:
@@ -254,38 +342,63 @@ class FlashSaleOperator:
 
     # -- the tick --------------------------------------------------------------------------
 
-    async def on_tick(self, name: str, namespace: str, uid: str, spec: Any, meta: Any,
-                      status: Any, patch: kopf.Patch, body: kopf.Body, **kwargs: Any) -> None:
+    async def on_tick(
+        self,
+        name: str,
+        namespace: str,
+        uid: str,
+        spec: Any,
+        meta: Any,
+        status: Any,
+        patch: kopf.Patch,
+        body: kopf.Body,
+        **kwargs: Any,
+    ) -> None:
         now = self.clock()
         mem = self._mem(uid)
         async with mem.lock:
             if mem.deleted or meta.get("deletionTimestamp"):
                 return
-            await self._tick(name, namespace, spec, meta, status, patch, body, mem, now,
-                             kwargs.get(INDEX))
+            await self._tick(
+                name, namespace, spec, meta, status, patch, body, mem, now, kwargs.get(INDEX)
+            )
 
-    async def _tick(self, name: str, namespace: str, spec: Any, meta: Any, status: Any,
-                    patch: kopf.Patch, body: kopf.Body, mem: _Memory, now: datetime,
-                    index: Any) -> None:
+    async def _tick(
+        self,
+        name: str,
+        namespace: str,
+        spec: Any,
+        meta: Any,
+        status: Any,
+        patch: kopf.Patch,
+        body: kopf.Body,
+        mem: _Memory,
+        now: datetime,
+        index: Any,
+    ) -> None:
         conditions = st.merge_conditions(status.get("conditions"), mem.accepted)
         sale_id = mem.sale_id or status.get("saleId")
         if not sale_id:  # not accepted (yet): the change handlers say why
             accepted = st.get_condition(conditions, "Accepted")
             if accepted is not None and accepted.get("status") == "False":
-                self._write(status, patch, {"phase": schedule.Phase.INVALID.value,
-                                            "conditions": conditions})
+                self._write(
+                    status, patch, {"phase": schedule.Phase.INVALID.value, "conditions": conditions}
+                )
             return
         try:
             sale = await self.sales.get(sale_id)
         except SaleNotFound:
-            log.warning("sale missing from PostgreSQL; waiting for the spec to be re-applied",
-                        extra={"sale": sale_id, "flashsale": f"{namespace}/{name}"})
+            log.warning(
+                "sale missing from PostgreSQL; waiting for the spec to be re-applied",
+                extra={"sale": sale_id, "flashsale": f"{namespace}/{name}"},
+            )
             return
         try:
             plan = schedule.plan(spec, self.default_target)
         except ValidationError:  # a refused change: the sale runs on what it had
-            plan = schedule.Plan(sale.opens_at, sale.closes_at,
-                                 timedelta(seconds=schedule.PREWARM_LEAD_SECONDS))
+            plan = schedule.Plan(
+                sale.opens_at, sale.closes_at, timedelta(seconds=schedule.PREWARM_LEAD_SECONDS)
+            )
         plan = plan.with_times(sale.opens_at, sale.closes_at)
 
         figures, sold_out, warm = await self._figures(sale)
@@ -298,17 +411,23 @@ class FlashSaleOperator:
             decision = schedule.decide(plan, now, sold_out=sold_out, closed_at=sale.closed_at)
         warm_condition = (
             st.condition("Warm", True, "Prewarmed", "stock is loaded in Redis", now=now)
-            if warm else
-            st.condition("Warm", False, "NotYet",
-                         f"stock is pre-warmed at {st.iso(plan.prewarm_at)}", now=now)
+            if warm
+            else st.condition(
+                "Warm",
+                False,
+                "NotYet",
+                f"stock is pre-warmed at {st.iso(plan.prewarm_at)}",
+                now=now,
+            )
         )
 
         scaled = None
         if plan.scaling is not None:
             target = Target(namespace, plan.scaling.kind, plan.scaling.name)
             scaled = await self._scale(target, index, now=now)
-        conditions = st.merge_conditions(conditions, warm_condition, scaled,
-                                         drop=() if scaled else ("Scaled",))
+        conditions = st.merge_conditions(
+            conditions, warm_condition, scaled, drop=() if scaled else ("Scaled",)
+        )
 
         phase = decision.phase.value
         old_phase = status.get("phase")
@@ -324,18 +443,28 @@ class FlashSaleOperator:
                 "prewarmAt": st.iso(plan.prewarm_at),
                 "opensAt": st.iso(plan.opens_at),
                 "closesAt": st.iso(sale.closed_at or plan.closes_at),
-                **({"scaleFrom": st.iso(plan.scaling.start),
-                    "scaleUntil": st.iso(plan.scaling.end)} if plan.scaling else {}),
+                **(
+                    {
+                        "scaleFrom": st.iso(plan.scaling.start),
+                        "scaleUntil": st.iso(plan.scaling.end),
+                    }
+                    if plan.scaling
+                    else {}
+                ),
             },
-            "nextTransition": ({"event": decision.next_event, "at": st.iso(decision.next_at)}
-                               if decision.next_at else None),
+            "nextTransition": (
+                {"event": decision.next_event, "at": st.iso(decision.next_at)}
+                if decision.next_at
+                else None
+            ),
             "transitions": transitions,
             "conditions": conditions,
         }
         self._write(status, patch, wanted)
         if phase != old_phase:
             message = _PHASE_MESSAGES.get(decision.phase, phase).format(
-                opens=st.iso(plan.opens_at), **figures)
+                opens=st.iso(plan.opens_at), **figures
+            )
             kopf.info(body, reason=phase, message=f"{sale.id} {message}")
             log.info("phase", extra={"sale": sale.id, "phase": phase, "was": old_phase})
 
@@ -344,13 +473,20 @@ class FlashSaleOperator:
         for key, value in st.changes(status, wanted).items():
             patch.status[key] = value
 
-    async def _scale(self, target: Target, index: Any, *, exclude: str | None = None,
-                     now: datetime | None = None) -> dict[str, Any] | None:
+    async def _scale(
+        self, target: Target, index: Any, *, exclude: str | None = None, now: datetime | None = None
+    ) -> dict[str, Any] | None:
         """Bring `target` to what every FlashSale on it wants now; returns a Scaled condition."""
         now = now or self.clock()
-        windows = [w for w in (index.get((target.namespace, target.kind, target.name), [])
-                               if index is not None else [])
-                   if w.sale != exclude]
+        windows = [
+            w
+            for w in (
+                index.get((target.namespace, target.kind, target.name), [])
+                if index is not None
+                else []
+            )
+            if w.sale != exclude
+        ]
         wanted, wishers = schedule.wanted_replicas(windows, now)
         try:
             outcome = await self.scaler.reconcile(target, wanted, wishers)
@@ -359,8 +495,7 @@ class FlashSaleOperator:
         except KubeError as error:
             return st.condition("Scaled", False, "ApiError", f"{target}: {error}", now=now)
         if outcome.raised:
-            return st.condition("Scaled", True, "ScaledUp", f"{target}: {outcome.message}",
-                                now=now)
+            return st.condition("Scaled", True, "ScaledUp", f"{target}: {outcome.message}", now=now)
         return st.condition("Scaled", False, "Baseline", f"{target}: {outcome.message}", now=now)
 
     async def _figures(self, sale: Sale) -> tuple[dict[str, int], bool, bool]:
@@ -377,9 +512,11 @@ class FlashSaleOperator:
             remaining = int(inventory.get("avail") or 0)
         else:
             row = await self.services.pool.fetchrow(
-                "SELECT stock, held, sold FROM sale_inventory WHERE sale_id = $1", sale.id)
-            stock, held, sold = (row["stock"], row["held"], row["sold"]) if row else (sale.stock,
-                                                                                      0, 0)
+                "SELECT stock, held, sold FROM sale_inventory WHERE sale_id = $1", sale.id
+            )
+            stock, held, sold = (
+                (row["stock"], row["held"], row["sold"]) if row else (sale.stock, 0, 0)
+            )
             remaining = stock - held - sold
         figures = {
             "waiting": room.waiting if room else 0,
@@ -394,8 +531,16 @@ class FlashSaleOperator:
 
     # -- deletion --------------------------------------------------------------------------
 
-    async def on_delete(self, name: str, namespace: str, uid: str, spec: Any, status: Any,
-                        body: kopf.Body, **kwargs: Any) -> None:
+    async def on_delete(
+        self,
+        name: str,
+        namespace: str,
+        uid: str,
+        spec: Any,
+        status: Any,
+        body: kopf.Body,
+        **kwargs: Any,
+    ) -> None:
         now = self.clock()
         mem = self._mem(uid)
         async with mem.lock:
@@ -415,14 +560,17 @@ class FlashSaleOperator:
                 await self._unclaim(name, namespace, spec)
             mem.deleted = True
 
-    async def _archive(self, sale_id: str, namespace: str, name: str, uid: str, status: Any,
-                       now: datetime) -> None:
+    async def _archive(
+        self, sale_id: str, namespace: str, name: str, uid: str, status: Any, now: datetime
+    ) -> None:
         backlog = await self.stock.stream_backlog(sale_id)
         if backlog["lag"] or backlog["pending"]:
             raise kopf.TemporaryError(
                 f"{backlog['lag']} order entries unread and {backlog['pending']} pending: "
                 "waiting for the persister to write them to PostgreSQL before removing the "
-                "sale's Redis state", delay=max(1.0, self.tick))
+                "sale's Redis state",
+                delay=max(1.0, self.tick),
+            )
         try:
             sale = await self.sales.close(sale_id)
         except SaleNotFound:
@@ -431,26 +579,36 @@ class FlashSaleOperator:
             figures, _, _ = await self._figures(sale)
             async with self.services.pool.acquire() as conn:
                 inventory = await conn.fetchrow(
-                    "SELECT stock, held, sold FROM sale_inventory WHERE sale_id = $1", sale_id)
+                    "SELECT stock, held, sold FROM sale_inventory WHERE sale_id = $1", sale_id
+                )
                 orders = await conn.fetch(
                     "SELECT status, count(*) AS orders, coalesce(sum(quantity), 0) AS units"
-                    " FROM orders WHERE sale_id = $1 GROUP BY status", sale_id)
+                    " FROM orders WHERE sale_id = $1 GROUP BY status",
+                    sale_id,
+                )
                 archive = {
                     "sale": sale.admin(now),
                     "inventory": dict(inventory) if inventory else None,
-                    "orders": {r["status"]: {"orders": r["orders"], "units": int(r["units"])}
-                               for r in orders},
+                    "orders": {
+                        r["status"]: {"orders": r["orders"], "units": int(r["units"])}
+                        for r in orders
+                    },
                     "last_counters": figures,
-                    "flashsale": {"namespace": namespace, "name": name, "uid": uid,
-                                  "phase": status.get("phase"),
-                                  "transitions": dict(status.get("transitions") or {})},
+                    "flashsale": {
+                        "namespace": namespace,
+                        "name": name,
+                        "uid": uid,
+                        "phase": status.get("phase"),
+                        "transitions": dict(status.get("transitions") or {}),
+                    },
                     "archived_by": "flashsale-operator",
                 }
                 await conn.execute(
                     "INSERT INTO sale_archive (sale_id, figures) VALUES ($1, $2::jsonb)"
                     " ON CONFLICT (sale_id) DO UPDATE SET figures = EXCLUDED.figures,"
                     " archived_at = now()",
-                    sale_id, json.dumps(archive, default=str),
+                    sale_id,
+                    json.dumps(archive, default=str),
                 )
         removed = await self.room.remove(sale_id)
         self.services.forget(sale_id)

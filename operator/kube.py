@@ -56,15 +56,17 @@ class Kube:
         assert self._info is not None
         return self._session, self._info.server.rstrip("/")
 
-    async def request(self, method: str, path: str, body: Any = None, *,
-                      content_type: str = "application/json") -> dict[str, Any] | None:
+    async def request(
+        self, method: str, path: str, body: Any = None, *, content_type: str = "application/json"
+    ) -> dict[str, Any] | None:
         """The decoded JSON answer; None for 404; KubeError for any other failure."""
         for attempt in (1, 2):
             session, server = await self._connect(again=attempt == 2)
             data = None if body is None else json.dumps(body)
             headers = {"Content-Type": content_type} if body is not None else {}
-            async with session.request(method, server + path, data=data,
-                                       headers=headers) as response:
+            async with session.request(
+                method, server + path, data=data, headers=headers
+            ) as response:
                 if response.status == 401 and attempt == 1:
                     continue
                 if response.status == 404:
@@ -88,8 +90,7 @@ class Kube:
 
     async def patch(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """A JSON merge patch (RFC 7386): `None` removes a key."""
-        return await self.request("PATCH", path, body,
-                                  content_type="application/merge-patch+json")
+        return await self.request("PATCH", path, body, content_type="application/merge-patch+json")
 
     async def close(self) -> None:
         if self._session is not None:

@@ -33,21 +33,31 @@ def operator_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def serve(settings: Settings, *, login: Login = kopf.login_via_client,
-                kopf_settings: kopf.OperatorSettings | None = None,
-                stop_flag: Any = None) -> None:
+async def serve(
+    settings: Settings,
+    *,
+    login: Login = kopf.login_via_client,
+    kopf_settings: kopf.OperatorSettings | None = None,
+    stop_flag: Any = None,
+) -> None:
     """Run until SIGTERM/SIGINT (or `stop_flag`, an asyncio or threading Event, is set)."""
     from flashsale.cli import connected
 
     async with connected(settings) as services:
-        operator = FlashSaleOperator(services, login=login,
-                                     tick_seconds=settings.operator_tick_seconds)
+        operator = FlashSaleOperator(
+            services, login=login, tick_seconds=settings.operator_tick_seconds
+        )
         registry = kopf.OperatorRegistry()
         operator.register(registry)
         kwargs = operator_kwargs(settings)
-        log.info("operator starting", extra={
-            "namespaces": kwargs["namespaces"] or "all", "peering": kwargs["peering_name"],
-            "liveness": kwargs["liveness_endpoint"]})
+        log.info(
+            "operator starting",
+            extra={
+                "namespaces": kwargs["namespaces"] or "all",
+                "peering": kwargs["peering_name"],
+                "liveness": kwargs["liveness_endpoint"],
+            },
+        )
         await kopf.operator(
             registry=registry,
             settings=FlashSaleOperator.configure(kopf_settings or kopf.OperatorSettings()),

@@ -14,54 +14,72 @@ from typing import Any
 # operator watches every namespace); "cluster" rules always need a ClusterRole.
 CALLS: list[dict[str, Any]] = [
     {
-        "calls": ["LIST + WATCH /apis/flashsale.io/v1alpha1/[namespaces/NS/]flashsales",
-                  "PATCH /apis/flashsale.io/v1alpha1/namespaces/NS/flashsales/NAME"],
+        "calls": [
+            "LIST + WATCH /apis/flashsale.io/v1alpha1/[namespaces/NS/]flashsales",
+            "PATCH /apis/flashsale.io/v1alpha1/namespaces/NS/flashsales/NAME",
+        ],
         "why": "kopf watches FlashSales; it patches them to add and remove its finalizer and "
-               "to keep its bookkeeping annotations (flashsale.io/*)",
+        "to keep its bookkeeping annotations (flashsale.io/*)",
         "scope": "namespace",
-        "rule": {"apiGroups": ["flashsale.io"], "resources": ["flashsales"],
-                 "verbs": ["get", "list", "watch", "patch"]},
+        "rule": {
+            "apiGroups": ["flashsale.io"],
+            "resources": ["flashsales"],
+            "verbs": ["get", "list", "watch", "patch"],
+        },
     },
     {
         "calls": ["PATCH /apis/flashsale.io/v1alpha1/namespaces/NS/flashsales/NAME/status"],
         "why": "phase, counters, conditions and transition times",
         "scope": "namespace",
-        "rule": {"apiGroups": ["flashsale.io"], "resources": ["flashsales/status"],
-                 "verbs": ["get", "patch"]},
+        "rule": {
+            "apiGroups": ["flashsale.io"],
+            "resources": ["flashsales/status"],
+            "verbs": ["get", "patch"],
+        },
     },
     {
         "calls": ["(none directly)"],
         "why": "setting metadata.finalizers is a patch of the object; clusters running the "
-               "OwnerReferencesPermissionEnforcement admission plugin (OpenShift) also ask for "
-               "update on the finalizers subresource",
+        "OwnerReferencesPermissionEnforcement admission plugin (OpenShift) also ask for "
+        "update on the finalizers subresource",
         "scope": "namespace",
-        "rule": {"apiGroups": ["flashsale.io"], "resources": ["flashsales/finalizers"],
-                 "verbs": ["update", "patch"]},
+        "rule": {
+            "apiGroups": ["flashsale.io"],
+            "resources": ["flashsales/finalizers"],
+            "verbs": ["update", "patch"],
+        },
     },
     {
         "calls": ["POST /api/v1/namespaces/NS/events"],
         "why": "one Event per phase change (Scheduled, Warming, Open, SoldOut, Closed), when a "
-               "spec is applied or refused, and kopf's own warnings",
+        "spec is applied or refused, and kopf's own warnings",
         "scope": "namespace",
         "rule": {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     },
     {
-        "calls": ["GET /apis/autoscaling/v2/namespaces/NS/horizontalpodautoscalers/NAME",
-                  "PATCH /apis/autoscaling/v2/namespaces/NS/horizontalpodautoscalers/NAME",
-                  "LIST /apis/autoscaling/v2/namespaces/NS/horizontalpodautoscalers"],
+        "calls": [
+            "GET /apis/autoscaling/v2/namespaces/NS/horizontalpodautoscalers/NAME",
+            "PATCH /apis/autoscaling/v2/namespaces/NS/horizontalpodautoscalers/NAME",
+            "LIST /apis/autoscaling/v2/namespaces/NS/horizontalpodautoscalers",
+        ],
         "why": "raise and restore spec.minReplicas (original kept in the "
-               "flashsale.io/original-min-replicas annotation); the list finds an HPA scaling "
-               "a Deployment target, which is then refused",
+        "flashsale.io/original-min-replicas annotation); the list finds an HPA scaling "
+        "a Deployment target, which is then refused",
         "scope": "namespace",
-        "rule": {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"],
-                 "verbs": ["get", "list", "patch"]},
+        "rule": {
+            "apiGroups": ["autoscaling"],
+            "resources": ["horizontalpodautoscalers"],
+            "verbs": ["get", "list", "patch"],
+        },
     },
     {
-        "calls": ["GET /apis/apps/v1/namespaces/NS/deployments/NAME",
-                  "PATCH /apis/apps/v1/namespaces/NS/deployments/NAME"],
+        "calls": [
+            "GET /apis/apps/v1/namespaces/NS/deployments/NAME",
+            "PATCH /apis/apps/v1/namespaces/NS/deployments/NAME",
+        ],
         "why": "a Deployment target without an HPA: spec.replicas and the "
-               "flashsale.io/original-replicas annotation in one merge patch (atomic, so the "
-               "scale subresource is not used)",
+        "flashsale.io/original-replicas annotation in one merge patch (atomic, so the "
+        "scale subresource is not used)",
         "scope": "namespace",
         "rule": {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "patch"]},
     },
@@ -75,8 +93,11 @@ CALLS: list[dict[str, Any]] = [
         "calls": ["LIST + WATCH /apis/apiextensions.k8s.io/v1/customresourcedefinitions"],
         "why": "kopf: the FlashSale CRD being installed, upgraded or removed at run time",
         "scope": "cluster",
-        "rule": {"apiGroups": ["apiextensions.k8s.io"],
-                 "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
+        "rule": {
+            "apiGroups": ["apiextensions.k8s.io"],
+            "resources": ["customresourcedefinitions"],
+            "verbs": ["list", "watch"],
+        },
     },
 ]
 
@@ -86,15 +107,21 @@ PEERING_CALLS: list[dict[str, Any]] = [
         "calls": ["LIST + WATCH + PATCH /apis/kopf.dev/v1/namespaces/NS/kopfpeerings/NAME"],
         "why": "kopf peering when the operator serves chosen namespaces",
         "scope": "namespace",
-        "rule": {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"],
-                 "verbs": ["get", "list", "watch", "patch"]},
+        "rule": {
+            "apiGroups": ["kopf.dev"],
+            "resources": ["kopfpeerings"],
+            "verbs": ["get", "list", "watch", "patch"],
+        },
     },
     {
         "calls": ["LIST + WATCH + PATCH /apis/kopf.dev/v1/clusterkopfpeerings/NAME"],
         "why": "kopf peering when the operator serves every namespace",
         "scope": "cluster",
-        "rule": {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"],
-                 "verbs": ["get", "list", "watch", "patch"]},
+        "rule": {
+            "apiGroups": ["kopf.dev"],
+            "resources": ["clusterkopfpeerings"],
+            "verbs": ["get", "list", "watch", "patch"],
+        },
     },
 ]
 

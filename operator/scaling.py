@@ -52,8 +52,10 @@ class Target:
     @property
     def path(self) -> str:
         if self.kind == HPA:
-            return (f"/apis/autoscaling/v2/namespaces/{self.namespace}"
-                    f"/horizontalpodautoscalers/{self.name}")
+            return (
+                f"/apis/autoscaling/v2/namespaces/{self.namespace}"
+                f"/horizontalpodautoscalers/{self.name}"
+            )
         return f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{self.name}"
 
     def __str__(self) -> str:
@@ -76,8 +78,9 @@ def _int(value: Any) -> int | None:
         return None
 
 
-def plan_patch(kind: str, obj: dict[str, Any], wanted: int | None,
-               wishers: list[str] | None = None) -> Outcome:
+def plan_patch(
+    kind: str, obj: dict[str, Any], wanted: int | None, wishers: list[str] | None = None
+) -> Outcome:
     """What to change on `obj` (an HPA or a Deployment) so that it holds `wanted` replicas at
     least (None: nobody wants any, restore the original)."""
     original_key, applied_key = ANNOTATIONS[kind]
@@ -98,8 +101,9 @@ def plan_patch(kind: str, obj: dict[str, Any], wanted: int | None,
     if wanted is None:
         if not ours:
             return Outcome(None, current, current, False, f"{field} is {current}, not raised")
-        patch = {"metadata": {"annotations": {original_key: None, applied_key: None,
-                                              SCALED_FOR: None}}}
+        patch = {
+            "metadata": {"annotations": {original_key: None, applied_key: None, SCALED_FOR: None}}
+        }
         if current != original:
             patch["spec"] = {field: original}
         return Outcome(patch, original, original, False, f"{field} restored to {original}")
@@ -109,10 +113,15 @@ def plan_patch(kind: str, obj: dict[str, Any], wanted: int | None,
     maximum = _int(spec.get("maxReplicas")) if kind == HPA else None
     if maximum is not None and target > maximum:
         target = max(maximum, original)
-        message = (f"{field} {target}: {wanted} were asked but the HPA's maxReplicas is "
-                   f"{maximum} (original {original})")
-    desired = {original_key: str(original), applied_key: str(target),
-               SCALED_FOR: ",".join(wishers or [])}
+        message = (
+            f"{field} {target}: {wanted} were asked but the HPA's maxReplicas is "
+            f"{maximum} (original {original})"
+        )
+    desired = {
+        original_key: str(original),
+        applied_key: str(target),
+        SCALED_FOR: ",".join(wishers or []),
+    }
     changes = {k: v for k, v in desired.items() if annotations.get(k) != v}
     patch = {}
     if changes:
@@ -136,15 +145,17 @@ class Scaler:
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
 
-    async def reconcile(self, target: Target, wanted: int | None,
-                        wishers: list[str] | None = None) -> Outcome:
+    async def reconcile(
+        self, target: Target, wanted: int | None, wishers: list[str] | None = None
+    ) -> Outcome:
         """Bring the target to what the sales want now (None: restore); idempotent."""
         obj = await self.kube.get(target.path)
         if obj is None:
             if wanted is None:
                 return Outcome(None, 0, 0, False, f"{target} does not exist; nothing to restore")
-            raise ScalingError("TargetNotFound", f"{target} does not exist; create it or fix "
-                                                 "spec.scaling.target")
+            raise ScalingError(
+                "TargetNotFound", f"{target} does not exist; create it or fix spec.scaling.target"
+            )
         outcome = plan_patch(target.kind, obj, wanted, wishers)
         if target.kind == DEPLOYMENT:
             hpas = await self.kube.list(
@@ -153,10 +164,19 @@ class Scaler:
             managers = hpas_scaling(target.name, hpas)
             if managers:
                 ours = ANNOTATIONS[DEPLOYMENT][0] in (
-                    (obj.get("metadata") or {}).get("annotations") or {})
+                    (obj.get("metadata") or {}).get("annotations") or {}
+                )
                 if ours:  # forget our memory; the replicas belong to the HPA now
-                    await self.kube.patch(target.path, {"metadata": {"annotations": {
-                        k: None for k in (*ANNOTATIONS[DEPLOYMENT], SCALED_FOR)}}})
+                    await self.kube.patch(
+                        target.path,
+                        {
+                            "metadata": {
+                                "annotations": {
+                                    k: None for k in (*ANNOTATIONS[DEPLOYMENT], SCALED_FOR)
+                                }
+                            }
+                        },
+                    )
                 if wanted is None:
                     return Outcome(None, 0, 0, False, f"{target} is scaled by an HPA")
                 raise ScalingError(
@@ -169,6 +189,8 @@ class Scaler:
                 await self.kube.patch(target.path, outcome.patch)
             except KubeError as error:
                 raise ScalingError("PatchFailed", f"{target}: {error}") from error
-            log.info("scaled", extra={"target": str(target), "replicas": outcome.replicas,
-                                      "for": wishers or []})
+            log.info(
+                "scaled",
+                extra={"target": str(target), "replicas": outcome.replicas, "for": wishers or []},
+            )
         return outcome

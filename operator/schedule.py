@@ -66,10 +66,15 @@ class Plan:
         change of the spec was refused and the sale runs on the times it had)."""
         scaling = self.scaling
         if scaling is not None:
-            scaling = replace(scaling, start=opens_at - self.scaling_lead,
-                              end=closes_at + self.scaling_cooldown)
-        return replace(self, opens_at=opens_at.astimezone(UTC),
-                       closes_at=closes_at.astimezone(UTC), scaling=scaling)
+            scaling = replace(
+                scaling, start=opens_at - self.scaling_lead, end=closes_at + self.scaling_cooldown
+            )
+        return replace(
+            self,
+            opens_at=opens_at.astimezone(UTC),
+            closes_at=closes_at.astimezone(UTC),
+            scaling=scaling,
+        )
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,7 @@ class Window:
 
 # -- time ------------------------------------------------------------------------------------
 
+
 def zone(name: Any, field: str = "spec.schedule.timeZone") -> ZoneInfo:
     if not isinstance(name, str) or not name.strip():
         raise ValidationError(field, "must be an IANA time zone name, e.g. Asia/Seoul")
@@ -103,8 +109,8 @@ def zone(name: Any, field: str = "spec.schedule.timeZone") -> ZoneInfo:
         return ZoneInfo(name.strip())
     except (ZoneInfoNotFoundError, ValueError):
         raise ValidationError(
-            field, f"{name!r} is not an IANA time zone name (e.g. Asia/Seoul, America/New_York, "
-                   "UTC)"
+            field,
+            f"{name!r} is not an IANA time zone name (e.g. Asia/Seoul, America/New_York, UTC)",
         ) from None
 
 
@@ -124,8 +130,9 @@ def resolve_time(value: Any, time_zone: str, field: str) -> datetime:
             parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError:
             raise ValidationError(
-                field, f"{value!r} is not an ISO 8601 date-time; write e.g. 2026-12-01T12:00:00 "
-                       "(in spec.schedule.timeZone) or 2026-12-01T12:00:00+09:00"
+                field,
+                f"{value!r} is not an ISO 8601 date-time; write e.g. 2026-12-01T12:00:00 "
+                "(in spec.schedule.timeZone) or 2026-12-01T12:00:00+09:00",
             ) from None
     else:
         raise ValidationError(field, "must be a date-time string, e.g. 2026-12-01T12:00:00")
@@ -138,19 +145,22 @@ def resolve_time(value: Any, time_zone: str, field: str) -> datetime:
         shown = parsed.isoformat()
         if first.astimezone(UTC).astimezone(tz).replace(tzinfo=None) != parsed:
             raise ValidationError(
-                field, f"{shown} does not exist in {time_zone}: the clocks skip it (daylight "
-                       "saving time starts); pick a time outside the gap or add an offset"
+                field,
+                f"{shown} does not exist in {time_zone}: the clocks skip it (daylight "
+                "saving time starts); pick a time outside the gap or add an offset",
             )
         raise ValidationError(
-            field, f"{shown} happens twice in {time_zone} (the clocks go back); add the offset "
-                   f"you mean: {shown}{_offset(first)} for the first, {shown}{_offset(second)} "
-                   "for the second"
+            field,
+            f"{shown} happens twice in {time_zone} (the clocks go back); add the offset "
+            f"you mean: {shown}{_offset(first)} for the first, {shown}{_offset(second)} "
+            "for the second",
         )
     return first.astimezone(UTC)
 
 
-def _seconds(value: Any, field: str, default: int, low: int = 0,
-             high: int = 7 * 86_400) -> timedelta:
+def _seconds(
+    value: Any, field: str, default: int, low: int = 0, high: int = 7 * 86_400
+) -> timedelta:
     if value is None:
         value = default
     if isinstance(value, bool) or not isinstance(value, int):
@@ -169,6 +179,7 @@ def _object(value: Any, field: str) -> Mapping[str, Any]:
 
 
 # -- the plan --------------------------------------------------------------------------------
+
 
 def plan(spec: Mapping[str, Any], default_target: tuple[str, str] | None = None) -> Plan:
     """Absolute instants from a FlashSale spec; raises ValidationError naming the field.
@@ -190,8 +201,9 @@ def plan(spec: Mapping[str, Any], default_target: tuple[str, str] | None = None)
             f"{opens_at.isoformat()})",
         )
     prewarm = _object(spec.get("prewarm"), "spec.prewarm")
-    prewarm_lead = _seconds(prewarm.get("leadSeconds"), "spec.prewarm.leadSeconds",
-                            PREWARM_LEAD_SECONDS)
+    prewarm_lead = _seconds(
+        prewarm.get("leadSeconds"), "spec.prewarm.leadSeconds", PREWARM_LEAD_SECONDS
+    )
     result = Plan(opens_at=opens_at, closes_at=closes_at, prewarm_lead=prewarm_lead)
     scaling = spec.get("scaling")
     if scaling is None:
@@ -202,23 +214,28 @@ def plan(spec: Mapping[str, Any], default_target: tuple[str, str] | None = None)
         target = {"kind": default_target[0], "name": default_target[1]}
     kind = target.get("kind") or "HorizontalPodAutoscaler"
     if kind not in TARGET_KINDS:
-        raise ValidationError("spec.scaling.target.kind",
-                              f"must be one of {', '.join(TARGET_KINDS)}")
+        raise ValidationError(
+            "spec.scaling.target.kind", f"must be one of {', '.join(TARGET_KINDS)}"
+        )
     name = target.get("name")
     if not isinstance(name, str) or not name:
-        raise ValidationError("spec.scaling.target.name",
-                              "is required: the HorizontalPodAutoscaler or Deployment to scale "
-                              "(or set FLASHSALE_OPERATOR_DEFAULT_TARGET)")
+        raise ValidationError(
+            "spec.scaling.target.name",
+            "is required: the HorizontalPodAutoscaler or Deployment to scale "
+            "(or set FLASHSALE_OPERATOR_DEFAULT_TARGET)",
+        )
     replicas = scaling.get("replicas")
     if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 10_000:
         raise ValidationError("spec.scaling.replicas", "must be a whole number from 1 to 10000")
     lead = _seconds(scaling.get("leadSeconds"), "spec.scaling.leadSeconds", SCALING_LEAD_SECONDS)
-    cooldown = _seconds(scaling.get("cooldownSeconds"), "spec.scaling.cooldownSeconds",
-                        SCALING_COOLDOWN_SECONDS)
+    cooldown = _seconds(
+        scaling.get("cooldownSeconds"), "spec.scaling.cooldownSeconds", SCALING_COOLDOWN_SECONDS
+    )
     return replace(
         result,
-        scaling=Scaling(kind=kind, name=name, replicas=replicas, start=opens_at - lead,
-                        end=closes_at + cooldown),
+        scaling=Scaling(
+            kind=kind, name=name, replicas=replicas, start=opens_at - lead, end=closes_at + cooldown
+        ),
         scaling_lead=lead,
         scaling_cooldown=cooldown,
     )
@@ -226,8 +243,10 @@ def plan(spec: Mapping[str, Any], default_target: tuple[str, str] | None = None)
 
 # -- decisions -------------------------------------------------------------------------------
 
-def decide(plan: Plan, now: datetime, *, sold_out: bool = False,
-           closed_at: datetime | None = None) -> Decision:
+
+def decide(
+    plan: Plan, now: datetime, *, sold_out: bool = False, closed_at: datetime | None = None
+) -> Decision:
     """The phase and what to do at `now`. `sold_out` is the room's flag; `closed_at` is set when
     an admin closed the sale early."""
     ends = plan.closes_at if closed_at is None else min(plan.closes_at, closed_at)
@@ -257,8 +276,9 @@ def decide(plan: Plan, now: datetime, *, sold_out: bool = False,
 def window(plan: Plan, sale: str) -> Window | None:
     if plan.scaling is None:
         return None
-    return Window(sale=sale, replicas=plan.scaling.replicas, start=plan.scaling.start,
-                  end=plan.scaling.end)
+    return Window(
+        sale=sale, replicas=plan.scaling.replicas, start=plan.scaling.start, end=plan.scaling.end
+    )
 
 
 def wanted_replicas(windows: Iterable[Window], now: datetime) -> tuple[int | None, list[str]]:

@@ -64,12 +64,12 @@ def cr_field(api_field: str) -> str:
     `spec.admission.maxActive`, `seat_map.sections[0].rows[2].seats[3]` -> `...labels[3]`."""
     seat = _SEATS.match(api_field)
     if seat:
-        api_field = f"{seat.group(1)}.labels[{seat.group(2)}]{api_field[seat.end():]}"
+        api_field = f"{seat.group(1)}.labels[{seat.group(2)}]{api_field[seat.end() :]}"
     if api_field in _FIELDS:
         return _FIELDS[api_field]
     head, dot, rest = api_field.partition(".")
     if head.startswith("seat_map"):
-        return "spec.inventory.seatMap" + api_field[len("seat_map"):]
+        return "spec.inventory.seatMap" + api_field[len("seat_map") :]
     if head in _FIELDS and dot:
         return f"{_FIELDS[head]}.{rest}"
     return api_field if api_field.startswith("spec") else f"spec.{api_field}"
@@ -88,13 +88,17 @@ def sale_id(name: str, spec: Mapping[str, Any]) -> str:
     given = spec.get("saleId")
     if given not in (None, ""):
         if not isinstance(given, str) or not SALE_ID.match(given):
-            raise ValidationError("spec.saleId", "must be 1-63 lowercase letters, digits or '-', "
-                                                 "starting and ending with a letter or digit")
+            raise ValidationError(
+                "spec.saleId",
+                "must be 1-63 lowercase letters, digits or '-', "
+                "starting and ending with a letter or digit",
+            )
         return given
     if not SALE_ID.match(name or ""):
         raise ValidationError(
-            "spec.saleId", f"metadata.name {name!r} is not a valid sale id; set spec.saleId to "
-                           "1-63 lowercase letters, digits or '-'"
+            "spec.saleId",
+            f"metadata.name {name!r} is not a valid sale id; set spec.saleId to "
+            "1-63 lowercase letters, digits or '-'",
         )
     return name
 
@@ -125,12 +129,14 @@ def _seat_map(seat_map: Mapping[str, Any]) -> dict[str, Any]:
             seats, labels = row.get("seats"), row.get("labels")
             if labels is not None:
                 if not isinstance(labels, list) or not labels:
-                    raise ValidationError(f"{r_field}.labels", "must be a non-empty list of "
-                                                               "seat labels")
+                    raise ValidationError(
+                        f"{r_field}.labels", "must be a non-empty list of seat labels"
+                    )
                 if seats is not None and seats != len(labels):
                     raise ValidationError(
-                        f"{r_field}.seats", f"is {seats} but {len(labels)} labels are given; "
-                                            "make them agree (or leave seats out)"
+                        f"{r_field}.seats",
+                        f"is {seats} but {len(labels)} labels are given; "
+                        "make them agree (or leave seats out)",
                     )
                 value: Any = [str(x) if isinstance(x, int) else x for x in labels]
             else:
@@ -150,9 +156,9 @@ def to_sale_body(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     has_seats = inventory.get("seatMap") is not None
     if has_quantity == has_seats:
         raise ValidationError(
-            "spec.inventory", "give exactly one of quantity (a number of units) or seatMap "
-                              "(sections of rows of seats), " + ("not both" if has_quantity
-                                                                 else "not neither")
+            "spec.inventory",
+            "give exactly one of quantity (a number of units) or seatMap "
+            "(sections of rows of seats), " + ("not both" if has_quantity else "not neither"),
         )
     plan = schedule.plan(spec)
     body: dict[str, Any] = {
@@ -173,8 +179,9 @@ def to_sale_body(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     admission = _object(spec.get("admission"), "spec.admission")
     unknown = sorted(set(admission) - set(_ADMISSION))
     if unknown:
-        raise ValidationError(f"spec.admission.{unknown[0]}",
-                              f"unknown field; allowed: {', '.join(_ADMISSION)}")
+        raise ValidationError(
+            f"spec.admission.{unknown[0]}", f"unknown field; allowed: {', '.join(_ADMISSION)}"
+        )
     body["admission"] = {
         api: admission.get(cr, ADMISSION_DEFAULTS[api]) for cr, api in _ADMISSION.items()
     }

@@ -15,8 +15,9 @@ def iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def condition(kind: str, ok: bool, reason: str, message: str, *, now: datetime,
-              generation: int | None = None) -> dict[str, Any]:
+def condition(
+    kind: str, ok: bool, reason: str, message: str, *, now: datetime, generation: int | None = None
+) -> dict[str, Any]:
     """A Kubernetes-style condition (metav1.Condition)."""
     out: dict[str, Any] = {
         "type": kind,
@@ -30,9 +31,11 @@ def condition(kind: str, ok: bool, reason: str, message: str, *, now: datetime,
     return out
 
 
-def merge_conditions(current: list[Mapping[str, Any]] | None,
-                     *updates: Mapping[str, Any] | None,
-                     drop: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def merge_conditions(
+    current: list[Mapping[str, Any]] | None,
+    *updates: Mapping[str, Any] | None,
+    drop: tuple[str, ...] = (),
+) -> list[dict[str, Any]]:
     """`current` with `updates` applied: a condition keeps its lastTransitionTime while its
     status stays the same. Conditions of a type in `drop` go away."""
     by_type: dict[str, dict[str, Any]] = {
@@ -52,8 +55,9 @@ def merge_conditions(current: list[Mapping[str, Any]] | None,
     return sorted(by_type.values(), key=lambda c: (order.get(c["type"], 99), c["type"]))
 
 
-def get_condition(conditions: list[Mapping[str, Any]] | None,
-                  kind: str) -> Mapping[str, Any] | None:
+def get_condition(
+    conditions: list[Mapping[str, Any]] | None, kind: str
+) -> Mapping[str, Any] | None:
     for c in conditions or []:
         if isinstance(c, Mapping) and c.get("type") == kind:
             return c

@@ -140,8 +140,13 @@ def sale_body(**overrides: Any) -> dict[str, Any]:
         "stock": 100,
         "opens_at": (now + timedelta(hours=1)).isoformat(),
         "closes_at": (now + timedelta(hours=3)).isoformat(),
-        "admission": {"batch_size": 10, "batch_interval_ms": 50, "max_active": 50,
-                      "admission_ttl_seconds": 600, "abandon_after_seconds": 60},
+        "admission": {
+            "batch_size": 10,
+            "batch_interval_ms": 50,
+            "max_active": 50,
+            "admission_ttl_seconds": 600,
+            "abandon_after_seconds": 60,
+        },
     }
     body.update(overrides)
     return body
@@ -159,8 +164,14 @@ def make_sale(sales: Sales) -> Callable[..., Any]:
 
 
 @pytest.fixture
-def services(settings: Settings, redis: Redis, raw_redis: Redis, pool: asyncpg.Pool,
-             room: WaitingRoom, sales: Sales) -> Services:
+def services(
+    settings: Settings,
+    redis: Redis,
+    raw_redis: Redis,
+    pool: asyncpg.Pool,
+    room: WaitingRoom,
+    sales: Sales,
+) -> Services:
     return Services.build(settings, redis, raw_redis, pool, room=room, sales=sales)
 
 
@@ -205,20 +216,20 @@ def admit(room: WaitingRoom, clock: Clock, signer: Signer) -> Admit:
 
     def crowd() -> WaitingRoom:
         # the crowd's own process: its view of the room is cached, as in the API
-        return WaitingRoom(room.redis, replace(room.settings, status_cache_ms=60_000),
-                           room.signer, clock=clock)
+        return WaitingRoom(
+            room.redis, replace(room.settings, status_cache_ms=60_000), room.signer, clock=clock
+        )
 
     async def gather_chunked(calls: list[Awaitable[Any]]) -> list[Any]:
         # at most 50 at a time: a bounded crowd, like the API's concurrent requests
         results: list[Any] = []
         for first in range(0, len(calls), 50):
-            results += await asyncio.gather(*calls[first:first + 50])
+            results += await asyncio.gather(*calls[first : first + 50])
         return results
 
     async def admit(sale: Sale, visitors: list[str]) -> list[Claims]:
         joining = crowd()
-        joined = await gather_chunked([joining.join(sale.id, v, "198.51.100.1")
-                                       for v in visitors])
+        joined = await gather_chunked([joining.join(sale.id, v, "198.51.100.1") for v in visitors])
         bad = [(v, j.outcome) for v, j in zip(visitors, joined, strict=True) if j.outcome != "ok"]
         assert not bad, f"joins refused: {bad[:5]}"
         tickets: list[Claims] = [j.claims for j in joined]
@@ -236,19 +247,22 @@ def admit(room: WaitingRoom, clock: Clock, signer: Signer) -> Admit:
                 continue
             break
         # the claims each shopper's poll would hand out, read in one go from the active set
-        active = dict(await room.redis.zrange(room.keys(sale.id).active, 0, -1,
-                                              withscores=True))
+        active = dict(await room.redis.zrange(room.keys(sale.id).active, 0, -1, withscores=True))
         missing = [t.visitor for t in tickets if str(t.index) not in active]
         assert not missing, f"{len(missing)} not admitted, e.g. {missing[:3]}"
-        claims = [Claims(ADMISSION, sale.id, t.visitor, t.index, exp=active[str(t.index)] / 1000)
-                  for t in tickets]
+        claims = [
+            Claims(ADMISSION, sale.id, t.visitor, t.index, exp=active[str(t.index)] / 1000)
+            for t in tickets
+        ]
         # ...and they are indeed what the poll hands out
         told = crowd()
         polls = await gather_chunked([told.poll(sale.id, t) for t in tickets[:50]])
         for poll, expected in zip(polls, claims, strict=False):
             assert poll.status.state is State.ADMITTED, poll.status
-            assert signer.verify(poll.admission_token, kind=ADMISSION, sale=sale.id,
-                                 now=clock()) == expected
+            assert (
+                signer.verify(poll.admission_token, kind=ADMISSION, sale=sale.id, now=clock())
+                == expected
+            )
         return claims
 
     return admit
@@ -267,8 +281,9 @@ def admitted_shoppers(room: WaitingRoom, clock: Clock, signer: Signer) -> Admitt
     batch_size and max_active must allow them. At most `chunk` calls run at once.
     """
 
-    async def shoppers(sale: Sale, count: int, *, prefix: str | None = None,
-                       chunk: int = 50) -> list[Claims]:
+    async def shoppers(
+        sale: Sale, count: int, *, prefix: str | None = None, chunk: int = 50
+    ) -> list[Claims]:
         prefix = prefix or f"shopper-{secrets.token_hex(3)}"
         opens = sale.opens_at.timestamp()
         if clock() < opens:
@@ -279,8 +294,9 @@ def admitted_shoppers(room: WaitingRoom, clock: Clock, signer: Signer) -> Admitt
         visitors = [f"{prefix}-{n:05d}" for n in range(count)]
         tickets: list[Claims] = []
         for start in range(0, count, chunk):  # joined after the opening: present, in line
-            for joined in await asyncio.gather(*(room.join(sale.id, v, "127.0.0.1")
-                                                 for v in visitors[start:start + chunk])):
+            for joined in await asyncio.gather(
+                *(room.join(sale.id, v, "127.0.0.1") for v in visitors[start : start + chunk])
+            ):
                 assert joined.outcome == "ok" and joined.claims, joined
                 tickets.append(joined.claims)
         admitted = 0
@@ -297,11 +313,13 @@ def admitted_shoppers(room: WaitingRoom, clock: Clock, signer: Signer) -> Admitt
         assert admitted == count, f"admitted {admitted} of {count}: is max_active too small?"
         claims: list[Claims] = []
         for start in range(0, count, chunk):
-            for poll in await asyncio.gather(*(room.poll(sale.id, t)
-                                               for t in tickets[start:start + chunk])):
+            for poll in await asyncio.gather(
+                *(room.poll(sale.id, t) for t in tickets[start : start + chunk])
+            ):
                 assert poll.admission_token, poll.status
-                claims.append(signer.verify(poll.admission_token, kind=ADMISSION,
-                                            sale=sale.id, now=clock()))
+                claims.append(
+                    signer.verify(poll.admission_token, kind=ADMISSION, sale=sale.id, now=clock())
+                )
         return claims
 
     return shoppers

@@ -71,36 +71,51 @@ def iso(t: float) -> str:
 
 def admitter_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "REDIS_URL": settings.redis_url,
-        "DATABASE_URL": settings.database_url,
-        "FLASHSALE_REDIS_PREFIX": settings.redis_prefix,
-        "FLASHSALE_DATABASE_SCHEMA": settings.database_schema,
-        "FLASHSALE_TOKEN_KEY": settings.token_key,
-        "FLASHSALE_JOIN_BUCKETS": str(settings.join_buckets),
-        "FLASHSALE_STATUS_CACHE_MS": str(settings.status_cache_ms),
-    })
+    env.update(
+        {
+            "REDIS_URL": settings.redis_url,
+            "DATABASE_URL": settings.database_url,
+            "FLASHSALE_REDIS_PREFIX": settings.redis_prefix,
+            "FLASHSALE_DATABASE_SCHEMA": settings.database_schema,
+            "FLASHSALE_TOKEN_KEY": settings.token_key,
+            "FLASHSALE_JOIN_BUCKETS": str(settings.join_buckets),
+            "FLASHSALE_STATUS_CACHE_MS": str(settings.status_cache_ms),
+        }
+    )
     return env
 
 
 async def test_concurrent_admitter_processes_never_over_admit(
-    make_sale: MakeSale, sales: Sales, room: WaitingRoom, redis: Redis, settings: Settings,
+    make_sale: MakeSale,
+    sales: Sales,
+    room: WaitingRoom,
+    redis: Redis,
+    settings: Settings,
     signer: Signer,
 ) -> None:
-    sale = await make_sale(admission={
-        "batch_size": BATCH, "batch_interval_ms": INTERVAL_MS, "max_active": MAX_ACTIVE,
-        "admission_ttl_seconds": 3600, "abandon_after_seconds": 60})
+    sale = await make_sale(
+        admission={
+            "batch_size": BATCH,
+            "batch_interval_ms": INTERVAL_MS,
+            "max_active": MAX_ACTIVE,
+            "admission_ttl_seconds": 3600,
+            "abandon_after_seconds": 60,
+        }
+    )
     keys = room.keys(sale.id)
     # the crowd joins the pre-queue through a room that caches its view, as the API does
     crowd = WaitingRoom(redis, replace(settings, status_cache_ms=60_000), signer)
     tickets: list[Claims] = []
     for first in range(0, WAITERS, 100):
-        joined = await asyncio.gather(*(crowd.join(sale.id, f"crowd-{k}", "198.51.100.7")
-                                        for k in range(first, first + 100)))
+        joined = await asyncio.gather(
+            *(crowd.join(sale.id, f"crowd-{k}", "198.51.100.7") for k in range(first, first + 100))
+        )
         tickets += [r.claims for r in joined if r.outcome == "ok" and r.claims]
     assert sorted(t.index for t in tickets) == list(range(WAITERS))
     for first in range(0, WAITERS, 100):
-        polls = await asyncio.gather(*(crowd.poll(sale.id, t) for t in tickets[first:first + 100]))
+        polls = await asyncio.gather(
+            *(crowd.poll(sale.id, t) for t in tickets[first : first + 100])
+        )
         assert {p.status.state for p in polls} == {State.NOT_OPEN}
         assert None not in {p.heartbeat for p in polls}  # presence recorded
 
@@ -110,8 +125,13 @@ async def test_concurrent_admitter_processes_never_over_admit(
     await sales.update(sale.id, {"opens_at": iso(opens)})
     procs = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-c", ADMITTER, sale.id, str(stop),
-            env=admitter_env(settings), stdout=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-c",
+            ADMITTER,
+            sale.id,
+            str(stop),
+            env=admitter_env(settings),
+            stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
         for _ in range(ADMITTERS)
@@ -150,8 +170,9 @@ async def test_concurrent_admitter_processes_never_over_admit(
     assert sum(r["admitted"] for r in reports) == MAX_ACTIVE, reports
 
     # batches, oldest first: sizes 37 x 5 then the 15 free slots; never closer than the interval
-    batches = [tuple(map(int, b.split(":"))) for b in reversed(await redis.lrange(keys.batches,
-                                                                                 0, -1))]
+    batches = [
+        tuple(map(int, b.split(":"))) for b in reversed(await redis.lrange(keys.batches, 0, -1))
+    ]
     assert [b[2] for b in batches] == [BATCH] * 5 + [MAX_ACTIVE - 5 * BATCH]
     assert [b[1] for b in batches] == [BATCH * k for k in range(1, 6)] + [MAX_ACTIVE]
     assert all(b[3] == 0 for b in batches)
@@ -160,16 +181,28 @@ async def test_concurrent_admitter_processes_never_over_admit(
 
 
 async def test_admission_script_rechecks_what_the_admitter_read(
-    make_sale: MakeSale, room: WaitingRoom, redis: Redis, settings: Settings, signer: Signer,
-    clock: Clock, monkeypatch: pytest.MonkeyPatch,
+    make_sale: MakeSale,
+    room: WaitingRoom,
+    redis: Redis,
+    settings: Settings,
+    signer: Signer,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Deterministic interleavings: between an admitter reading the room and its script
     running, another admitter lets a batch in, or the stock runs out. The script must notice."""
     clock.freeze()
-    sale = await make_sale(opens_at=iso(clock() - 60), closes_at=iso(clock() + 3600),
-                           admission={"batch_size": 10, "batch_interval_ms": 1000,
-                                      "max_active": 100, "admission_ttl_seconds": 600,
-                                      "abandon_after_seconds": 60})
+    sale = await make_sale(
+        opens_at=iso(clock() - 60),
+        closes_at=iso(clock() + 3600),
+        admission={
+            "batch_size": 10,
+            "batch_interval_ms": 1000,
+            "max_active": 100,
+            "admission_ttl_seconds": 600,
+            "abandon_after_seconds": 60,
+        },
+    )
     for k in range(40):
         assert (await room.join(sale.id, f"w-{k}", "198.51.100.7")).outcome == "ok"
     other = WaitingRoom(redis, settings, signer, clock=clock)  # a second admitter

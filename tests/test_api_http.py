@@ -23,12 +23,12 @@ MakeSale = Callable[..., Any]
 
 
 @asynccontextmanager
-async def app_client(settings: Settings, services: Services, *,
-                     address: str = "198.51.100.1") -> AsyncIterator[httpx.AsyncClient]:
+async def app_client(
+    settings: Settings, services: Services, *, address: str = "198.51.100.1"
+) -> AsyncIterator[httpx.AsyncClient]:
     """A client to a second app built from other settings (same Redis and PostgreSQL)."""
     app = create_app(settings)
-    app.state.services = Services.build(settings, services.redis, services.raw_redis,
-                                        services.pool)
+    app.state.services = Services.build(settings, services.redis, services.raw_redis, services.pool)
     transport = httpx.ASGITransport(app=app, client=(address, 40000))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         yield http
@@ -55,8 +55,10 @@ async def join(client: httpx.AsyncClient, sale_id: str, who: str) -> dict[str, A
 
 # -- admin -----------------------------------------------------------------------------------
 
-async def test_admin_create_get_list(client: httpx.AsyncClient,
-                                     admin_headers: dict[str, str]) -> None:
+
+async def test_admin_create_get_list(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
     body = sale_body(timezone="Asia/Seoul", per_shopper_limit=3)
     response = await client.post("/admin/sales", json=body, headers=admin_headers)
     assert response.status_code == 201, response.text
@@ -75,40 +77,60 @@ async def test_admin_create_get_list(client: httpx.AsyncClient,
     assert got.status_code == 200
     detail = got.json()
     assert detail["name"] == body["name"]
-    assert detail["room"] == {"waiting": 1, "active": 0, "admitted_total": 0,
-                              "skipped_total": 0, "frontier": 0, "joined": 1, "opened": False,
-                              "sold_out": False}
+    assert detail["room"] == {
+        "waiting": 1,
+        "active": 0,
+        "admitted_total": 0,
+        "skipped_total": 0,
+        "frontier": 0,
+        "joined": 1,
+        "opened": False,
+        "sold_out": False,
+    }
 
     listed = await client.get("/admin/sales", headers=admin_headers)
     assert listed.status_code == 200
     assert body["id"] in [s["id"] for s in listed.json()["sales"]]
 
 
-async def test_admin_list_include_closed(client: httpx.AsyncClient, make_sale: MakeSale,
-                                         admin_headers: dict[str, str]) -> None:
+async def test_admin_list_include_closed(
+    client: httpx.AsyncClient, make_sale: MakeSale, admin_headers: dict[str, str]
+) -> None:
     open_sale, closed_sale = await make_sale(), await make_sale()
     closed = await client.post(f"/admin/sales/{closed_sale.id}/close", headers=admin_headers)
     assert closed.status_code == 200
-    for query, expect_closed in (("", True), ("?include_closed=true", True),
-                                 ("?include_closed=false", False), ("?include_closed=0", False)):
+    for query, expect_closed in (
+        ("", True),
+        ("?include_closed=true", True),
+        ("?include_closed=false", False),
+        ("?include_closed=0", False),
+    ):
         response = await client.get(f"/admin/sales{query}", headers=admin_headers)
         ids = [s["id"] for s in response.json()["sales"]]
         assert open_sale.id in ids
         assert (closed_sale.id in ids) is expect_closed, query
 
 
-async def test_admin_patch_changes_admission_live(client: httpx.AsyncClient, make_sale: MakeSale,
-                                                  room: WaitingRoom,
-                                                  admin_headers: dict[str, str]) -> None:
+async def test_admin_patch_changes_admission_live(
+    client: httpx.AsyncClient, make_sale: MakeSale, room: WaitingRoom, admin_headers: dict[str, str]
+) -> None:
     sale = await make_sale()
     before = await room.view(sale.id, fresh=True)
     assert (before.batch_size, before.interval_ms, before.max_active) == (10, 50, 50)
     await join(client, sale.id, visitor())
 
-    admission = {"batch_size": 7, "batch_interval_ms": 250, "max_active": 70,
-                 "admission_ttl_seconds": 120, "abandon_after_seconds": 30}
-    response = await client.patch(f"/admin/sales/{sale.id}", headers=admin_headers,
-                                  json={"admission": admission, "name": "Renamed"})
+    admission = {
+        "batch_size": 7,
+        "batch_interval_ms": 250,
+        "max_active": 70,
+        "admission_ttl_seconds": 120,
+        "abandon_after_seconds": 30,
+    }
+    response = await client.patch(
+        f"/admin/sales/{sale.id}",
+        headers=admin_headers,
+        json={"admission": admission, "name": "Renamed"},
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["admission"] == admission and body["name"] == "Renamed"
@@ -123,15 +145,17 @@ async def test_admin_patch_changes_admission_live(client: httpx.AsyncClient, mak
     got = await client.get(f"/admin/sales/{sale.id}", headers=admin_headers)
     assert got.json()["admission"] == admission
 
-    bad = await client.patch(f"/admin/sales/{sale.id}", headers=admin_headers,
-                             json={"admission": {"batch_size": 71}})
+    bad = await client.patch(
+        f"/admin/sales/{sale.id}", headers=admin_headers, json={"admission": {"batch_size": 71}}
+    )
     assert_error(bad, 422)
     assert bad.json()["error"]["field"] == "admission.max_active"
     assert (await room.view(sale.id, fresh=True)).batch_size == 7
 
 
-async def test_admin_put_creates_then_updates(client: httpx.AsyncClient, room: WaitingRoom,
-                                              admin_headers: dict[str, str]) -> None:
+async def test_admin_put_creates_then_updates(
+    client: httpx.AsyncClient, room: WaitingRoom, admin_headers: dict[str, str]
+) -> None:
     body = sale_body()
     sale_id = body.pop("id")
     first = await client.put(f"/admin/sales/{sale_id}", json=body, headers=admin_headers)
@@ -145,14 +169,16 @@ async def test_admin_put_creates_then_updates(client: httpx.AsyncClient, room: W
     assert (await room.view(sale_id, fresh=True)).batch_size == 3
     same = await client.put(f"/admin/sales/{sale_id}", json=body, headers=admin_headers)
     assert same.status_code == 200  # idempotent
-    mismatch = await client.put(f"/admin/sales/{sale_id}", headers=admin_headers,
-                                json={**body, "id": "another-id"})
+    mismatch = await client.put(
+        f"/admin/sales/{sale_id}", headers=admin_headers, json={**body, "id": "another-id"}
+    )
     assert_error(mismatch, 422)
     assert mismatch.json()["error"]["field"] == "id"
 
 
-async def test_admin_close(client: httpx.AsyncClient, make_sale: MakeSale,
-                           admin_headers: dict[str, str]) -> None:
+async def test_admin_close(
+    client: httpx.AsyncClient, make_sale: MakeSale, admin_headers: dict[str, str]
+) -> None:
     sale = await make_sale()
     joined = await join(client, sale.id, visitor())
     response = await client.post(f"/admin/sales/{sale.id}/close", headers=admin_headers)
@@ -164,8 +190,9 @@ async def test_admin_close(client: httpx.AsyncClient, make_sale: MakeSale,
     body = assert_error(late, 409, "closed")
     assert body["state"] == "closed"
 
-    status = await client.get(f"/api/sales/{sale.id}/status",
-                              headers={"X-Queue-Ticket": joined["ticket"]})
+    status = await client.get(
+        f"/api/sales/{sale.id}/status", headers={"X-Queue-Ticket": joined["ticket"]}
+    )
     assert status.status_code == 200
     assert status.json()["state"] == "closed"
     assert status.json()["poll_after_seconds"] is None
@@ -175,16 +202,17 @@ async def test_admin_close(client: httpx.AsyncClient, make_sale: MakeSale,
     again = await client.post(f"/admin/sales/{sale.id}/close", headers=admin_headers)
     assert again.status_code == 200  # closing twice is harmless
     assert again.json()["closed_at"] == response.json()["closed_at"]
-    patch = await client.patch(f"/admin/sales/{sale.id}", json={"name": "x"},
-                               headers=admin_headers)
+    patch = await client.patch(f"/admin/sales/{sale.id}", json={"name": "x"}, headers=admin_headers)
     assert_error(patch, 409, "conflict")
 
 
 # every admin operation of the app, so a new admin route is covered without editing this list
 ADMIN_CALLS = sorted(
     (method, route.path.replace("{sale_id}", "{id}"))
-    for route in ROUTES if isinstance(route, Route) and route.path.startswith("/admin")
-    for method in (route.methods or ()) if method != "HEAD"
+    for route in ROUTES
+    if isinstance(route, Route) and route.path.startswith("/admin")
+    for method in (route.methods or ())
+    if method != "HEAD"
 )
 
 
@@ -193,11 +221,15 @@ async def test_admin_auth(client: httpx.AsyncClient, make_sale: MakeSale) -> Non
     sale = await make_sale()
     for method, path in ADMIN_CALLS:
         url = path.format(id=sale.id)
-        for headers in ({}, {"Authorization": "Bearer wrong-token"},
-                        {"Authorization": f"Basic {ADMIN_TOKEN}"},
-                        {"Authorization": "Bearer"}, {"Authorization": "Bearer "},
-                        {"Authorization": ADMIN_TOKEN},
-                        {"Authorization": f"Bearer {ADMIN_TOKEN}x"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong-token"},
+            {"Authorization": f"Basic {ADMIN_TOKEN}"},
+            {"Authorization": "Bearer"},
+            {"Authorization": "Bearer "},
+            {"Authorization": ADMIN_TOKEN},
+            {"Authorization": f"Bearer {ADMIN_TOKEN}x"},
+        ):
             response = await client.request(method, url, headers=headers, json={"name": "x"})
             assert_error(response, 401, "unauthorized")
             assert response.headers["www-authenticate"] == "Bearer", (method, url, headers)
@@ -205,20 +237,21 @@ async def test_admin_auth(client: httpx.AsyncClient, make_sale: MakeSale) -> Non
     assert ok.status_code == 200  # the scheme is case-insensitive
 
 
-async def test_admin_disabled(settings: Settings, services: Services,
-                              make_sale: MakeSale) -> None:
+async def test_admin_disabled(settings: Settings, services: Services, make_sale: MakeSale) -> None:
     sale = await make_sale()
     async with app_client(replace(settings, admin_token=""), services) as http:
         for method, path in ADMIN_CALLS:
             for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer x"}):
-                response = await http.request(method, path.format(id=sale.id), headers=headers,
-                                              json={"name": "x"})
+                response = await http.request(
+                    method, path.format(id=sale.id), headers=headers, json={"name": "x"}
+                )
                 assert_error(response, 403, "admin_disabled")
         # shoppers are unaffected
         assert (await http.get(f"/api/sales/{sale.id}")).status_code == 200
 
 
 # -- shopper ---------------------------------------------------------------------------------
+
 
 async def test_sale_info(client: httpx.AsyncClient, make_sale: MakeSale) -> None:
     sale = await make_sale()
@@ -230,9 +263,9 @@ async def test_sale_info(client: httpx.AsyncClient, make_sale: MakeSale) -> None
     assert "admission" not in body and "seat_map" not in body
 
 
-async def test_join_issues_cookie_and_rejoin_keeps_place(client: httpx.AsyncClient,
-                                                         make_sale: MakeSale,
-                                                         signer: Signer) -> None:
+async def test_join_issues_cookie_and_rejoin_keeps_place(
+    client: httpx.AsyncClient, make_sale: MakeSale, signer: Signer
+) -> None:
     sale = await make_sale()
     url = f"/api/sales/{sale.id}/join"
     first = await client.post(url)
@@ -250,34 +283,42 @@ async def test_join_issues_cookie_and_rejoin_keeps_place(client: httpx.AsyncClie
     assert again.status_code == 200, again.text
     assert again.json()["existing"] is True and again.json()["visitor_id"] == vid
     assert "set-cookie" not in again.headers  # the cookie already matches
-    assert signer.verify(again.json()["ticket"], kind=TICKET, sale=sale.id,
-                         now=time.time()).index == index
+    assert (
+        signer.verify(again.json()["ticket"], kind=TICKET, sale=sale.id, now=time.time()).index
+        == index
+    )
 
     client.cookies.clear()
     by_header = await client.post(url, headers={"X-Visitor-Id": vid})
     assert by_header.status_code == 200
     assert by_header.json()["existing"] is True
-    assert signer.verify(by_header.json()["ticket"], kind=TICKET, sale=sale.id,
-                         now=time.time()).index == index
+    assert (
+        signer.verify(by_header.json()["ticket"], kind=TICKET, sale=sale.id, now=time.time()).index
+        == index
+    )
     assert by_header.cookies["fs_vid"] == vid  # the cookie is (re)set for the header's visitor
 
     client.cookies.clear()
     other = await client.post(url)
     assert other.status_code == 201
     assert other.json()["visitor_id"] != vid
-    assert signer.verify(other.json()["ticket"], kind=TICKET, sale=sale.id,
-                         now=time.time()).index != index
+    assert (
+        signer.verify(other.json()["ticket"], kind=TICKET, sale=sale.id, now=time.time()).index
+        != index
+    )
 
 
-async def test_join_with_empty_json_object_body(client: httpx.AsyncClient,
-                                                make_sale: MakeSale) -> None:
+async def test_join_with_empty_json_object_body(
+    client: httpx.AsyncClient, make_sale: MakeSale
+) -> None:
     sale = await make_sale()
     response = await client.post(f"/api/sales/{sale.id}/join", json={})
     assert response.status_code == 201
 
 
-async def test_status_ticket_in_header_and_query(client: httpx.AsyncClient,
-                                                 make_sale: MakeSale) -> None:
+async def test_status_ticket_in_header_and_query(
+    client: httpx.AsyncClient, make_sale: MakeSale
+) -> None:
     sale = await make_sale()
     who = visitor()
     joined = await join(client, sale.id, who)
@@ -291,16 +332,18 @@ async def test_status_ticket_in_header_and_query(client: httpx.AsyncClient,
     by_query = await client.get(url, params={"ticket": joined["ticket"], "hb": body["heartbeat"]})
     assert by_query.status_code == 200
     assert by_query.json()["state"] == "not_open"
-    with_visitor = await client.get(url, headers={"X-Queue-Ticket": joined["ticket"],
-                                                  "X-Visitor-Id": who})
+    with_visitor = await client.get(
+        url, headers={"X-Queue-Ticket": joined["ticket"], "X-Visitor-Id": who}
+    )
     assert with_visitor.status_code == 200
 
     missing = await client.get(url)
     assert_error(missing, 401, "missing_ticket")
 
 
-async def test_status_through_admission(client: httpx.AsyncClient, make_sale: MakeSale,
-                                        room: WaitingRoom, clock: Clock, signer: Signer) -> None:
+async def test_status_through_admission(
+    client: httpx.AsyncClient, make_sale: MakeSale, room: WaitingRoom, clock: Clock, signer: Signer
+) -> None:
     sale = await make_sale()
     joined = await join(client, sale.id, visitor())
     clock.advance(3601)  # past the opening
@@ -317,26 +360,29 @@ async def test_status_through_admission(client: httpx.AsyncClient, make_sale: Ma
     body = admitted.json()
     assert body["state"] == "admitted", body
     assert body["admitted_until"]
-    claims = signer.verify(body["admission_token"], kind=ADMISSION, sale=sale.id,
-                           now=clock())
+    claims = signer.verify(body["admission_token"], kind=ADMISSION, sale=sale.id, now=clock())
     assert claims.visitor == joined["visitor_id"]
 
-    left = await client.post(f"/api/sales/{sale.id}/leave",
-                             headers={"X-Queue-Ticket": joined["ticket"]})
+    left = await client.post(
+        f"/api/sales/{sale.id}/leave", headers={"X-Queue-Ticket": joined["ticket"]}
+    )
     assert left.status_code == 200 and left.json()["state"] == "left"
     after = await client.get(url, headers={"X-Queue-Ticket": joined["ticket"]})
     assert after.json()["state"] == "expired"
 
 
-async def test_status_with_another_visitors_id(client: httpx.AsyncClient,
-                                               make_sale: MakeSale) -> None:
+async def test_status_with_another_visitors_id(
+    client: httpx.AsyncClient, make_sale: MakeSale
+) -> None:
     sale = await make_sale()
     joined = await join(client, sale.id, visitor())
     for path in ("status", "leave"):
         method = "GET" if path == "status" else "POST"
-        response = await client.request(method, f"/api/sales/{sale.id}/{path}",
-                                        headers={"X-Queue-Ticket": joined["ticket"],
-                                                 "X-Visitor-Id": visitor()})
+        response = await client.request(
+            method,
+            f"/api/sales/{sale.id}/{path}",
+            headers={"X-Queue-Ticket": joined["ticket"], "X-Visitor-Id": visitor()},
+        )
         assert_error(response, 401, "invalid_token")
 
 
@@ -347,45 +393,50 @@ async def test_tampered_ticket(client: httpx.AsyncClient, make_sale: MakeSale) -
     flipped = sig[:-1] + ("A" if sig[-1] != "A" else "B")
     for bad in (f"{body}.{flipped}", f"x{body}.{sig}", "garbage", ticket + ".x", "."):
         for path, method in (("status", "GET"), ("leave", "POST")):
-            response = await client.request(method, f"/api/sales/{sale.id}/{path}",
-                                            headers={"X-Queue-Ticket": bad})
+            response = await client.request(
+                method, f"/api/sales/{sale.id}/{path}", headers={"X-Queue-Ticket": bad}
+            )
             assert_error(response, 401, "invalid_token")
 
 
-async def test_expired_ticket(client: httpx.AsyncClient, make_sale: MakeSale,
-                              signer: Signer) -> None:
+async def test_expired_ticket(
+    client: httpx.AsyncClient, make_sale: MakeSale, signer: Signer
+) -> None:
     sale = await make_sale()
     who = visitor()
     await join(client, sale.id, who)
     expired = signer.sign(Claims(TICKET, sale.id, who, 0, exp=time.time() - 5))
     for path, method in (("status", "GET"), ("leave", "POST")):
-        response = await client.request(method, f"/api/sales/{sale.id}/{path}",
-                                        headers={"X-Queue-Ticket": expired})
+        response = await client.request(
+            method, f"/api/sales/{sale.id}/{path}", headers={"X-Queue-Ticket": expired}
+        )
         assert_error(response, 410, "token_expired")
 
 
 async def test_ticket_of_another_sale(client: httpx.AsyncClient, make_sale: MakeSale) -> None:
     first, second = await make_sale(), await make_sale()
     ticket = (await join(client, first.id, visitor()))["ticket"]
-    response = await client.get(f"/api/sales/{second.id}/status",
-                                headers={"X-Queue-Ticket": ticket})
+    response = await client.get(
+        f"/api/sales/{second.id}/status", headers={"X-Queue-Ticket": ticket}
+    )
     body = assert_error(response, 401, "invalid_token")
     assert "another sale" in body["error"]["message"]
 
 
-async def test_admission_token_is_not_a_ticket(client: httpx.AsyncClient, make_sale: MakeSale,
-                                               signer: Signer) -> None:
+async def test_admission_token_is_not_a_ticket(
+    client: httpx.AsyncClient, make_sale: MakeSale, signer: Signer
+) -> None:
     sale = await make_sale()
     who = visitor()
     await join(client, sale.id, who)
     token = signer.sign(Claims(ADMISSION, sale.id, who, 0, exp=time.time() + 60))
-    response = await client.get(f"/api/sales/{sale.id}/status",
-                                headers={"X-Queue-Ticket": token})
+    response = await client.get(f"/api/sales/{sale.id}/status", headers={"X-Queue-Ticket": token})
     assert_error(response, 401, "invalid_token")
 
 
-async def test_rotated_key(client: httpx.AsyncClient, make_sale: MakeSale, settings: Settings,
-                           services: Services) -> None:
+async def test_rotated_key(
+    client: httpx.AsyncClient, make_sale: MakeSale, settings: Settings, services: Services
+) -> None:
     sale = await make_sale()
     joined = await join(client, sale.id, visitor())  # signed with the current key
     new_key = secrets.token_urlsafe(32)
@@ -396,22 +447,24 @@ async def test_rotated_key(client: httpx.AsyncClient, make_sale: MakeSale, setti
         assert response.status_code == 200, response.text
         assert response.json()["state"] == "not_open"
         # tickets issued after the rotation are signed with the new key
-        fresh = await http.post(f"/api/sales/{sale.id}/join",
-                                headers={"X-Visitor-Id": joined["visitor_id"]})
+        fresh = await http.post(
+            f"/api/sales/{sale.id}/join", headers={"X-Visitor-Id": joined["visitor_id"]}
+        )
         assert fresh.status_code == 200
         new_ticket = fresh.json()["ticket"]
-        assert Signer((new_key.encode(),)).verify(new_ticket, kind=TICKET, sale=sale.id,
-                                                  now=time.time())
+        assert Signer((new_key.encode(),)).verify(
+            new_ticket, kind=TICKET, sale=sale.id, now=time.time()
+        )
     forgotten = replace(settings, token_key=new_key, token_key_previous="")
     async with app_client(forgotten, services) as http:
         response = await http.get(f"/api/sales/{sale.id}/status", headers=headers)
         assert_error(response, 401, "invalid_token")
-        ok = await http.get(f"/api/sales/{sale.id}/status",
-                            headers={"X-Queue-Ticket": new_ticket})
+        ok = await http.get(f"/api/sales/{sale.id}/status", headers={"X-Queue-Ticket": new_ticket})
         assert ok.status_code == 200
 
 
 # -- rate limits -----------------------------------------------------------------------------
+
 
 def retry_after(response: httpx.Response, window: int) -> int:
     assert_error(response, 429, "rate_limited")
@@ -421,50 +474,58 @@ def retry_after(response: httpx.Response, window: int) -> int:
     return int(value)
 
 
-async def test_join_limit_per_visitor(settings: Settings, services: Services,
-                                      make_sale: MakeSale) -> None:
+async def test_join_limit_per_visitor(
+    settings: Settings, services: Services, make_sale: MakeSale
+) -> None:
     sale = await make_sale()
     limited = replace(settings, join_limit_per_visitor=3)
     async with app_client(limited, services) as http:
         who = visitor()
         url = f"/api/sales/{sale.id}/join"
-        codes = [(await http.post(url, headers={"X-Visitor-Id": who})).status_code
-                 for _ in range(3)]
+        codes = [
+            (await http.post(url, headers={"X-Visitor-Id": who})).status_code for _ in range(3)
+        ]
         assert codes == [201, 200, 200]
         for _ in range(2):
-            retry_after(await http.post(url, headers={"X-Visitor-Id": who}),
-                        limited.rate_window_seconds)
+            retry_after(
+                await http.post(url, headers={"X-Visitor-Id": who}), limited.rate_window_seconds
+            )
         # another visitor from the same address is not held back
         assert (await http.post(url, headers={"X-Visitor-Id": visitor()})).status_code == 201
 
 
-async def test_join_limit_per_address(settings: Settings, services: Services,
-                                      make_sale: MakeSale) -> None:
+async def test_join_limit_per_address(
+    settings: Settings, services: Services, make_sale: MakeSale
+) -> None:
     sale = await make_sale()
     limited = replace(settings, join_limit_per_address=3)
     url = f"/api/sales/{sale.id}/join"
     async with app_client(limited, services, address="198.51.100.20") as http:
         for _ in range(3):
             assert (await http.post(url, headers={"X-Visitor-Id": visitor()})).status_code == 201
-        retry_after(await http.post(url, headers={"X-Visitor-Id": visitor()}),
-                    limited.rate_window_seconds)
+        retry_after(
+            await http.post(url, headers={"X-Visitor-Id": visitor()}), limited.rate_window_seconds
+        )
     async with app_client(limited, services, address="198.51.100.21") as http:
         assert (await http.post(url, headers={"X-Visitor-Id": visitor()})).status_code == 201
 
 
 async def test_a_hold_retried_after_its_admission_ended_gets_that_hold_back(
-        client: httpx.AsyncClient, make_sale: MakeSale, admitted_shoppers: Any,
-        signer: Signer) -> None:
+    client: httpx.AsyncClient, make_sale: MakeSale, admitted_shoppers: Any, signer: Signer
+) -> None:
     sale = await make_sale(stock=5)
     (shopper,) = await admitted_shoppers(sale, 1)
     url = f"/api/sales/{sale.id}/holds"
-    first = await client.post(url, headers={"Authorization": f"Bearer {signer.sign(shopper)}",
-                                            "Idempotency-Key": "retry-1"})
+    first = await client.post(
+        url,
+        headers={"Authorization": f"Bearer {signer.sign(shopper)}", "Idempotency-Key": "retry-1"},
+    )
     assert first.status_code == 201, first.text
     # the answer was lost; by the time the shopper retries, the admission has ended
     ended = signer.sign(replace(shopper, exp=time.time() - 5))
-    retry = await client.post(url, headers={"Authorization": f"Bearer {ended}",
-                                            "Idempotency-Key": "retry-1"})
+    retry = await client.post(
+        url, headers={"Authorization": f"Bearer {ended}", "Idempotency-Key": "retry-1"}
+    )
     assert retry.status_code == 200, retry.text
     assert retry.json() == first.json()
     assert retry.headers["location"] == first.headers["location"]
@@ -474,6 +535,7 @@ async def test_a_hold_retried_after_its_admission_ended_gets_that_hold_back(
         assert_error(late, 410, "token_expired")
     # and the replay is the shopper's own: someone else's expired token gets nothing
     other = signer.sign(replace(shopper, visitor="someone-else", exp=time.time() - 5))
-    stolen = await client.post(url, headers={"Authorization": f"Bearer {other}",
-                                             "Idempotency-Key": "retry-1"})
+    stolen = await client.post(
+        url, headers={"Authorization": f"Bearer {other}", "Idempotency-Key": "retry-1"}
+    )
     assert_error(stolen, 410, "token_expired")

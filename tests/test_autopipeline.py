@@ -33,8 +33,8 @@ def key(settings: Settings, name: str) -> str:
 
 
 async def test_replies_reach_their_callers_and_commands_share_writes(
-        pipe: AutoPipeline, redis: Redis, settings: Settings,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    pipe: AutoPipeline, redis: Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     counter, values = key(settings, "n"), key(settings, "h")
     writes = []
     real_flush = autopipeline._Connection.flush
@@ -46,8 +46,10 @@ async def test_replies_reach_their_callers_and_commands_share_writes(
     assert await pipe.execute("PING") == "PONG"  # connected (and the database selected)
     monkeypatch.setattr(autopipeline._Connection, "flush", flush)
     n = 2000
-    results = await asyncio.gather(*(pipe.execute("INCR", counter) for _ in range(n)),
-                                   *(pipe.execute("HSET", values, f"f{i}", i) for i in range(n)))
+    results = await asyncio.gather(
+        *(pipe.execute("INCR", counter) for _ in range(n)),
+        *(pipe.execute("HSET", values, f"f{i}", i) for i in range(n)),
+    )
     assert sorted(results[:n]) == list(range(1, n + 1))  # each caller got its own reply
     assert results[n:] == [1] * n
     assert await redis.hget(values, "f1234") == "1234"
@@ -63,12 +65,14 @@ async def test_replies_reach_their_callers_and_commands_share_writes(
     await redis.delete(counter, values)
 
 
-async def test_an_error_stays_with_its_command(pipe: AutoPipeline, settings: Settings,
-                                               redis: Redis) -> None:
+async def test_an_error_stays_with_its_command(
+    pipe: AutoPipeline, settings: Settings, redis: Redis
+) -> None:
     text = key(settings, "text")
     await pipe.execute("SET", text, "not a number")
-    bad, good = await asyncio.gather(pipe.execute("INCR", text), pipe.execute("GET", text),
-                                     return_exceptions=True)
+    bad, good = await asyncio.gather(
+        pipe.execute("INCR", text), pipe.execute("GET", text), return_exceptions=True
+    )
     assert isinstance(bad, ResponseError) and good == "not a number"
     with pytest.raises(ResponseError, match="not an integer"):
         await pipe.execute_many([("GET", text), ("INCR", text), ("STRLEN", text)])
@@ -77,7 +81,8 @@ async def test_an_error_stays_with_its_command(pipe: AutoPipeline, settings: Set
 
 
 async def test_scripts_load_themselves_on_a_redis_that_forgot_them(
-        pipe: AutoPipeline, redis: Redis) -> None:
+    pipe: AutoPipeline, redis: Redis
+) -> None:
     source = f"-- {secrets.token_hex(8)}\nreturn {{KEYS[1], ARGV[1] + 1}}"
     assert await pipe.evalsha(source, ["k"], [41]) == ["k", 42]
     await redis.script_flush()
@@ -85,7 +90,8 @@ async def test_scripts_load_themselves_on_a_redis_that_forgot_them(
 
 
 async def test_a_killed_connection_fails_what_it_holds_and_is_replaced(
-        pipe: AutoPipeline, redis: Redis, settings: Settings) -> None:
+    pipe: AutoPipeline, redis: Redis, settings: Settings
+) -> None:
     queue = key(settings, "q")
     client_id = await pipe.execute("CLIENT", "ID")
     # a blocking command holds the connection; what is queued behind it waits for it
@@ -101,7 +107,8 @@ async def test_a_killed_connection_fails_what_it_holds_and_is_replaced(
 
 
 async def test_a_cancelled_caller_does_not_shift_the_replies(
-        pipe: AutoPipeline, redis: Redis, settings: Settings) -> None:
+    pipe: AutoPipeline, redis: Redis, settings: Settings
+) -> None:
     queue, name = key(settings, "q"), key(settings, "name")
     await pipe.execute("SET", name, "kept")
     blocked = asyncio.ensure_future(pipe.execute("BLPOP", queue, 0.3))
@@ -150,10 +157,12 @@ async def test_nothing_listening_is_a_connection_error() -> None:
         await pipe.execute("PING")
 
 
-async def test_a_database_and_a_password_in_the_url_are_used(redis: Redis,
-                                                             settings: Settings) -> None:
-    other_db = Redis.from_url(urlsplit(settings.redis_url)._replace(path="/9").geturl(),
-                              decode_responses=True)
+async def test_a_database_and_a_password_in_the_url_are_used(
+    redis: Redis, settings: Settings
+) -> None:
+    other_db = Redis.from_url(
+        urlsplit(settings.redis_url)._replace(path="/9").geturl(), decode_responses=True
+    )
     name = key(settings, "db9")
     pipe = AutoPipeline.like(other_db, timeout=5)
     try:

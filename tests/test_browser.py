@@ -42,8 +42,14 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "reports" / "screenshots"
 DOCS_SHOT = ROOT / "docs" / "waiting-room.png"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 PHONE = {"width": 360, "height": 740}
 WAIT_MS = 15_000
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -56,6 +62,7 @@ def _unavailable(reason: str) -> None:
 
 
 # -- the API as a subprocess ---------------------------------------------------------------
+
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment variables that make `Settings.from_env()` give back `settings`."""
@@ -76,16 +83,33 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def api_url(settings: Settings, database: None) -> Iterator[str]:
     port = free_port()
-    env = {**os.environ, **settings_env(settings), "FLASHSALE_LOG_LEVEL": "WARNING",
-           "FLASHSALE_LOG_JSON": "false"}
+    env = {
+        **os.environ,
+        **settings_env(settings),
+        "FLASHSALE_LOG_LEVEL": "WARNING",
+        "FLASHSALE_LOG_JSON": "false",
+    }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log_path = ROOT / "reports" / "browser-api.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "api.app:factory", "--host",
-             "127.0.0.1", "--port", str(port), "--no-access-log"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "api.app:factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -113,12 +137,15 @@ def api_url(settings: Settings, database: None) -> Iterator[str]:
 
 # -- the browser ---------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def chromium_path() -> Path:
     """Debian's Chromium, or a skip (a failure when CI is set) that says what to install."""
     if not CHROMIUM.exists():
-        _unavailable(f"{CHROMIUM} is missing: install Debian's chromium and fonts-noto-cjk "
-                     "(apt-get install chromium fonts-noto-cjk)")
+        _unavailable(
+            f"{CHROMIUM} is missing: install Debian's chromium and fonts-noto-cjk "
+            "(apt-get install chromium fonts-noto-cjk)"
+        )
     try:
         import playwright.async_api  # noqa: F401
     except ImportError:
@@ -132,8 +159,9 @@ async def browser(chromium_path: Path) -> AsyncIterator[Any]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=str(chromium_path),
-                                                    args=CHROMIUM_ARGS, headless=True)
+        chromium = await playwright.chromium.launch(
+            executable_path=str(chromium_path), args=CHROMIUM_ARGS, headless=True
+        )
         yield chromium
         await chromium.close()
 
@@ -160,8 +188,9 @@ class Page:
     async def view(self, name: str) -> None:
         from playwright.async_api import expect
 
-        await expect(self.page.locator("body")).to_have_attribute("data-view", name,
-                                                                  timeout=WAIT_MS)
+        await expect(self.page.locator("body")).to_have_attribute(
+            "data-view", name, timeout=WAIT_MS
+        )
 
     async def has_text(self, selector: str, text: str | re.Pattern[str]) -> None:
         from playwright.async_api import expect
@@ -191,8 +220,7 @@ async def new_page(browser: Any, api_url: str) -> AsyncIterator[NewPage]:
     pages: list[Page] = []
 
     async def make(locale: str = "en-US") -> Page:
-        context = await browser.new_context(viewport=PHONE, device_scale_factor=2,
-                                            locale=locale)
+        context = await browser.new_context(viewport=PHONE, device_scale_factor=2, locale=locale)
         contexts.append(context)
         page = Page(await context.new_page(), api_url)
         pages.append(page)
@@ -207,16 +235,25 @@ async def new_page(browser: Any, api_url: str) -> AsyncIterator[NewPage]:
 
 # -- driving the room from the test ----------------------------------------------------------
 
+
 def opened_sale(**overrides: Any) -> dict[str, Any]:
     """A sale that opened a second ago (the API runs on real time), Seoul time."""
     now = datetime.now(UTC)
     body: dict[str, Any] = {
-        "name": "Spring drop", "timezone": "Asia/Seoul", "price_cents": 4900,
-        "per_shopper_limit": 3, "hold_seconds": 300,
+        "name": "Spring drop",
+        "timezone": "Asia/Seoul",
+        "price_cents": 4900,
+        "per_shopper_limit": 3,
+        "hold_seconds": 300,
         "opens_at": (now - timedelta(seconds=1)).isoformat(),
         "closes_at": (now + timedelta(hours=1)).isoformat(),
-        "admission": {"batch_size": 2, "batch_interval_ms": 50, "max_active": 50,
-                      "admission_ttl_seconds": 600, "abandon_after_seconds": 60},
+        "admission": {
+            "batch_size": 2,
+            "batch_interval_ms": 50,
+            "max_active": 50,
+            "admission_ttl_seconds": 600,
+            "abandon_after_seconds": 60,
+        },
     }
     body.update(overrides)
     return body
@@ -246,8 +283,9 @@ async def admitted(room: WaitingRoom, signer: Signer, sale: Sale, visitor: str) 
     return signer.verify(poll.admission_token, kind=ADMISSION, sale=sale.id, now=time.time())
 
 
-async def fail_once(page: Any, pattern: re.Pattern[str], status: int, code: str,
-                    retry_after: int | None = None) -> list[tuple[float, str]]:
+async def fail_once(
+    page: Any, pattern: re.Pattern[str], status: int, code: str, retry_after: int | None = None
+) -> list[tuple[float, str]]:
     """Answer the first request matching `pattern` with an error; let the rest through.
     Returns the requests as they come: (monotonic time, URL)."""
     calls: list[tuple[float, str]] = []
@@ -258,8 +296,12 @@ async def fail_once(page: Any, pattern: re.Pattern[str], status: int, code: str,
             await route.continue_()
             return
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
-        await route.fulfill(status=status, headers=headers, content_type="application/json",
-                            body=json.dumps({"error": {"code": code, "message": code}}))
+        await route.fulfill(
+            status=status,
+            headers=headers,
+            content_type="application/json",
+            body=json.dumps({"error": {"code": code, "message": code}}),
+        )
 
     await page.route(pattern, handle)
     return calls
@@ -267,8 +309,10 @@ async def fail_once(page: Any, pattern: re.Pattern[str], status: int, code: str,
 
 # -- the tests ------------------------------------------------------------------------------
 
-async def test_wait_get_admitted_buy_and_pay(new_page: NewPage, make_sale: Any,
-                                             room: WaitingRoom, pool: asyncpg.Pool) -> None:
+
+async def test_wait_get_admitted_buy_and_pay(
+    new_page: NewPage, make_sale: Any, room: WaitingRoom, pool: asyncpg.Pool
+) -> None:
     sale = await make_sale(**opened_sale(stock=20))
     for n in range(3):  # three people in line before us
         assert (await room.join(sale.id, f"ahead-{n:04d}", "198.51.100.9")).outcome == "ok"
@@ -323,18 +367,28 @@ async def test_wait_get_admitted_buy_and_pay(new_page: NewPage, make_sale: Any,
     await page.fits_the_phone()
     await page.shot("confirmation")
 
-    rows = await pool.fetch("SELECT status, quantity FROM orders WHERE sale_id = $1 "
-                            "AND status = 'confirmed'", sale.id)
+    rows = await pool.fetch(
+        "SELECT status, quantity FROM orders WHERE sale_id = $1 AND status = 'confirmed'", sale.id
+    )
     assert [(r["status"], r["quantity"]) for r in rows] == [("confirmed", 2)]
 
 
 async def test_seated_sale_pick_seats_then_best_available(
-        new_page: NewPage, make_sale: Any, room: WaitingRoom, signer: Signer,
-        purchases: Purchases, pool: asyncpg.Pool) -> None:
-    seat_map = {"sections": [{"name": "Floor", "rows": [{"name": "A", "seats": 8},
-                                                        {"name": "B", "seats": 8}]}]}
-    sale = await make_sale(**opened_sale(seat_map=seat_map, per_shopper_limit=4,
-                                         name="Concert night"))
+    new_page: NewPage,
+    make_sale: Any,
+    room: WaitingRoom,
+    signer: Signer,
+    purchases: Purchases,
+    pool: asyncpg.Pool,
+) -> None:
+    seat_map = {
+        "sections": [
+            {"name": "Floor", "rows": [{"name": "A", "seats": 8}, {"name": "B", "seats": 8}]}
+        ]
+    }
+    sale = await make_sale(
+        **opened_sale(seat_map=seat_map, per_shopper_limit=4, name="Concert night")
+    )
     layout = layout_of(sale)
     someone = await admitted(room, signer, sale, "someone-else-01")
     taken = [layout.find("Floor", "A", "1"), layout.find("Floor", "A", "2")]
@@ -381,16 +435,27 @@ async def test_seated_sale_pick_seats_then_best_available(
     seats = await pool.fetchval(
         "SELECT count(*) FROM order_seats s JOIN orders o ON o.id = s.order_id "
         "WHERE o.sale_id = $1 AND o.status = 'confirmed' AND o.visitor <> $2",
-        sale.id, someone.visitor)
+        sale.id,
+        someone.visitor,
+    )
     assert seats == 3
 
 
-async def test_sold_out_for_now_then_sold_out(new_page: NewPage, make_sale: Any,
-                                              room: WaitingRoom, signer: Signer,
-                                              purchases: Purchases) -> None:
-    sale = await make_sale(**opened_sale(
-        stock=1, admission={"batch_size": 1, "batch_interval_ms": 50, "max_active": 50,
-                            "admission_ttl_seconds": 600, "abandon_after_seconds": 3}))
+async def test_sold_out_for_now_then_sold_out(
+    new_page: NewPage, make_sale: Any, room: WaitingRoom, signer: Signer, purchases: Purchases
+) -> None:
+    sale = await make_sale(
+        **opened_sale(
+            stock=1,
+            admission={
+                "batch_size": 1,
+                "batch_interval_ms": 50,
+                "max_active": 50,
+                "admission_ttl_seconds": 600,
+                "abandon_after_seconds": 3,
+            },
+        )
+    )
     joined = await room.join(sale.id, "first-buyer-01", "198.51.100.20")
     page = await new_page()
     await page.goto(f"/sales/{sale.id}")
@@ -416,12 +481,20 @@ async def test_sold_out_for_now_then_sold_out(new_page: NewPage, make_sale: Any,
     await latecomer.view("sold_out")
 
 
-async def test_reload_keeps_the_place(new_page: NewPage, make_sale: Any,
-                                      room: WaitingRoom) -> None:
+async def test_reload_keeps_the_place(new_page: NewPage, make_sale: Any, room: WaitingRoom) -> None:
     # no admission runs: polls come as rarely as presence allows, here every 2 s or so
-    sale = await make_sale(**opened_sale(
-        stock=5, admission={"batch_size": 2, "batch_interval_ms": 50, "max_active": 50,
-                            "admission_ttl_seconds": 600, "abandon_after_seconds": 3}))
+    sale = await make_sale(
+        **opened_sale(
+            stock=5,
+            admission={
+                "batch_size": 2,
+                "batch_interval_ms": 50,
+                "max_active": 50,
+                "admission_ttl_seconds": 600,
+                "abandon_after_seconds": 3,
+            },
+        )
+    )
     for n in range(2):
         assert (await room.join(sale.id, f"before-{n:04d}", "198.51.100.9")).outcome == "ok"
     page = await new_page()
@@ -434,8 +507,9 @@ async def test_reload_keeps_the_place(new_page: NewPage, make_sale: Any,
     assert stored["ticket"] and stored["visitor"] == cookie["value"]
 
     # a poll answered 503: the page says it is retrying (with backoff) and keeps the place
-    calls = await fail_once(page.page, re.compile(r"/status(\?|$)"), 503, "unavailable",
-                            retry_after=2)
+    calls = await fail_once(
+        page.page, re.compile(r"/status(\?|$)"), 503, "unavailable", retry_after=2
+    )
     await page.has_text("#waiting-notice", re.compile("Trying again in"))
     await page.has_text("#waiting-notice", "")  # the next poll went through
     assert calls[1][0] - calls[0][0] >= 1.9, "Retry-After is honoured"
@@ -485,8 +559,7 @@ async def test_korean(new_page: NewPage, make_sale: Any, room: WaitingRoom) -> N
     await korean.shot("landing-korean")
 
 
-async def test_keyboard_only_purchase(new_page: NewPage, make_sale: Any,
-                                      room: WaitingRoom) -> None:
+async def test_keyboard_only_purchase(new_page: NewPage, make_sale: Any, room: WaitingRoom) -> None:
     sale = await make_sale(**opened_sale(stock=5))
     page = await new_page()
     keys = page.page.keyboard
@@ -512,8 +585,9 @@ async def test_keyboard_only_purchase(new_page: NewPage, make_sale: Any,
     assert await focused() == "pay-button"
     # the payment provider is down for the first call: the hold is kept, the page says so
     # and pays again by itself after Retry-After
-    calls = await fail_once(page.page, re.compile(r"/pay$"), 503, "payment_unavailable",
-                            retry_after=2)
+    calls = await fail_once(
+        page.page, re.compile(r"/pay$"), 503, "payment_unavailable", retry_after=2
+    )
     await keys.press("Enter")
     await page.view("payment_unavailable")
     assert "not answering" in await page.text("#pay-status")
@@ -523,17 +597,29 @@ async def test_keyboard_only_purchase(new_page: NewPage, make_sale: Any,
     assert "Quantity 2" in await page.text("#confirmed-summary")
 
 
-@pytest.mark.skipif(not os.environ.get("FLASHSALE_DOCS_SCREENSHOT"),
-                    reason="refreshes docs/waiting-room.png: set FLASHSALE_DOCS_SCREENSHOT=1")
-async def test_docs_screenshot(new_page: NewPage, make_sale: Any, room: WaitingRoom,
-                               sales: Any) -> None:
+@pytest.mark.skipif(
+    not os.environ.get("FLASHSALE_DOCS_SCREENSHOT"),
+    reason="refreshes docs/waiting-room.png: set FLASHSALE_DOCS_SCREENSHOT=1",
+)
+async def test_docs_screenshot(
+    new_page: NewPage, make_sale: Any, room: WaitingRoom, sales: Any
+) -> None:
     """The README's picture: a phone in a real line, partly through it."""
-    admission = {"batch_size": 100, "batch_interval_ms": 50, "max_active": 1000,
-                 "admission_ttl_seconds": 600, "abandon_after_seconds": 60}
+    admission = {
+        "batch_size": 100,
+        "batch_interval_ms": 50,
+        "max_active": 1000,
+        "admission_ttl_seconds": 600,
+        "abandon_after_seconds": 60,
+    }
     sale = await make_sale(**opened_sale(stock=300, admission=admission))
     for first in range(0, 500, 50):
-        await asyncio.gather(*(room.join(sale.id, f"crowd-{n:05d}", "198.51.100.30")
-                               for n in range(first, first + 50)))
+        await asyncio.gather(
+            *(
+                room.join(sale.id, f"crowd-{n:05d}", "198.51.100.30")
+                for n in range(first, first + 50)
+            )
+        )
     page = await new_page()
     await page.goto(f"/sales/{sale.id}")
     await page.view("waiting")
@@ -541,15 +627,15 @@ async def test_docs_screenshot(new_page: NewPage, make_sale: Any, room: WaitingR
     for _ in range(2):
         await admit_next(room, sale)
     # a slower pace from now on, so the estimate reads in minutes
-    await sales.update(sale.id, {"admission": {**admission, "batch_size": 5,
-                                               "batch_interval_ms": 3000}})
+    await sales.update(
+        sale.id, {"admission": {**admission, "batch_size": 5, "batch_interval_ms": 3000}}
+    )
     await page.has_text("#stat-ahead", "300")
     await page.has_text("#stat-eta", re.compile("min"))
     await page.page.screenshot(path=str(DOCS_SHOT))
 
 
-async def test_prequeue_then_the_draw(new_page: NewPage, make_sale: Any,
-                                      room: WaitingRoom) -> None:
+async def test_prequeue_then_the_draw(new_page: NewPage, make_sale: Any, room: WaitingRoom) -> None:
     opens = datetime.now(UTC) + timedelta(seconds=2.5)
     sale = await make_sale(**opened_sale(stock=5, opens_at=opens.isoformat()))
     for n in range(2):  # two more early birds: the three places are drawn at the opening

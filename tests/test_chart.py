@@ -34,8 +34,9 @@ from flashsale.settings import SETTINGS
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "flashsale"
 CRD = CHART / "crds" / "flashsales.flashsale.io.yaml"
-SCENARIOS = sorted(p.name.removesuffix("-values.yaml")
-                   for p in (CHART / "ci").glob("*-values.yaml"))
+SCENARIOS = sorted(
+    p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml")
+)
 KUBE_VERSIONS = ("1.30", "1.33")
 RELEASE = "flashsale"
 NAMESPACE = "shop"
@@ -51,23 +52,36 @@ NO_SCHEMA_KINDS = {"ServiceMonitor", "PrometheusRule"}
 # checkov checks skipped everywhere, each with its reason.
 CHECKOV_SKIPS = {
     "CKV_K8S_15": "Image pull policy Always: images are pinned by tag (and digest with "
-                  "image.digest, as in ci/hardened); Always adds a registry round trip to every "
-                  "pod start, slowing the scale-out before a sale and making pods unstartable "
-                  "while the registry is down. image.pullPolicy=Always is one value away.",
+    "image.digest, as in ci/hardened); Always adds a registry round trip to every "
+    "pod start, slowing the scale-out before a sale and making pods unstartable "
+    "while the registry is down. image.pullPolicy=Always is one value away.",
     "CKV_K8S_35": "Secrets as files rather than environment variables: FlashSale reads every "
-                  "setting from environment variables only (flashsale/settings.py), and so do "
-                  "the official Redis and PostgreSQL images of the development StatefulSets.",
+    "setting from environment variables only (flashsale/settings.py), and so do "
+    "the official Redis and PostgreSQL images of the development StatefulSets.",
 }
 # checkov failures allowed on some objects only: (check, scenario or None for all, kind, name
 # or None for all, reason).
 CHECKOV_ALLOWED = [
-    ("CKV_K8S_38", None, "Deployment", f"{RELEASE}-operator",
-     "The operator is the one FlashSale pod that calls the Kubernetes API (kopf), so it "
-     "mounts its ServiceAccount token; every other pod has automountServiceAccountToken false."),
-    *[("CKV_K8S_43", scenario, None, None,
-       "Image digest: a digest is only known once an image is built and pushed; the chart "
-       "takes image.digest (ci/hardened sets it and passes this check), the others use tags.")
-      for scenario in SCENARIOS if scenario != "hardened"],
+    (
+        "CKV_K8S_38",
+        None,
+        "Deployment",
+        f"{RELEASE}-operator",
+        "The operator is the one FlashSale pod that calls the Kubernetes API (kopf), so it "
+        "mounts its ServiceAccount token; every other pod has automountServiceAccountToken false.",
+    ),
+    *[
+        (
+            "CKV_K8S_43",
+            scenario,
+            None,
+            None,
+            "Image digest: a digest is only known once an image is built and pushed; the chart "
+            "takes image.digest (ci/hardened sets it and passes this check), the others use tags.",
+        )
+        for scenario in SCENARIOS
+        if scenario != "hardened"
+    ],
 ]
 
 
@@ -157,8 +171,13 @@ def test_chart_metadata() -> None:
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_lint_strict(scenario: str, kube_version: str) -> None:
-    report = helm.lint(CHART, scenario_values(scenario), strict=True, namespace=NAMESPACE,
-                       kube_version=f"v{kube_version}.0")
+    report = helm.lint(
+        CHART,
+        scenario_values(scenario),
+        strict=True,
+        namespace=NAMESPACE,
+        kube_version=f"v{kube_version}.0",
+    )
     # Helm's lint wants the archive of every declared dependency in charts/, enabled or not;
     # the HAProxy controller's is fetched by `helm dependency build`, which needs the network.
     allowed = set()
@@ -174,8 +193,9 @@ def test_render_needs_no_dependency_archive() -> None:
     """The disabled subchart is not needed offline: nothing of it renders, and its values carry
     the controller-wide timeouts (they cannot be Ingress annotations)."""
     for scenario in SCENARIOS:
-        assert not [o for o in rendered(scenario)
-                    if "kubernetes-ingress" in o["_template"]], scenario
+        assert not [o for o in rendered(scenario) if "kubernetes-ingress" in o["_template"]], (
+            scenario
+        )
     config = merged_values("defaults")["haproxy-ingress"]["controller"]["config"]
     assert config["timeout-connect"] and config["timeout-queue"]
 
@@ -195,8 +215,10 @@ def test_rendered_objects_are_valid_kubernetes(scenario: str) -> None:
                 assert doc["kind"] in NO_SCHEMA_KINDS, doc["kind"]
             except kubernetes_validate.ValidationError as error:
                 where = ".".join(str(p) for p in error.path)
-                pytest.fail(f"{obj['_template']}: {doc['kind']} {doc['metadata']['name']} "
-                            f"invalid on Kubernetes {version}: {where}: {error.message}")
+                pytest.fail(
+                    f"{obj['_template']}: {doc['kind']} {doc['metadata']['name']} "
+                    f"invalid on Kubernetes {version}: {where}: {error.message}"
+                )
     assert {"Deployment", "Service", "Job", "NetworkPolicy", "Ingress"} <= kinds
 
 
@@ -215,13 +237,18 @@ def test_crd_ships_with_the_chart_and_is_valid() -> None:
 
 def test_values_schema_refuses_typos_and_unsafe_values() -> None:
     bad = [
-        {"api": {"replicas": 3}},                                # typo: replicaCount
-        {"imagee": {"tag": "x"}},                                # unknown top-level key
+        {"api": {"replicas": 3}},  # typo: replicaCount
+        {"imagee": {"tag": "x"}},  # unknown top-level key
         {"ingress": {"haproxy": {"rateLimitPeriod": "10 seconds"}}},
-        {"tokens": {"key": "too-short"}},                        # FLASHSALE_TOKEN_KEY >= 32
-        {"containerSecurityContext": {"readOnlyRootFilesystem": False,
-                                      "runAsNonRoot": True, "allowPrivilegeEscalation": False,
-                                      "capabilities": {"drop": ["ALL"]}}},
+        {"tokens": {"key": "too-short"}},  # FLASHSALE_TOKEN_KEY >= 32
+        {
+            "containerSecurityContext": {
+                "readOnlyRootFilesystem": False,
+                "runAsNonRoot": True,
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+            }
+        },
         {"config": {"extraEnv": {"REDIS_URL": "redis://elsewhere"}}},  # not a FLASHSALE_ name
     ]
     with helm.Chart.load(CHART) as chart:
@@ -258,8 +285,11 @@ def test_api_replicas_belong_to_the_hpa(scenario: str) -> None:
         (hpa,) = hpas
         assert hpa["apiVersion"] == "autoscaling/v2"
         assert hpa["metadata"]["name"] == api_name()
-        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                                 "name": api_name()}
+        assert hpa["spec"]["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": api_name(),
+        }
         assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     else:
         assert hpas == []
@@ -277,7 +307,9 @@ def test_api_pods_drain_before_they_stop(scenario: str) -> None:
     # preStop sleep, then uvicorn's graceful shutdown (20 s, flashsale/cli.py), then the margin
     assert pod["terminationGracePeriodSeconds"] > int(sleep[1]) + 20
     assert [c["topologyKey"] for c in pod["topologySpreadConstraints"]] == [
-        "topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+        "topology.kubernetes.io/zone",
+        "kubernetes.io/hostname",
+    ]
     assert container["resources"]["requests"]["cpu"], "the HPA scales on CPU requests"
 
 
@@ -357,7 +389,8 @@ def test_ingress_speaks_haproxy(scenario: str) -> None:
     annotations = ingress["metadata"]["annotations"]
     assert ingress["spec"]["ingressClassName"] == "haproxy"
     assert annotations["haproxy.org/rate-limit-requests"] == str(
-        values["haproxy"]["rateLimitRequests"])
+        values["haproxy"]["rateLimitRequests"]
+    )
     assert annotations["haproxy.org/rate-limit-period"] == values["haproxy"]["rateLimitPeriod"]
     assert annotations["haproxy.org/rate-limit-status-code"] == "429"
     assert annotations["haproxy.org/timeout-server"] == values["haproxy"]["timeoutServer"]
@@ -377,8 +410,7 @@ def test_ingress_speaks_haproxy(scenario: str) -> None:
     assert (annotations.get("haproxy.org/ssl-redirect") == "true") == tls
     if tls:
         assert rule["host"] == ingress["spec"]["tls"][0]["hosts"][0]
-        (api,) = one(scenario, "Deployment", api_name())["spec"]["template"]["spec"][
-            "containers"]
+        (api,) = one(scenario, "Deployment", api_name())["spec"]["template"]["spec"]["containers"]
         assert env_of(api)["FLASHSALE_COOKIE_SECURE"] == "true"
 
 
@@ -386,8 +418,11 @@ def rbac_of(scenario: str | list[dict[str, Any]]) -> dict[str, list[dict[str, An
     """Rules granted to the operator's ServiceAccount, by namespace ('*' for cluster-wide)."""
     sa = f"{RELEASE}-operator"
     everything = rendered(scenario) if isinstance(scenario, str) else scenario
-    roles = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o["rules"]
-             for o in everything if o["kind"] in ("Role", "ClusterRole")}
+    roles = {
+        (o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o["rules"]
+        for o in everything
+        if o["kind"] in ("Role", "ClusterRole")
+    }
     granted: dict[str, list[dict[str, Any]]] = {}
     for binding in everything:
         if binding["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
@@ -406,8 +441,10 @@ def covers(granted: list[dict[str, Any]], rule: dict[str, Any]) -> bool:
     for group in rule["apiGroups"]:
         for resource in rule["resources"]:
             for verb in rule["verbs"]:
-                if not any(group in g["apiGroups"] and resource in g["resources"]
-                           and verb in g["verbs"] for g in granted):
+                if not any(
+                    group in g["apiGroups"] and resource in g["resources"] and verb in g["verbs"]
+                    for g in granted
+                ):
                     return False
     return True
 
@@ -424,13 +461,19 @@ def test_operator_rbac_matches_operator_rules(scenario: str) -> None:
     if operator["watchAllNamespaces"]:
         assert granted == {}, "no Roles when the ClusterRole serves every namespace"
         places = {"*": cluster_wide}
-        peering_rules = [r for r in operator_rules(scope="cluster", peering=True)
-                         if r["resources"] == ["clusterkopfpeerings"]]
+        peering_rules = [
+            r
+            for r in operator_rules(scope="cluster", peering=True)
+            if r["resources"] == ["clusterkopfpeerings"]
+        ]
     else:
         assert set(granted) == set(operator["watchNamespaces"] or [NAMESPACE])
         places = granted
-        peering_rules = [r for r in operator_rules(scope="namespace", peering=True)
-                         if r["resources"] == ["kopfpeerings"]]
+        peering_rules = [
+            r
+            for r in operator_rules(scope="namespace", peering=True)
+            if r["resources"] == ["kopfpeerings"]
+        ]
     for where, rules in places.items():
         for rule in namespaced + (peering_rules if peering else []):
             assert covers(rules, rule), (where, rule)
@@ -476,8 +519,11 @@ def test_operator_deployment(scenario: str) -> None:
     probe = container["livenessProbe"]["httpGet"]
     assert port[probe["port"]] == int(liveness.group(1)) and probe["path"] == liveness.group(2)
     operator = merged_values(scenario)["operator"]
-    served = "" if operator["watchAllNamespaces"] else ",".join(
-        operator["watchNamespaces"] or [NAMESPACE])
+    served = (
+        ""
+        if operator["watchAllNamespaces"]
+        else ",".join(operator["watchNamespaces"] or [NAMESPACE])
+    )
     assert env["FLASHSALE_OPERATOR_NAMESPACE"] == served
     assert bool(env["FLASHSALE_OPERATOR_PEERING"]) == operator["peering"]["enabled"]
 
@@ -529,11 +575,16 @@ def test_migration_hook(scenario: str) -> None:
     # lower weight or Secrets made beforehand, never the release's ServiceAccount or ConfigMaps
     assert "serviceAccountName" not in pod
     assert "envFrom" not in container
-    hooks = {o["metadata"]["name"]: o for o in rendered(scenario)
-             if "helm.sh/hook" in o["metadata"].get("annotations", {})}
+    hooks = {
+        o["metadata"]["name"]: o
+        for o in rendered(scenario)
+        if "helm.sh/hook" in o["metadata"].get("annotations", {})
+    }
     for ref in (v["secretKeyRef"] for v in env_of(container).values() if isinstance(v, dict)):
-        existing = {values["externalRedis"]["existingSecret"],
-                    values["externalDatabase"]["existingSecret"]} - {""}
+        existing = {
+            values["externalRedis"]["existingSecret"],
+            values["externalDatabase"]["existingSecret"],
+        } - {""}
         if ref["name"] in existing:
             continue
         secret = hooks[ref["name"]]
@@ -548,10 +599,15 @@ def test_migration_hook(scenario: str) -> None:
 def test_data_stores(scenario: str) -> None:
     values = merged_values(scenario)
     secrets = {s["metadata"]["name"]: s for s in objects(scenario, "Secret")}
-    datastores = secret_data(secrets[f"{RELEASE}-datastores"]) if (
-        f"{RELEASE}-datastores" in secrets) else {}
-    for store, key, scheme in (("redis", "redis-url", "redis"),
-                               ("postgresql", "database-url", "postgresql")):
+    datastores = (
+        secret_data(secrets[f"{RELEASE}-datastores"])
+        if (f"{RELEASE}-datastores" in secrets)
+        else {}
+    )
+    for store, key, scheme in (
+        ("redis", "redis-url", "redis"),
+        ("postgresql", "database-url", "postgresql"),
+    ):
         statefulsets = [s for s in objects(scenario, "StatefulSet") if component(s) == store]
         external = values["externalRedis" if store == "redis" else "externalDatabase"]
         if values[store]["enabled"]:
@@ -574,8 +630,9 @@ def test_network_policies(scenario: str) -> None:
     policies = objects(scenario, "NetworkPolicy")
     values = merged_values(scenario)["networkPolicy"]
     assert values["enabled"] is True and policies
-    by_component = {p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]: p
-                    for p in policies}
+    by_component = {
+        p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]: p for p in policies
+    }
     for workload, _pod in pod_specs(scenario):
         assert component(workload) in by_component, workload["metadata"]["name"]
     api = by_component["api"]
@@ -583,8 +640,11 @@ def test_network_policies(scenario: str) -> None:
     for peer in values["ingressControllerPeers"]:
         assert peer in peers
     assert by_component["operator"]["spec"]["ingress"] == []
-    egress_ports = {port["port"] for rule in by_component["operator"]["spec"]["egress"]
-                    for port in rule.get("ports", [])}
+    egress_ports = {
+        port["port"]
+        for rule in by_component["operator"]["spec"]["egress"]
+        for port in rule.get("ports", [])
+    }
     assert {53, *values["kubeAPIServerPorts"]} <= egress_ports
     for name in ("api", "admitter", "persister"):
         assert set(by_component[name]["spec"]["policyTypes"]) == {"Ingress", "Egress"}
@@ -602,16 +662,19 @@ def test_monitoring_objects(scenario: str) -> None:
     for monitor in monitors:
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
         selector = monitor["spec"]["selector"]
-        services = [s for s in objects(scenario, "Service")
-                    if all(s["metadata"]["labels"].get(k) == v
-                           for k, v in selector["matchLabels"].items())
-                    and component(s) in selector["matchExpressions"][0]["values"]]
+        services = [
+            s
+            for s in objects(scenario, "Service")
+            if all(s["metadata"]["labels"].get(k) == v for k, v in selector["matchLabels"].items())
+            and component(s) in selector["matchExpressions"][0]["values"]
+        ]
         ports = {p["name"] for s in services for p in s["spec"]["ports"]}
         assert {"api", "admitter", "persister"} == {component(s) for s in services}
         for endpoint in monitor["spec"]["endpoints"]:
             assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
-    code = "\n".join(p.read_text() for folder in ("api", "waiting_room")
-                     for p in (REPO / folder).glob("*.py"))
+    code = "\n".join(
+        p.read_text() for folder in ("api", "waiting_room") for p in (REPO / folder).glob("*.py")
+    )
     defined = set(re.findall(r'(?:Counter|Gauge|Histogram|Summary)\(\s*"(flashsale_\w+)"', code))
     alerts = set()
     for rule in rules:
@@ -626,8 +689,11 @@ def test_monitoring_objects(scenario: str) -> None:
                     base = re.sub(r"_(total|count|sum|bucket)$", "", metric)
                     assert base in defined, f"{alert['alert']}: no metric {metric} in the code"
     if rules:
-        assert {"FlashSalePersisterLagging", "FlashSaleAdmitterStalled",
-                "FlashSaleAPIErrorRate"} <= alerts
+        assert {
+            "FlashSalePersisterLagging",
+            "FlashSaleAdmitterStalled",
+            "FlashSaleAPIErrorRate",
+        } <= alerts
 
 
 # --- checkov ------------------------------------------------------------------------------
@@ -644,11 +710,28 @@ def test_checkov_passes_on_rendered_manifests(tmp_path: Path) -> None:
         for index, obj in enumerate(rendered(scenario)):
             doc = {k: v for k, v in obj.items() if k != "_template"}
             (folder / f"{index:03d}-{doc['kind']}.yaml").write_text(yaml.safe_dump(doc))
-    command = [str(CHECKOV), "--directory", str(tmp_path), "--framework", "kubernetes",
-               "--skip-download", "--quiet", "--compact", "--output", "json",
-               "--skip-check", ",".join(CHECKOV_SKIPS)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False,
-                            env={**os.environ, "BC_SKIP_MAPPING": "TRUE"})
+    command = [
+        str(CHECKOV),
+        "--directory",
+        str(tmp_path),
+        "--framework",
+        "kubernetes",
+        "--skip-download",
+        "--quiet",
+        "--compact",
+        "--output",
+        "json",
+        "--skip-check",
+        ",".join(CHECKOV_SKIPS),
+    ]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},
+    )
     assert result.stdout.strip(), result.stderr[-2000:]
     report = json.loads(result.stdout)
     reports = report if isinstance(report, list) else [report]
@@ -658,11 +741,17 @@ def test_checkov_passes_on_rendered_manifests(tmp_path: Path) -> None:
         for failed in entry["results"]["failed_checks"]:
             scenario = Path(failed["file_path"]).parts[1]
             kind, *_, name = failed["resource"].split(".")
-            if not any(check == failed["check_id"] and where in (None, scenario)
-                       and k in (None, kind) and n in (None, name)
-                       for check, where, k, n, _reason in CHECKOV_ALLOWED):
-                unexpected.append(f"{scenario}: {failed['check_id']} {failed['check_name']} "
-                                  f"on {failed['resource']}")
+            if not any(
+                check == failed["check_id"]
+                and where in (None, scenario)
+                and k in (None, kind)
+                and n in (None, name)
+                for check, where, k, n, _reason in CHECKOV_ALLOWED
+            ):
+                unexpected.append(
+                    f"{scenario}: {failed['check_id']} {failed['check_name']} "
+                    f"on {failed['resource']}"
+                )
     assert not unexpected, "\n".join(unexpected)
 
 

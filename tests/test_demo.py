@@ -31,7 +31,10 @@ def _run_demo(env: dict[str, str]) -> tuple[int, str, str]:
     demo)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "flashsale.cli", "demo", "--shoppers", str(SHOPPERS)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         out, err = proc.communicate(timeout=TIMEOUT_S)
@@ -62,12 +65,17 @@ async def _clean_up(settings: Settings) -> None:
 
 async def test_demo_runs_a_small_sale() -> None:
     run = secrets.token_hex(3)
-    settings = Settings.from_env(redis_prefix=f"fstestdemo{run}",
-                                 database_schema=f"fstest_demo_{run}")
-    env = {**os.environ, "REDIS_URL": settings.redis_url, "DATABASE_URL": settings.database_url,
-           "FLASHSALE_REDIS_PREFIX": settings.redis_prefix,
-           "FLASHSALE_DATABASE_SCHEMA": settings.database_schema,
-           "FLASHSALE_LOG_LEVEL": "WARNING"}
+    settings = Settings.from_env(
+        redis_prefix=f"fstestdemo{run}", database_schema=f"fstest_demo_{run}"
+    )
+    env = {
+        **os.environ,
+        "REDIS_URL": settings.redis_url,
+        "DATABASE_URL": settings.database_url,
+        "FLASHSALE_REDIS_PREFIX": settings.redis_prefix,
+        "FLASHSALE_DATABASE_SCHEMA": settings.database_schema,
+        "FLASHSALE_LOG_LEVEL": "WARNING",
+    }
     try:
         code, out, err = await asyncio.to_thread(_run_demo, env)
     finally:

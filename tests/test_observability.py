@@ -51,10 +51,34 @@ PROMETHEUS_OWN = {"up"}
 # --- PromQL: the metric names an expression reads --------------------------------------------
 
 KEYWORDS = {
-    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
-    "offset", "bool", "atan2", "inf", "nan",
-    "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile",
-    "count_values", "group", "limitk", "limit_ratio",
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "offset",
+    "bool",
+    "atan2",
+    "inf",
+    "nan",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+    "group",
+    "limitk",
+    "limit_ratio",
 }
 LABEL_LISTS = {"by", "without", "on", "ignoring", "group_left", "group_right"}
 _STRING = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`')
@@ -101,20 +125,34 @@ def metric_names(expr: str) -> set[str]:
 
 
 def test_metric_names_tokenizer() -> None:
-    expr = ('histogram_quantile(0.95, sum by (le, route) (rate(http_seconds_bucket{route!~'
-            '"/metrics|x{y}", status=~"5.."}[$__rate_interval]))) > 1 and on (namespace) '
-            'time() - max(last_seconds offset 5m) > 1e3 or vector(0) unless '
-            'label_replace(absent(up == 1), "a", "$1", "b", "(.*)") or bare_metric '
-            'and ignoring(sale) group_left(x) other:recorded:rule')
-    assert metric_names(expr) == {"http_seconds_bucket", "last_seconds", "up", "bare_metric",
-                                  "other:recorded:rule"}
+    expr = (
+        "histogram_quantile(0.95, sum by (le, route) (rate(http_seconds_bucket{route!~"
+        '"/metrics|x{y}", status=~"5.."}[$__rate_interval]))) > 1 and on (namespace) '
+        "time() - max(last_seconds offset 5m) > 1e3 or vector(0) unless "
+        'label_replace(absent(up == 1), "a", "$1", "b", "(.*)") or bare_metric '
+        "and ignoring(sale) group_left(x) other:recorded:rule"
+    )
+    assert metric_names(expr) == {
+        "http_seconds_bucket",
+        "last_seconds",
+        "up",
+        "bare_metric",
+        "other:recorded:rule",
+    }
 
 
 # --- the chart: dashboard, alerts ----------------------------------------------------------
 
+
 def rendered_monitoring(**dashboard: Any) -> list[dict[str, Any]]:
-    return render({"metrics": {"prometheusRule": {"enabled": True},
-                               "grafanaDashboard": {"enabled": True, **dashboard}}})
+    return render(
+        {
+            "metrics": {
+                "prometheusRule": {"enabled": True},
+                "grafanaDashboard": {"enabled": True, **dashboard},
+            }
+        }
+    )
 
 
 @cache
@@ -126,8 +164,11 @@ def monitoring() -> tuple[dict[str, Any], ...]:
 def dashboard_queries() -> dict[str, str]:
     """Every PromQL expression of the dashboard (panel targets and query variables)."""
     board = json.loads(DASHBOARD.read_text())
-    queries = {f"panel {p['title']!r} {t['refId']}": t["expr"]
-               for p in board["panels"] for t in p["targets"]}
+    queries = {
+        f"panel {p['title']!r} {t['refId']}": t["expr"]
+        for p in board["panels"]
+        for t in p["targets"]
+    }
     for variable in board["templating"]["list"]:
         if variable["type"] == "query":
             query = variable["query"]["query"]
@@ -161,9 +202,20 @@ def test_dashboard_json() -> None:
             assert target["expr"].strip() and target["datasource"] == panel["datasource"]
         assert set(panel["gridPos"]) == {"h", "w", "x", "y"}
     titles = " | ".join(p["title"] for p in board["panels"]).lower()
-    for needed in ("waiting", "admission rate", "active shoppers vs max", "holds open",
-                   "units sold", "stock remaining", "persister lag", "stock mismatch",
-                   "request rate", "p50 / p95 / p99", "status class", "last batch age"):
+    for needed in (
+        "waiting",
+        "admission rate",
+        "active shoppers vs max",
+        "holds open",
+        "units sold",
+        "stock remaining",
+        "persister lag",
+        "stock mismatch",
+        "request rate",
+        "p50 / p95 / p99",
+        "status class",
+        "last batch age",
+    ):
         assert needed in titles, needed
 
 
@@ -174,9 +226,12 @@ def test_dashboard_configmap_for_the_grafana_sidecar() -> None:
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(configmap["data"]["flashsale.json"]) == json.loads(DASHBOARD.read_text())
 
-    custom = rendered_monitoring(sidecarLabel="dashboards.example/load", sidecarLabelValue="yes",
-                                 namespace="monitoring",
-                                 annotations={"grafana_folder": "Shop"})
+    custom = rendered_monitoring(
+        sidecarLabel="dashboards.example/load",
+        sidecarLabelValue="yes",
+        namespace="monitoring",
+        annotations={"grafana_folder": "Shop"},
+    )
     (configmap,) = [o for o in custom if o["kind"] == "ConfigMap"]
     assert configmap["metadata"]["labels"]["dashboards.example/load"] == "yes"
     assert "grafana_dashboard" not in configmap["metadata"]["labels"]
@@ -188,9 +243,13 @@ def test_dashboard_configmap_for_the_grafana_sidecar() -> None:
 
 def test_alerts_cover_what_ops_need() -> None:
     alerts = alert_queries()
-    assert {"alert FlashSalePersisterLagging", "alert FlashSaleStockMismatch",
-            "alert FlashSaleAdmitterStalled", "alert FlashSaleAPIErrorRate",
-            "alert FlashSaleAPILatencyHigh"} <= set(alerts)
+    assert {
+        "alert FlashSalePersisterLagging",
+        "alert FlashSaleStockMismatch",
+        "alert FlashSaleAdmitterStalled",
+        "alert FlashSaleAPIErrorRate",
+        "alert FlashSaleAPILatencyHigh",
+    } <= set(alerts)
     (rule,) = [o for o in monitoring() if o["kind"] == "PrometheusRule"]
     for alert in (r for g in rule["spec"]["groups"] for r in g["rules"]):
         assert alert["labels"]["severity"] in ("warning", "critical"), alert["alert"]
@@ -198,6 +257,7 @@ def test_alerts_cover_what_ops_need() -> None:
 
 
 # --- what the code exports, collected from running it --------------------------------------
+
 
 def exported_names() -> set[str]:
     """Sample names in the registry: counters with _total, histograms' _bucket/_count/_sum."""
@@ -219,9 +279,18 @@ def persister_for(services: Services, sale: Sale, **options: Any) -> Persister:
         async def _sales_to_drain(self) -> list[Sale]:
             return [await self.sales.get(sale.id)]
 
-    return One(services.redis, services.pool, services.sales, services.purchases,
-               consumer="observability", sweep_interval_ms=0, refresh_seconds=0,
-               reconcile_every_seconds=0.001, reconcile_confirm_seconds=0, **options)
+    return One(
+        services.redis,
+        services.pool,
+        services.sales,
+        services.purchases,
+        consumer="observability",
+        sweep_interval_ms=0,
+        refresh_seconds=0,
+        reconcile_every_seconds=0.001,
+        reconcile_confirm_seconds=0,
+        **options,
+    )
 
 
 def sample(name: str, sale: Sale, **labels: str) -> float | None:
@@ -229,7 +298,10 @@ def sample(name: str, sale: Sale, **labels: str) -> float | None:
 
 
 async def test_every_metric_the_dashboard_and_alerts_query_is_exported(
-    client: httpx.AsyncClient, services: Services, make_sale: MakeSale, clock: Clock,
+    client: httpx.AsyncClient,
+    services: Services,
+    make_sale: MakeSale,
+    clock: Clock,
     redis: Redis,
 ) -> None:
     sale = await make_sale(stock=5)
@@ -239,9 +311,15 @@ async def test_every_metric_the_dashboard_and_alerts_query_is_exported(
     clock.advance(sale.opens_at.timestamp() - clock() + 1)
     status = f"/api/sales/{sale.id}/status"
     assert (await client.get(status, headers=ticket)).status_code == 200
-    admitter = Admitter(only(services.sales, sale.id), services.room, services.stock,
-                        tick_ms=10, refresh_seconds=0, prewarm_lead_seconds=7200,
-                        gauges_every_seconds=0)
+    admitter = Admitter(
+        only(services.sales, sale.id),
+        services.room,
+        services.stock,
+        tick_ms=10,
+        refresh_seconds=0,
+        prewarm_lead_seconds=7200,
+        gauges_every_seconds=0,
+    )
     for _ in range(20):  # pre-warm, open (the pre-queue draw), admit
         await admitter.step()
         polled = (await client.get(status, headers=ticket)).json()
@@ -253,15 +331,23 @@ async def test_every_metric_the_dashboard_and_alerts_query_is_exported(
     assert sample("flashsale_active_shoppers", sale) == 1
     assert sample("flashsale_waiting", sale) == 0
     # hold and pay
-    held = await client.post(f"/api/sales/{sale.id}/holds", json={"quantity": 1},
-                             headers={"Authorization": f"Bearer {polled['admission_token']}"})
+    held = await client.post(
+        f"/api/sales/{sale.id}/holds",
+        json={"quantity": 1},
+        headers={"Authorization": f"Bearer {polled['admission_token']}"},
+    )
     assert held.status_code == 201, held.text
     await admitter.step()
-    assert (sample("flashsale_holds_open", sale), sample("flashsale_stock_held_units", sale),
-            sample("flashsale_stock_available_units", sale)) == (1, 1, 4)
-    paid = await client.post(f"/api/sales/{sale.id}/orders/{held.json()['id']}/pay",
-                             json={"payment_token": "tok_approve"},
-                             headers={"X-Visitor-Id": joined["visitor_id"]})
+    assert (
+        sample("flashsale_holds_open", sale),
+        sample("flashsale_stock_held_units", sale),
+        sample("flashsale_stock_available_units", sale),
+    ) == (1, 1, 4)
+    paid = await client.post(
+        f"/api/sales/{sale.id}/orders/{held.json()['id']}/pay",
+        json={"payment_token": "tok_approve"},
+        headers={"X-Visitor-Id": joined["visitor_id"]},
+    )
     assert paid.status_code == 200, paid.text
     await admitter.step()
     # the persister writes the hold, dead-letters a poison entry, sweeps, measures, reconciles
@@ -292,14 +378,19 @@ async def test_every_metric_the_dashboard_and_alerts_query_is_exported(
         assert names, f"{where}: no metric in {expr!r}"
         for name in names:
             used.setdefault(name, set()).add(where)
-    missing = {name: sorted(where) for name, where in used.items()
-               if name not in exported and name not in PROMETHEUS_OWN}
+    missing = {
+        name: sorted(where)
+        for name, where in used.items()
+        if name not in exported and name not in PROMETHEUS_OWN
+    }
     assert not missing, f"queried but not exported: {missing}"
     assert len(used) >= 20
 
 
 async def test_stock_mismatch_counts_only_when_seen_twice(
-    services: Services, make_sale: MakeSale, redis: Redis,
+    services: Services,
+    make_sale: MakeSale,
+    redis: Redis,
 ) -> None:
     sale = await make_sale(stock=10)
     await services.stock.prewarm(sale)
@@ -324,7 +415,9 @@ def free_port() -> int:
 
 
 async def test_admitter_metrics_under_prometheus_multiproc_dir(
-    settings: Settings, make_sale: MakeSale, tmp_path: Path,
+    settings: Settings,
+    make_sale: MakeSale,
+    tmp_path: Path,
 ) -> None:
     """As in the image (PROMETHEUS_MULTIPROC_DIR set for every role): the admitter makes the
     folder, drops a dead predecessor's files, and serves its gauges without a pid label."""
@@ -335,16 +428,30 @@ async def test_admitter_metrics_under_prometheus_multiproc_dir(
     folder.mkdir()
     (folder / f"gauge_max_{gone.pid}.db").write_bytes(b"not a metrics file")
     port = free_port()
-    env = {**os.environ, "REDIS_URL": settings.redis_url, "DATABASE_URL": settings.database_url,
-           "FLASHSALE_REDIS_PREFIX": settings.redis_prefix,
-           "FLASHSALE_DATABASE_SCHEMA": settings.database_schema,
-           "FLASHSALE_TOKEN_KEY": settings.token_key, "FLASHSALE_METRICS_PORT": str(port),
-           "FLASHSALE_ADMITTER_REFRESH_SECONDS": "0.2", "PROMETHEUS_MULTIPROC_DIR": str(folder)}
+    env = {
+        **os.environ,
+        "REDIS_URL": settings.redis_url,
+        "DATABASE_URL": settings.database_url,
+        "FLASHSALE_REDIS_PREFIX": settings.redis_prefix,
+        "FLASHSALE_DATABASE_SCHEMA": settings.database_schema,
+        "FLASHSALE_TOKEN_KEY": settings.token_key,
+        "FLASHSALE_METRICS_PORT": str(port),
+        "FLASHSALE_ADMITTER_REFRESH_SECONDS": "0.2",
+        "PROMETHEUS_MULTIPROC_DIR": str(folder),
+    }
     log = tmp_path / "admitter.log"
     with log.open("wb") as out:
         admitter = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "flashsale.cli", "admitter", cwd=ROOT, env=env,
-            stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out)
+            sys.executable,
+            "-m",
+            "flashsale.cli",
+            "admitter",
+            cwd=ROOT,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+        )
     wanted = f'flashsale_waiting{{sale="{sale.id}"}}'
     text = ""
     try:
@@ -372,6 +479,7 @@ async def test_admitter_metrics_under_prometheus_multiproc_dir(
 
 # --- logs: the request id, the access log --------------------------------------------------
 
+
 @pytest.fixture
 def log_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
     """JSON log lines as `flashsale` writes them (formatted when emitted, as in production)."""
@@ -389,18 +497,22 @@ def log_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
         root.setLevel(level)
 
 
-def http_client(services: Services, *, access_log: bool,
-                extra_routes: tuple[Route, ...] = ()) -> httpx.AsyncClient:
+def http_client(
+    services: Services, *, access_log: bool, extra_routes: tuple[Route, ...] = ()
+) -> httpx.AsyncClient:
     settings = dataclasses.replace(services.settings, access_log=access_log)
     app = app_for(dataclasses.replace(services, settings=settings))
     app.router.routes.extend(extra_routes)
-    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000),
-                                    raise_app_exceptions=False)
+    transport = httpx.ASGITransport(
+        app=app, client=("203.0.113.7", 40000), raise_app_exceptions=False
+    )
     return httpx.AsyncClient(transport=transport, base_url="http://test")
 
 
 async def test_access_log_line_carries_the_request_id(
-    services: Services, make_sale: MakeSale, log_lines: Callable[[], list[dict[str, Any]]],
+    services: Services,
+    make_sale: MakeSale,
+    log_lines: Callable[[], list[dict[str, Any]]],
 ) -> None:
     sale = await make_sale()
     async with http_client(services, access_log=True) as http:
@@ -421,7 +533,8 @@ async def test_access_log_line_carries_the_request_id(
 
 
 async def test_no_access_log_by_default(
-    client: httpx.AsyncClient, make_sale: MakeSale,
+    client: httpx.AsyncClient,
+    make_sale: MakeSale,
     log_lines: Callable[[], list[dict[str, Any]]],
 ) -> None:
     assert Settings.from_env({}).access_log is False
@@ -431,11 +544,11 @@ async def test_no_access_log_by_default(
 
 
 async def test_handler_log_lines_carry_the_request_id(
-    services: Services, log_lines: Callable[[], list[dict[str, Any]]],
+    services: Services,
+    log_lines: Callable[[], list[dict[str, Any]]],
 ) -> None:
     async def logs(request: Request) -> JSONResponse:
-        logging.getLogger("waiting_room.example").warning("from a handler",
-                                                          extra={"sale": "s-1"})
+        logging.getLogger("waiting_room.example").warning("from a handler", extra={"sale": "s-1"})
         return JSONResponse({})
 
     async def fails(request: Request) -> JSONResponse:
@@ -457,6 +570,9 @@ async def test_handler_log_lines_carry_the_request_id(
     assert broken.status_code == 500
     assert broken.json()["error"]["request_id"] == "req-fails"
     assert broken.headers["x-request-id"] == "req-fails"
-    (access,) = [line for line in lines if line["logger"] == "flashsale.access"
-                 and line["request_id"] == "req-fails"]
+    (access,) = [
+        line
+        for line in lines
+        if line["logger"] == "flashsale.access" and line["request_id"] == "req-fails"
+    ]
     assert access["status"] == 500 and access["route"] == "/test/fails"

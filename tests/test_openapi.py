@@ -37,14 +37,19 @@ def refs(node: Any) -> set[str]:
     return set()
 
 
-async def test_openapi_lists_every_route_and_nothing_else(client: httpx.AsyncClient,
-                                                          settings: Settings) -> None:
+async def test_openapi_lists_every_route_and_nothing_else(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
     response = await client.get("/openapi.json")
     assert response.status_code == 200
     doc = response.json()
     assert doc["openapi"].startswith("3.")
-    documented = {(path, method) for path, item in doc["paths"].items()
-                  for method in item if method in METHODS}
+    documented = {
+        (path, method)
+        for path, item in doc["paths"].items()
+        for method in item
+        if method in METHODS
+    }
     routes = app_operations(settings)
     assert len(routes) >= 14
     assert routes - documented == set(), "routes missing from /openapi.json"
@@ -105,7 +110,8 @@ async def test_metrics_after_a_request(client: httpx.AsyncClient) -> None:
     await client.get("/api/sales/no-such-sale-here")
     text = (await client.get("/metrics")).text
     assert re.search(r'_count\{[^}]*route="/api/sales/\{sale_id\}"[^}]*status="404"', text), (
-        "routes are labelled by template, not raw path")
+        "routes are labelled by template, not raw path"
+    )
 
 
 async def test_request_id_is_echoed(client: httpx.AsyncClient) -> None:

@@ -48,23 +48,63 @@ def schema(crd: dict[str, Any]) -> dict[str, Any]:
 # -- a structural schema ---------------------------------------------------------------------
 
 ALLOWED = {
-    "type", "description", "properties", "items", "required", "additionalProperties",
-    "default", "enum", "format", "pattern", "minimum", "maximum", "exclusiveMinimum",
-    "exclusiveMaximum", "minLength", "maxLength", "minItems", "maxItems", "minProperties",
-    "maxProperties", "multipleOf", "nullable", "title", "example", "externalDocs",
-    "allOf", "anyOf", "oneOf", "not",
-    "x-kubernetes-validations", "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
-    "x-kubernetes-map-type", "x-kubernetes-int-or-string", "x-kubernetes-preserve-unknown-fields",
+    "type",
+    "description",
+    "properties",
+    "items",
+    "required",
+    "additionalProperties",
+    "default",
+    "enum",
+    "format",
+    "pattern",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "multipleOf",
+    "nullable",
+    "title",
+    "example",
+    "externalDocs",
+    "allOf",
+    "anyOf",
+    "oneOf",
+    "not",
+    "x-kubernetes-validations",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+    "x-kubernetes-map-type",
+    "x-kubernetes-int-or-string",
+    "x-kubernetes-preserve-unknown-fields",
     "x-kubernetes-embedded-resource",
 }
-FORBIDDEN = {"$ref", "$schema", "id", "definitions", "dependencies", "patternProperties",
-             "additionalItems", "readOnly", "writeOnly", "xml", "discriminator"}
+FORBIDDEN = {
+    "$ref",
+    "$schema",
+    "id",
+    "definitions",
+    "dependencies",
+    "patternProperties",
+    "additionalItems",
+    "readOnly",
+    "writeOnly",
+    "xml",
+    "discriminator",
+}
 JUNCTORS = ("allOf", "anyOf", "oneOf", "not")
 TYPES = {"object", "array", "string", "integer", "number", "boolean"}
 
 
-def structural_problems(node: Any, path: str = "", *, in_junctor: bool = False,
-                        root: bool = True) -> list[str]:
+def structural_problems(
+    node: Any, path: str = "", *, in_junctor: bool = False, root: bool = True
+) -> list[str]:
     """What keeps `node` from being a structural schema (Kubernetes' rules for CRDs, v1)."""
     problems: list[str] = []
     if not isinstance(node, dict):
@@ -76,7 +116,8 @@ def structural_problems(node: Any, path: str = "", *, in_junctor: bool = False,
         elif key not in ALLOWED:
             problems.append(f"{where}: unknown keyword {key}")
     open_ended = node.get("x-kubernetes-int-or-string") or node.get(
-        "x-kubernetes-preserve-unknown-fields")
+        "x-kubernetes-preserve-unknown-fields"
+    )
     if in_junctor:
         for key in ("type", "description", "default", "additionalProperties", "nullable"):
             if key in node:
@@ -92,14 +133,15 @@ def structural_problems(node: Any, path: str = "", *, in_junctor: bool = False,
     if root and path == "" and node.get("type") != "object":
         problems.append("<root>: must be an object")
     for name, child in (node.get("properties") or {}).items():
-        problems += structural_problems(child, f"{path}.{name}", in_junctor=in_junctor,
-                                        root=False)
+        problems += structural_problems(child, f"{path}.{name}", in_junctor=in_junctor, root=False)
     if isinstance(node.get("additionalProperties"), dict):
-        problems += structural_problems(node["additionalProperties"], f"{path}.*",
-                                        in_junctor=in_junctor, root=False)
+        problems += structural_problems(
+            node["additionalProperties"], f"{path}.*", in_junctor=in_junctor, root=False
+        )
     if "items" in node:
-        problems += structural_problems(node["items"], f"{path}[]", in_junctor=in_junctor,
-                                        root=False)
+        problems += structural_problems(
+            node["items"], f"{path}[]", in_junctor=in_junctor, root=False
+        )
     if node.get("type") == "array" and "items" not in node and not in_junctor:
         problems.append(f"{where}: an array without items")
     for junctor in JUNCTORS:
@@ -107,9 +149,10 @@ def structural_problems(node: Any, path: str = "", *, in_junctor: bool = False,
         if branches is None:
             continue
         for i, branch in enumerate(branches if isinstance(branches, list) else [branches]):
-            problems += structural_problems(branch, f"{path}/{junctor}[{i}]", in_junctor=True,
-                                            root=False)
-            for name in (branch.get("properties") or {}):
+            problems += structural_problems(
+                branch, f"{path}/{junctor}[{i}]", in_junctor=True, root=False
+            )
+            for name in branch.get("properties") or {}:
                 if name not in (node.get("properties") or {}):
                     problems.append(f"{where}: {junctor} names .{name}, not declared outside")
     if path == ".metadata":
@@ -119,8 +162,9 @@ def structural_problems(node: Any, path: str = "", *, in_junctor: bool = False,
     if node.get("x-kubernetes-list-type") == "map":
         item = node.get("items") or {}
         for key in node.get("x-kubernetes-list-map-keys") or []:
-            if key not in (item.get("required") or []) and \
-                    "default" not in (item.get("properties") or {}).get(key, {}):
+            if key not in (item.get("required") or []) and "default" not in (
+                item.get("properties") or {}
+            ).get(key, {}):
                 problems.append(f"{where}: list-map key {key} must be required or defaulted")
     if "default" in node and not in_junctor:
         try:
@@ -134,25 +178,48 @@ def test_the_crd_schema_is_structural(schema: dict[str, Any]) -> None:
     assert structural_problems(schema) == []
 
 
-@pytest.mark.parametrize(("broken", "problem"), [
-    ({"type": "object", "properties": {"a": {"description": "no type"}}}, ".a: no type"),
-    ({"type": "object", "properties": {"a": {"type": "string"}},
-      "anyOf": [{"properties": {"b": {"type": "string"}}}]},
-     "<root>: anyOf names .b, not declared outside"),
-    ({"type": "object", "oneOf": [{"type": "object"}]},
-     "/oneOf[0]: type inside allOf/anyOf/oneOf/not"),
-    ({"type": "object", "properties": {"a": {"$ref": "#/x"}}}, ".a: $ref is not allowed"),
-    ({"type": "object", "properties": {"metadata": {"type": "object", "properties": {
-        "labels": {"type": "object"}}}}},
-     ".metadata: only name and generateName may be restricted"),
-    ({"type": "object", "properties": {"a": {"type": "array"}}}, ".a: an array without items"),
-    ({"type": "object", "properties": {"a": {"type": "integer", "minimum": 1, "default": 0}}},
-     ".a: default does not validate"),
-])
+@pytest.mark.parametrize(
+    ("broken", "problem"),
+    [
+        ({"type": "object", "properties": {"a": {"description": "no type"}}}, ".a: no type"),
+        (
+            {
+                "type": "object",
+                "properties": {"a": {"type": "string"}},
+                "anyOf": [{"properties": {"b": {"type": "string"}}}],
+            },
+            "<root>: anyOf names .b, not declared outside",
+        ),
+        (
+            {"type": "object", "oneOf": [{"type": "object"}]},
+            "/oneOf[0]: type inside allOf/anyOf/oneOf/not",
+        ),
+        ({"type": "object", "properties": {"a": {"$ref": "#/x"}}}, ".a: $ref is not allowed"),
+        (
+            {
+                "type": "object",
+                "properties": {
+                    "metadata": {"type": "object", "properties": {"labels": {"type": "object"}}}
+                },
+            },
+            ".metadata: only name and generateName may be restricted",
+        ),
+        ({"type": "object", "properties": {"a": {"type": "array"}}}, ".a: an array without items"),
+        (
+            {
+                "type": "object",
+                "properties": {"a": {"type": "integer", "minimum": 1, "default": 0}},
+            },
+            ".a: default does not validate",
+        ),
+    ],
+)
 def test_the_structural_check_catches_what_the_api_server_refuses(
-        broken: dict[str, Any], problem: str) -> None:
-    assert any(p.startswith(problem) for p in structural_problems(broken)), \
-        structural_problems(broken)
+    broken: dict[str, Any], problem: str
+) -> None:
+    assert any(p.startswith(problem) for p in structural_problems(broken)), structural_problems(
+        broken
+    )
 
 
 def test_the_crd_names_versions_and_columns(crd: dict[str, Any]) -> None:
@@ -169,7 +236,13 @@ def test_the_crd_names_versions_and_columns(crd: dict[str, Any]) -> None:
     assert columns == ["Phase", "Opens", "Stock", "Sold", "Waiting", "Age"]
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
     assert set(status["counters"]["properties"]) >= {
-        "waiting", "admitted", "active", "held", "sold", "remaining"}
+        "waiting",
+        "admitted",
+        "active",
+        "held",
+        "sold",
+        "remaining",
+    }
     assert {"phase", "conditions", "observedGeneration", "transitions"} <= set(status)
 
 
@@ -177,13 +250,20 @@ def test_the_crd_agrees_with_the_sale_model(schema: dict[str, Any]) -> None:
     """Bounds and defaults in the CRD are the ones parse_sale enforces."""
     props = schema["properties"]["spec"]["properties"]
     admission = props["admission"]["properties"]
-    names = {"batch_size": "batchSize", "batch_interval_ms": "batchIntervalMs",
-             "max_active": "maxActive", "admission_ttl_seconds": "admissionTtlSeconds",
-             "abandon_after_seconds": "abandonAfterSeconds"}
+    names = {
+        "batch_size": "batchSize",
+        "batch_interval_ms": "batchIntervalMs",
+        "max_active": "maxActive",
+        "admission_ttl_seconds": "admissionTtlSeconds",
+        "abandon_after_seconds": "abandonAfterSeconds",
+    }
     for api, (low, high) in ADMISSION_BOUNDS.items():
         field = admission[names[api]]
-        assert (field["minimum"], field["maximum"], field["default"]) == \
-            (low, high, ADMISSION_DEFAULTS[api]), api
+        assert (field["minimum"], field["maximum"], field["default"]) == (
+            low,
+            high,
+            ADMISSION_DEFAULTS[api],
+        ), api
     defaults = Sale(id="x", name="x", stock=1, opens_at=None, closes_at=None)  # type: ignore[arg-type]
     assert props["perShopperLimit"]["default"] == defaults.per_shopper_limit
     assert props["holdSeconds"]["default"] == defaults.hold_seconds
@@ -194,6 +274,7 @@ def test_the_crd_agrees_with_the_sale_model(schema: dict[str, Any]) -> None:
 
 # -- validating manifests: the OpenAPI schema, defaults, and the CEL rules -------------------
 
+
 def json_schema(node: Any) -> Any:
     """An OpenAPI v3 (Kubernetes) schema as JSON Schema, with the API server's strict field
     validation (unknown fields refused, as `kubectl apply` does by default)."""
@@ -201,10 +282,16 @@ def json_schema(node: Any) -> Any:
         return [json_schema(n) for n in node]
     if not isinstance(node, dict):
         return node
-    out = {k: json_schema(v) for k, v in node.items()
-           if not k.startswith("x-kubernetes") and k not in ("nullable", "default")}
-    if "properties" in out and "additionalProperties" not in out and \
-            not node.get("x-kubernetes-preserve-unknown-fields"):
+    out = {
+        k: json_schema(v)
+        for k, v in node.items()
+        if not k.startswith("x-kubernetes") and k not in ("nullable", "default")
+    }
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     if node.get("nullable") and "type" in out:
         out["type"] = [out["type"], "null"]
@@ -236,29 +323,35 @@ def _timestamp(text: str) -> datetime:
 # test below, so a new rule cannot go unchecked).
 CEL: dict[str, Callable[[dict[str, Any], Any], bool]] = {
     "self == oldSelf": lambda self, old: old is None or self == old,
-    "has(self.quantity) != has(self.seatMap)":
-        lambda self, _: ("quantity" in self) != ("seatMap" in self),
+    "has(self.quantity) != has(self.seatMap)": lambda self, _: (
+        ("quantity" in self) != ("seatMap" in self)
+    ),
     "has(self.seats) || has(self.labels)": lambda self, _: "seats" in self or "labels" in self,
-    "!has(self.seats) || !has(self.labels) || size(self.labels) == self.seats":
-        lambda self, _: "seats" not in self or "labels" not in self
-        or len(self["labels"]) == self["seats"],
+    "!has(self.seats) || !has(self.labels) || size(self.labels) == self.seats": lambda self, _: (
+        "seats" not in self or "labels" not in self or len(self["labels"]) == self["seats"]
+    ),
     "!(self.opensAt.matches('(Z|[+-][0-9]{2}:[0-9]{2})$') && "
     "self.closesAt.matches('(Z|[+-][0-9]{2}:[0-9]{2})$')) || "
-    "timestamp(self.closesAt) > timestamp(self.opensAt)":
-        lambda self, _: not (OFFSET.search(self["opensAt"]) and OFFSET.search(self["closesAt"]))
-        or _timestamp(self["closesAt"]) > _timestamp(self["opensAt"]),
+    "timestamp(self.closesAt) > timestamp(self.opensAt)": lambda self, _: (
+        not (OFFSET.search(self["opensAt"]) and OFFSET.search(self["closesAt"]))
+        or _timestamp(self["closesAt"]) > _timestamp(self["opensAt"])
+    ),
     "self.opensAt.matches('(Z|[+-][0-9]{2}:[0-9]{2})$') || "
-    "self.closesAt.matches('(Z|[+-][0-9]{2}:[0-9]{2})$') || self.closesAt > self.opensAt":
-        lambda self, _: bool(OFFSET.search(self["opensAt"]) or OFFSET.search(self["closesAt"]))
-        or self["closesAt"] > self["opensAt"],
-    "!has(self.maxActive) || !has(self.batchSize) || self.maxActive >= self.batchSize":
-        lambda self, _: "maxActive" not in self or "batchSize" not in self
-        or self["maxActive"] >= self["batchSize"],
+    "self.closesAt.matches('(Z|[+-][0-9]{2}:[0-9]{2})$') || self.closesAt > self.opensAt": lambda self, _: (  # noqa: E501
+        bool(OFFSET.search(self["opensAt"]) or OFFSET.search(self["closesAt"]))
+        or self["closesAt"] > self["opensAt"]
+    ),
+    "!has(self.maxActive) || !has(self.batchSize) || self.maxActive >= self.batchSize": lambda self, _: (  # noqa: E501
+        "maxActive" not in self or "batchSize" not in self or self["maxActive"] >= self["batchSize"]
+    ),
 }
 
 
-def rules_with_values(node: dict[str, Any], value: Any, path: str = "",
-                      ) -> Iterator[tuple[str, dict[str, Any], Any]]:
+def rules_with_values(
+    node: dict[str, Any],
+    value: Any,
+    path: str = "",
+) -> Iterator[tuple[str, dict[str, Any], Any]]:
     """(path, rule, value the rule sees) for every CEL rule that applies to `value`."""
     for rule in node.get("x-kubernetes-validations") or []:
         yield path, rule, value
@@ -278,8 +371,10 @@ def normal(rule: str) -> str:
 def api_server_errors(schema: dict[str, Any], obj: dict[str, Any]) -> list[str]:
     """What the API server would answer to `kubectl apply` of `obj` (schema, then CEL)."""
     validator = jsonschema.Draft7Validator(json_schema(schema))
-    errors = [f"{'.'.join(str(p) for p in e.absolute_path)}: {e.message}"
-              for e in validator.iter_errors(obj)]
+    errors = [
+        f"{'.'.join(str(p) for p in e.absolute_path)}: {e.message}"
+        for e in validator.iter_errors(obj)
+    ]
     if errors:
         return errors
     defaulted = with_defaults(schema, obj)
@@ -318,7 +413,10 @@ def test_the_examples_validate_against_the_crd(schema: dict[str, Any], path: Pat
 
 def test_the_examples_are_the_three_promised() -> None:
     assert [p.name for p in EXAMPLES] == [
-        "flight-seats.yaml", "quantity-sale.yaml", "seated-concert.yaml"]
+        "flight-seats.yaml",
+        "quantity-sale.yaml",
+        "seated-concert.yaml",
+    ]
     flight = load(ROOT / "examples" / "flight-seats.yaml")
     _, sale = spec.validate(flight["metadata"]["name"], flight["spec"])
     rows = sale.seat_map["sections"][0]["rows"]  # type: ignore[index]
@@ -333,22 +431,25 @@ def example_manifest() -> dict[str, Any]:
 
 BAD = {
     "closes before it opens": (
-        lambda s: s["schedule"].update(opensAt="2027-03-20T12:00:00+01:00",
-                                       closesAt="2027-03-20T11:00:00+01:00"),
+        lambda s: s["schedule"].update(
+            opensAt="2027-03-20T12:00:00+01:00", closesAt="2027-03-20T11:00:00+01:00"
+        ),
         "spec.schedule: closesAt must be after opensAt",
         "spec.schedule.closesAt: must be after spec.schedule.opensAt (2027-03-20T10:00:00+00:00 "
         "is not after 2027-03-20T11:00:00+00:00)",
     ),
     "closes before it opens, wall-clock times": (
-        lambda s: s["schedule"].update(opensAt="2027-03-20T12:00:00",
-                                       closesAt="2027-03-20T09:00:00"),
+        lambda s: s["schedule"].update(
+            opensAt="2027-03-20T12:00:00", closesAt="2027-03-20T09:00:00"
+        ),
         "spec.schedule: closesAt must be after opensAt",
         "spec.schedule.closesAt: must be after spec.schedule.opensAt (2027-03-20T08:00:00+00:00 "
         "is not after 2027-03-20T11:00:00+00:00)",
     ),
     "both quantity and a seat map": (
         lambda s: s["inventory"].update(
-            seatMap={"sections": [{"name": "Floor", "rows": [{"name": "A", "seats": 10}]}]}),
+            seatMap={"sections": [{"name": "Floor", "rows": [{"name": "A", "seats": 10}]}]}
+        ),
         "spec.inventory: give exactly one of inventory.quantity (a number of units) or "
         "inventory.seatMap (sections of rows of seats)",
         "spec.inventory: give exactly one of quantity (a number of units) or seatMap "
@@ -360,8 +461,15 @@ BAD = {
         "spec.admission.maxActive: must be at least spec.admission.batchSize",
     ),
     "seat labels that disagree with the count": (
-        lambda s: s.update(inventory={"seatMap": {"sections": [{"name": "Floor", "rows": [
-            {"name": "A", "seats": 3, "labels": ["1", "2"]}]}]}}),
+        lambda s: s.update(
+            inventory={
+                "seatMap": {
+                    "sections": [
+                        {"name": "Floor", "rows": [{"name": "A", "seats": 3, "labels": ["1", "2"]}]}
+                    ]
+                }
+            }
+        ),
         "spec.inventory.seatMap.sections[0].rows[0]: seats must equal the number of labels "
         "(or leave seats out)",
         "spec.inventory.seatMap.sections[0].rows[0].seats: is 3 but 2 labels are given; make "
@@ -371,8 +479,9 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_manifests_are_refused_with_a_reason_to_act_on(schema: dict[str, Any],
-                                                           case: str) -> None:
+def test_bad_manifests_are_refused_with_a_reason_to_act_on(
+    schema: dict[str, Any], case: str
+) -> None:
     change, by_api_server, by_operator = BAD[case]
     manifest = example_manifest()
     change(manifest["spec"])
@@ -384,17 +493,22 @@ def test_bad_manifests_are_refused_with_a_reason_to_act_on(schema: dict[str, Any
     assert str(info.value) == by_operator
 
 
-@pytest.mark.parametrize(("change", "error"), [
-    (lambda s: s["inventory"].update(quantity=0), "spec.inventory.quantity: 0 is less than"),
-    (lambda s: s["product"].update(currency="euro"), "spec.product.currency: 'euro' does not"),
-    (lambda s: s["schedule"].update(opensAt="tomorrow"), "spec.schedule.opensAt: 'tomorrow'"),
-    (lambda s: s.update(perShopperLimt=2), ": Additional properties are not allowed"),
-    (lambda s: s["scaling"]["target"].update(kind="StatefulSet"),
-     "spec.scaling.target.kind: 'StatefulSet' is not one of"),
-])
-def test_the_schema_refuses_malformed_fields(schema: dict[str, Any],
-                                             change: Callable[[dict[str, Any]], None],
-                                             error: str) -> None:
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (lambda s: s["inventory"].update(quantity=0), "spec.inventory.quantity: 0 is less than"),
+        (lambda s: s["product"].update(currency="euro"), "spec.product.currency: 'euro' does not"),
+        (lambda s: s["schedule"].update(opensAt="tomorrow"), "spec.schedule.opensAt: 'tomorrow'"),
+        (lambda s: s.update(perShopperLimt=2), ": Additional properties are not allowed"),
+        (
+            lambda s: s["scaling"]["target"].update(kind="StatefulSet"),
+            "spec.scaling.target.kind: 'StatefulSet' is not one of",
+        ),
+    ],
+)
+def test_the_schema_refuses_malformed_fields(
+    schema: dict[str, Any], change: Callable[[dict[str, Any]], None], error: str
+) -> None:
     manifest = example_manifest()
     change(manifest["spec"])
     errors = api_server_errors(schema, manifest)
@@ -409,16 +523,25 @@ def test_a_changed_sale_id_is_refused_by_the_transition_rule(schema: dict[str, A
 
 
 def test_defaults_fill_what_a_manifest_leaves_out(schema: dict[str, Any]) -> None:
-    minimal = {"apiVersion": "flashsale.io/v1alpha1", "kind": "FlashSale",
-               "metadata": {"name": "tiny"},
-               "spec": {"product": {"name": "Tiny"}, "inventory": {"quantity": 5},
-                        "schedule": {"opensAt": "2027-01-01T10:00:00",
-                                     "closesAt": "2027-01-01T11:00:00"}}}
+    minimal = {
+        "apiVersion": "flashsale.io/v1alpha1",
+        "kind": "FlashSale",
+        "metadata": {"name": "tiny"},
+        "spec": {
+            "product": {"name": "Tiny"},
+            "inventory": {"quantity": 5},
+            "schedule": {"opensAt": "2027-01-01T10:00:00", "closesAt": "2027-01-01T11:00:00"},
+        },
+    }
     assert api_server_errors(schema, minimal) == []
     defaulted = with_defaults(schema, minimal)["spec"]
-    assert defaulted["admission"] == {"batchSize": 100, "batchIntervalMs": 1000,
-                                      "maxActive": 500, "admissionTtlSeconds": 600,
-                                      "abandonAfterSeconds": 60}
+    assert defaulted["admission"] == {
+        "batchSize": 100,
+        "batchIntervalMs": 1000,
+        "maxActive": 500,
+        "admissionTtlSeconds": 600,
+        "abandonAfterSeconds": 60,
+    }
     assert defaulted["prewarm"] == {"leadSeconds": 300}
     assert defaulted["schedule"]["timeZone"] == "UTC"
     # the operator reaches the same sale with or without the API server's defaults
@@ -427,16 +550,22 @@ def test_defaults_fill_what_a_manifest_leaves_out(schema: dict[str, Any]) -> Non
 
 # -- the operator's field names --------------------------------------------------------------
 
-@pytest.mark.parametrize(("api", "manifest"), [
-    ("closes_at", "spec.schedule.closesAt"),
-    ("admission.max_active", "spec.admission.maxActive"),
-    ("stock", "spec.inventory.quantity"),
-    ("seat_map.sections[1].rows[2].name", "spec.inventory.seatMap.sections[1].rows[2].name"),
-    ("seat_map.sections[0].rows[3].seats[4]",
-     "spec.inventory.seatMap.sections[0].rows[3].labels[4]"),
-    ("id", "spec.saleId"),
-    ("currency", "spec.product.currency"),
-])
+
+@pytest.mark.parametrize(
+    ("api", "manifest"),
+    [
+        ("closes_at", "spec.schedule.closesAt"),
+        ("admission.max_active", "spec.admission.maxActive"),
+        ("stock", "spec.inventory.quantity"),
+        ("seat_map.sections[1].rows[2].name", "spec.inventory.seatMap.sections[1].rows[2].name"),
+        (
+            "seat_map.sections[0].rows[3].seats[4]",
+            "spec.inventory.seatMap.sections[0].rows[3].labels[4]",
+        ),
+        ("id", "spec.saleId"),
+        ("currency", "spec.product.currency"),
+    ],
+)
 def test_api_fields_are_named_as_in_the_manifest(api: str, manifest: str) -> None:
     assert spec.cr_field(api) == manifest
 
@@ -446,10 +575,12 @@ def test_an_invalid_name_asks_for_a_sale_id() -> None:
         spec.sale_id("Spring.Drop", {})
     assert str(info.value) == (
         "spec.saleId: metadata.name 'Spring.Drop' is not a valid sale id; set spec.saleId to "
-        "1-63 lowercase letters, digits or '-'")
+        "1-63 lowercase letters, digits or '-'"
+    )
 
 
 # -- RBAC ------------------------------------------------------------------------------------
+
 
 def test_rbac_doc_and_data_agree() -> None:
     doc = (ROOT / "operator" / "RBAC.md").read_text()
@@ -463,5 +594,7 @@ def test_rbac_doc_and_data_agree() -> None:
     assert not rbac.allows(rbac.rules(), "apps", "deployments/scale", "patch")
     assert not rbac.allows(rbac.rules(), "", "secrets", "get")
     assert {r["resources"][0] for r in rbac.rules(scope="cluster")} == {
-        "namespaces", "customresourcedefinitions"}
+        "namespaces",
+        "customresourcedefinitions",
+    }
     assert rbac.allows(rbac.rules(peering=True), "kopf.dev", "clusterkopfpeerings", "patch")

@@ -27,6 +27,7 @@ def spec(opens: str, closes: str, tz: str = "UTC", **extra: Any) -> dict[str, An
 
 # -- time zones ------------------------------------------------------------------------------
 
+
 def test_a_time_without_offset_is_wall_clock_time_in_the_sales_zone() -> None:
     assert resolve_time("2026-12-01T12:00:00", "Asia/Seoul", "f") == utc(2026, 12, 1, 3)
     assert resolve_time("2026-12-01T12:00:00", "America/New_York", "f") == utc(2026, 12, 1, 17)
@@ -35,8 +36,7 @@ def test_a_time_without_offset_is_wall_clock_time_in_the_sales_zone() -> None:
 
 
 def test_an_explicit_offset_wins_over_the_zone() -> None:
-    assert resolve_time("2026-12-01T12:00:00+09:00", "America/New_York", "f") == \
-        utc(2026, 12, 1, 3)
+    assert resolve_time("2026-12-01T12:00:00+09:00", "America/New_York", "f") == utc(2026, 12, 1, 3)
     assert resolve_time("2026-12-01T03:00:00Z", "Asia/Seoul", "f") == utc(2026, 12, 1, 3)
 
 
@@ -67,6 +67,7 @@ def test_bad_time_zones_and_times_say_what_to_write() -> None:
 
 # -- daylight saving time --------------------------------------------------------------------
 
+
 def test_spring_forward_a_wall_clock_time_that_does_not_exist_is_refused() -> None:
     # 2027-03-14 in New York: 02:00 EST jumps to 03:00 EDT
     with pytest.raises(ValidationError) as info:
@@ -74,14 +75,25 @@ def test_spring_forward_a_wall_clock_time_that_does_not_exist_is_refused() -> No
     assert info.value.field == "spec.schedule.opensAt"
     assert info.value.message == (
         "2027-03-14T02:30:00 does not exist in America/New_York: the clocks skip it (daylight "
-        "saving time starts); pick a time outside the gap or add an offset")
+        "saving time starts); pick a time outside the gap or add an offset"
+    )
 
 
 def test_spring_forward_a_sale_across_the_change_is_an_hour_shorter_on_the_wall() -> None:
-    across = plan(spec("2027-03-14T01:30:00", "2027-03-14T03:30:00", "America/New_York",
-                       prewarm={"leadSeconds": 600},
-                       scaling={"target": {"name": "web"}, "replicas": 10, "leadSeconds": 3600,
-                                "cooldownSeconds": 900}))
+    across = plan(
+        spec(
+            "2027-03-14T01:30:00",
+            "2027-03-14T03:30:00",
+            "America/New_York",
+            prewarm={"leadSeconds": 600},
+            scaling={
+                "target": {"name": "web"},
+                "replicas": 10,
+                "leadSeconds": 3600,
+                "cooldownSeconds": 900,
+            },
+        )
+    )
     assert across.opens_at == utc(2027, 3, 14, 6, 30)  # 01:30 EST
     assert across.closes_at == utc(2027, 3, 14, 7, 30)  # 03:30 EDT
     assert across.closes_at - across.opens_at == timedelta(hours=1)
@@ -94,8 +106,14 @@ def test_spring_forward_a_sale_across_the_change_is_an_hour_shorter_on_the_wall(
 
 def test_spring_forward_leads_reach_back_across_the_gap() -> None:
     # opening at 03:05 EDT; a 10 minute lead starts at 01:55 EST, not at "02:55"
-    after = plan(spec("2027-03-14T03:05:00", "2027-03-14T05:00:00", "America/New_York",
-                      scaling={"target": {"name": "web"}, "replicas": 4, "leadSeconds": 600}))
+    after = plan(
+        spec(
+            "2027-03-14T03:05:00",
+            "2027-03-14T05:00:00",
+            "America/New_York",
+            scaling={"target": {"name": "web"}, "replicas": 4, "leadSeconds": 600},
+        )
+    )
     assert after.opens_at == utc(2027, 3, 14, 7, 5)
     assert after.scaling is not None and after.scaling.start == utc(2027, 3, 14, 6, 55)
     assert not decide(after, utc(2027, 3, 14, 6, 54, 59)).scale
@@ -110,7 +128,8 @@ def test_fall_back_a_wall_clock_time_shown_twice_asks_for_the_offset() -> None:
     assert info.value.message == (
         "2027-11-07T01:30:00 happens twice in America/New_York (the clocks go back); add the "
         "offset you mean: 2027-11-07T01:30:00-04:00 for the first, 2027-11-07T01:30:00-05:00 "
-        "for the second")
+        "for the second"
+    )
     first = resolve_time("2027-11-07T01:30:00-04:00", "America/New_York", "f")
     second = resolve_time("2027-11-07T01:30:00-05:00", "America/New_York", "f")
     assert second - first == timedelta(hours=1)
@@ -123,11 +142,21 @@ def test_fall_back_a_sale_across_the_change_is_an_hour_longer_on_the_wall() -> N
 
 # -- phases ----------------------------------------------------------------------------------
 
+
 def test_phases_follow_the_clock() -> None:
-    p = plan(spec("2026-12-01T12:00:00Z", "2026-12-01T13:00:00Z",
-                  prewarm={"leadSeconds": 300},
-                  scaling={"target": {"name": "web"}, "replicas": 6, "leadSeconds": 600,
-                           "cooldownSeconds": 900}))
+    p = plan(
+        spec(
+            "2026-12-01T12:00:00Z",
+            "2026-12-01T13:00:00Z",
+            prewarm={"leadSeconds": 300},
+            scaling={
+                "target": {"name": "web"},
+                "replicas": 6,
+                "leadSeconds": 600,
+                "cooldownSeconds": 900,
+            },
+        )
+    )
     t = utc(2026, 12, 1, 12)
     expected = [
         (t - timedelta(minutes=11), Phase.SCHEDULED, False, False, "ScaleUp"),
@@ -140,8 +169,12 @@ def test_phases_follow_the_clock() -> None:
     ]
     for now, phase, prewarm, scale, next_event in expected:
         decision = decide(p, now)
-        assert (decision.phase, decision.prewarm, decision.scale, decision.next_event) == \
-            (phase, prewarm, scale, next_event), now
+        assert (decision.phase, decision.prewarm, decision.scale, decision.next_event) == (
+            phase,
+            prewarm,
+            scale,
+            next_event,
+        ), now
 
 
 def test_sold_out_and_closed_early() -> None:
@@ -160,17 +193,29 @@ def test_a_short_notice_sale_prewarms_at_once() -> None:
 
 
 def test_the_sales_own_times_win_over_a_refused_change() -> None:
-    refused = plan(spec("2026-12-01T15:00:00Z", "2026-12-01T16:00:00Z",
-                        scaling={"target": {"name": "web"}, "replicas": 3, "leadSeconds": 60,
-                                 "cooldownSeconds": 60}))
+    refused = plan(
+        spec(
+            "2026-12-01T15:00:00Z",
+            "2026-12-01T16:00:00Z",
+            scaling={
+                "target": {"name": "web"},
+                "replicas": 3,
+                "leadSeconds": 60,
+                "cooldownSeconds": 60,
+            },
+        )
+    )
     running = refused.with_times(utc(2026, 12, 1, 12), utc(2026, 12, 1, 13))
     assert decide(running, utc(2026, 12, 1, 12, 30)).phase is Phase.OPEN
     assert running.scaling is not None
-    assert (running.scaling.start, running.scaling.end) == \
-        (utc(2026, 12, 1, 11, 59), utc(2026, 12, 1, 13, 1))
+    assert (running.scaling.start, running.scaling.end) == (
+        utc(2026, 12, 1, 11, 59),
+        utc(2026, 12, 1, 13, 1),
+    )
 
 
 # -- overlapping sales on one target ---------------------------------------------------------
+
 
 def test_overlapping_sales_the_largest_wish_wins() -> None:
     t = utc(2026, 12, 1, 12)
@@ -189,14 +234,18 @@ def test_overlapping_sales_the_largest_wish_wins() -> None:
     assert wanted_replicas(reversed(windows), t) == wanted_replicas(windows, t)
 
 
-def hpa(min_replicas: int, annotations: dict[str, str] | None = None,
-        max_replicas: int = 50) -> dict[str, Any]:
-    return {"metadata": {"name": "web", "annotations": annotations or {}},
-            "spec": {"minReplicas": min_replicas, "maxReplicas": max_replicas}}
+def hpa(
+    min_replicas: int, annotations: dict[str, str] | None = None, max_replicas: int = 50
+) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "web", "annotations": annotations or {}},
+        "spec": {"minReplicas": min_replicas, "maxReplicas": max_replicas},
+    }
 
 
 def applied(obj: dict[str, Any], patch: dict[str, Any] | None) -> dict[str, Any]:
     """A JSON merge patch applied (None removes)."""
+
     def merge(base: Any, change: Any) -> Any:
         if not isinstance(change, dict):
             return change
@@ -207,14 +256,16 @@ def applied(obj: dict[str, Any], patch: dict[str, Any] | None) -> dict[str, Any]
             else:
                 out[key] = merge(out.get(key), value)
         return out
+
     return merge(obj, patch or {})
 
 
 def test_raising_and_restoring_an_hpa_remembers_the_original() -> None:
     up = plan_patch(HPA, hpa(2), 10, ["spring"])
-    assert up.patch == {"metadata": {"annotations": {ORIGINAL: "2", APPLIED: "10",
-                                                     SCALED_FOR: "spring"}},
-                        "spec": {"minReplicas": 10}}
+    assert up.patch == {
+        "metadata": {"annotations": {ORIGINAL: "2", APPLIED: "10", SCALED_FOR: "spring"}},
+        "spec": {"minReplicas": 10},
+    }
     raised = applied(hpa(2), up.patch)
     assert plan_patch(HPA, raised, 10, ["spring"]).patch is None  # idempotent: nothing to do
     down = plan_patch(HPA, raised, None)
@@ -224,8 +275,9 @@ def test_raising_and_restoring_an_hpa_remembers_the_original() -> None:
 def test_an_hpa_is_never_lowered_below_its_own_minimum() -> None:
     outcome = plan_patch(HPA, hpa(12), 5, ["small"])
     assert outcome.replicas == 12 and not outcome.raised
-    assert outcome.patch == {"metadata": {"annotations": {ORIGINAL: "12", APPLIED: "12",
-                                                          SCALED_FOR: "small"}}}
+    assert outcome.patch == {
+        "metadata": {"annotations": {ORIGINAL: "12", APPLIED: "12", SCALED_FOR: "small"}}
+    }
 
 
 def test_max_replicas_is_respected_and_said() -> None:
@@ -238,8 +290,10 @@ def test_a_helm_upgrade_during_the_window_becomes_the_new_original() -> None:
     raised = applied(hpa(2), plan_patch(HPA, hpa(2), 10, ["spring"]).patch)
     reset = applied(raised, {"spec": {"minReplicas": 3}})  # the chart now says 3
     again = plan_patch(HPA, reset, 10, ["spring"])
-    assert again.patch == {"metadata": {"annotations": {ORIGINAL: "3"}},
-                           "spec": {"minReplicas": 10}}
+    assert again.patch == {
+        "metadata": {"annotations": {ORIGINAL: "3"}},
+        "spec": {"minReplicas": 10},
+    }
     after = applied(reset, again.patch)
     assert applied(after, plan_patch(HPA, after, None).patch)["spec"]["minReplicas"] == 3
 
@@ -257,10 +311,18 @@ def test_a_larger_overlapping_wish_moves_up_without_forgetting_the_original() ->
 def test_a_restart_mid_window_decides_the_same_and_loses_nothing() -> None:
     """Two operators, the second started from nothing but the cluster's state, take the same
     decisions at the same instants: the phase, the leads, and the restore from the annotation."""
-    manifest = spec("2027-03-14T03:05:00", "2027-03-14T05:00:00", "America/New_York",
-                    prewarm={"leadSeconds": 300},
-                    scaling={"target": {"name": "web"}, "replicas": 8, "leadSeconds": 1800,
-                             "cooldownSeconds": 600})
+    manifest = spec(
+        "2027-03-14T03:05:00",
+        "2027-03-14T05:00:00",
+        "America/New_York",
+        prewarm={"leadSeconds": 300},
+        scaling={
+            "target": {"name": "web"},
+            "replicas": 8,
+            "leadSeconds": 1800,
+            "cooldownSeconds": 600,
+        },
+    )
     instants = [utc(2027, 3, 14, 6, 30) + timedelta(minutes=m) for m in range(0, 200, 7)]
     before = [decide(plan(manifest), now) for now in instants]
     after = [decide(plan(dict(manifest)), now) for now in instants]  # a new process
@@ -282,21 +344,27 @@ def test_a_deployment_target_uses_replicas_and_its_own_annotations() -> None:
     deployment = {"metadata": {"annotations": {}}, "spec": {"replicas": 3}}
     original, applied_key = ANNOTATIONS[DEPLOYMENT]
     up = plan_patch(DEPLOYMENT, deployment, 7, ["flight"])
-    assert up.patch == {"metadata": {"annotations": {original: "3", applied_key: "7",
-                                                     SCALED_FOR: "flight"}},
-                        "spec": {"replicas": 7}}
+    assert up.patch == {
+        "metadata": {"annotations": {original: "3", applied_key: "7", SCALED_FOR: "flight"}},
+        "spec": {"replicas": 7},
+    }
     raised = applied(deployment, up.patch)
     assert applied(raised, plan_patch(DEPLOYMENT, raised, None).patch) == deployment
     assert plan_patch(DEPLOYMENT, deployment, None).patch is None  # never touched: leave it
 
 
 def test_an_omitted_scaling_target_falls_back_to_the_default() -> None:
-    spec = {"schedule": {"opensAt": "2026-12-01T12:00:00Z", "closesAt": "2026-12-01T13:00:00Z"},
-            "scaling": {"replicas": 8}}
+    spec = {
+        "schedule": {"opensAt": "2026-12-01T12:00:00Z", "closesAt": "2026-12-01T13:00:00Z"},
+        "scaling": {"replicas": 8},
+    }
     plan = schedule.plan(spec, ("HorizontalPodAutoscaler", "flashsale-api"))
     assert plan.scaling is not None
     assert (plan.scaling.kind, plan.scaling.name, plan.scaling.replicas) == (
-        "HorizontalPodAutoscaler", "flashsale-api", 8)
+        "HorizontalPodAutoscaler",
+        "flashsale-api",
+        8,
+    )
     with pytest.raises(ValidationError) as error:
         schedule.plan(spec)
     assert error.value.field == "spec.scaling.target.name"

@@ -70,8 +70,10 @@ def parse(text: str) -> Html:
 
 # -- served pages ----------------------------------------------------------------------------
 
-async def test_landing_lists_the_sales(client: httpx.AsyncClient, make_sale: Any,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+
+async def test_landing_lists_the_sales(
+    client: httpx.AsyncClient, make_sale: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # the page shows the soonest LANDING_LIMIT sales; the test schema holds every other
     # test's sales too, so lift the limit rather than depend on their dates
     monkeypatch.setattr(pages, "LANDING_LIMIT", 100_000)
@@ -96,9 +98,11 @@ async def test_sale_page(client: httpx.AsyncClient, make_sale: Any) -> None:
     assert page.of("body")[0]["data-page"] == "sale"
     version = pages.version()
     sources = [s["src"] for s in page.of("script")] + [
-        link["href"] for link in page.of("link") if link.get("rel") in ("stylesheet", "icon")]
-    assert sources and all(re.fullmatch(rf"/static/[a-z0-9-]+\.\w+\?v={version}", s)
-                           for s in sources), sources
+        link["href"] for link in page.of("link") if link.get("rel") in ("stylesheet", "icon")
+    ]
+    assert sources and all(
+        re.fullmatch(rf"/static/[a-z0-9-]+\.\w+\?v={version}", s) for s in sources
+    ), sources
     for source in sources:  # every asset the page names is served
         assert (await client.get(source)).status_code == 200, source
 
@@ -117,9 +121,12 @@ async def test_unknown_sale_page_is_a_404_page(client: httpx.AsyncClient, path: 
 
 
 async def test_static_files(client: httpx.AsyncClient) -> None:
-    expected = {"app.js": "text/javascript; charset=utf-8", "i18n.js":
-                "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8",
-                "favicon.svg": "image/svg+xml"}
+    expected = {
+        "app.js": "text/javascript; charset=utf-8",
+        "i18n.js": "text/javascript; charset=utf-8",
+        "app.css": "text/css; charset=utf-8",
+        "favicon.svg": "image/svg+xml",
+    }
     for name, content_type in expected.items():
         response = await client.get(f"/static/{name}?v={pages.version()}")
         assert response.status_code == 200, name
@@ -130,13 +137,16 @@ async def test_static_files(client: httpx.AsyncClient) -> None:
         # without the current version: cached briefly only (it may change on the next deploy)
         stale = await client.get(f"/static/{name}?v=old")
         assert stale.headers["cache-control"] == "public, max-age=300"
-        again = await client.get(f"/static/{name}",
-                                 headers={"If-None-Match": response.headers["etag"]})
+        again = await client.get(
+            f"/static/{name}", headers={"If-None-Match": response.headers["etag"]}
+        )
         assert again.status_code == 304 and not again.content
 
 
-@pytest.mark.parametrize("name", ["nope.js", "sale.html", "html", "..%2Fpages.py",
-                                  "..%2F..%2Fpyproject.toml", "app.js%00.css"])
+@pytest.mark.parametrize(
+    "name",
+    ["nope.js", "sale.html", "html", "..%2Fpages.py", "..%2F..%2Fpyproject.toml", "app.js%00.css"],
+)
 async def test_static_serves_nothing_else(client: httpx.AsyncClient, name: str) -> None:
     response = await client.get(f"/static/{name}")
     assert response.status_code == 404
@@ -144,6 +154,7 @@ async def test_static_serves_nothing_else(client: httpx.AsyncClient, name: str) 
 
 
 # -- what the static files hold ------------------------------------------------------------------
+
 
 def test_every_string_exists_in_every_language() -> None:
     table = strings()
@@ -155,7 +166,9 @@ def test_every_string_exists_in_every_language() -> None:
             assert text.strip(), (lang, key)
             # the same placeholders in every language
             assert set(re.findall(r"{(\w+)}", text)) == set(re.findall(r"{(\w+)}", english[key])), (
-                lang, key)
+                lang,
+                key,
+            )
     assert re.search(r"[\uac00-\ud7a3]", table["ko"]["waiting_title"])  # Hangul
 
 
@@ -168,8 +181,9 @@ def used_keys() -> set[str]:
     assert kinds
     for kind in re.findall(r"^\s*(\w+): \{", kinds.group(1), re.M):
         used |= {f"msg_{kind}_title", f"msg_{kind}_text"}
-    used |= {f"status_{s}" for s in ("held", "paying", "confirmed", "released", "failed",
-                                     "cancelled")}
+    used |= {
+        f"status_{s}" for s in ("held", "paying", "confirmed", "released", "failed", "cancelled")
+    }
     used |= {"payment_unavailable", "payment_retry"}  # S.payRetryText
     for source in [*TEMPLATES, Path(pages.__file__)]:
         used |= set(re.findall(r'data-i18n="(\w+)"', source.read_text(encoding="utf-8")))
@@ -211,8 +225,11 @@ def test_html_is_accessible_and_csp_clean(template: Path) -> None:
     labelled = {label["for"] for label in page.of("label") if label.get("for")}
     for tag, attrs in page.tags:
         if tag in ("input", "select", "textarea") and attrs.get("type") != "hidden":
-            assert (attrs.get("id") in labelled or attrs.get("aria-label")
-                    or attrs.get("aria-labelledby")), f"<{tag} id={attrs.get('id')}> has no label"
+            assert (
+                attrs.get("id") in labelled
+                or attrs.get("aria-label")
+                or attrs.get("aria-labelledby")
+            ), f"<{tag} id={attrs.get('id')}> has no label"
     for attrs in page.of("img"):
         assert "alt" in attrs
     ids = [attrs["id"] for _, attrs in page.tags if "id" in attrs]
@@ -244,7 +261,7 @@ def test_polling_follows_the_server_and_backs_off() -> None:
 
 def contrast(a: str, b: str) -> float:
     def luminance(colour: str) -> float:
-        rgb = [int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+        rgb = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
         r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb)
         return 0.2126 * r + 0.7152 * g + 0.0722 * b
 
@@ -256,9 +273,18 @@ def test_colours_meet_wcag_aa() -> None:
     css = (STATIC / "app.css").read_text(encoding="utf-8")
     var = dict(re.findall(r"--([\w-]+):\s*(#[0-9a-f]{6});", css))
     white = "#ffffff"
-    text_pairs = [("ink", "bg"), ("ink", "card"), ("muted", "card"), ("muted", "bg"),
-                  ("brand-dark", "card"), ("warn-ink", "warn-bg"), ("err-ink", "err-bg"),
-                  ("ok-ink", "ok-bg"), ("taken-ink", "taken"), ("ink", "taken")]
+    text_pairs = [
+        ("ink", "bg"),
+        ("ink", "card"),
+        ("muted", "card"),
+        ("muted", "bg"),
+        ("brand-dark", "card"),
+        ("warn-ink", "warn-bg"),
+        ("err-ink", "err-bg"),
+        ("ok-ink", "ok-bg"),
+        ("taken-ink", "taken"),
+        ("ink", "taken"),
+    ]
     for fg, bg in text_pairs:
         assert contrast(var[fg], var[bg]) >= 4.5, (fg, bg)
     assert contrast(white, var["brand"]) >= 4.5  # primary buttons, chosen seats

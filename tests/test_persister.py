@@ -32,16 +32,25 @@ AdmittedShoppers = Callable[..., Awaitable[list[Claims]]]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def hold_all(purchases: Purchases, sale: Sale, shoppers: list[Claims],
-                   quantities: list[int] | None = None, chunk: int = 50) -> list[str]:
+async def hold_all(
+    purchases: Purchases,
+    sale: Sale,
+    shoppers: list[Claims],
+    quantities: list[int] | None = None,
+    chunk: int = 50,
+) -> list[str]:
     """Each shopper holds (1 unit unless told); returns the order ids in shopper order."""
     quantities = quantities or [1] * len(shoppers)
     ids: list[str] = []
     for start in range(0, len(shoppers), chunk):
-        held = await asyncio.gather(*(
-            purchases.hold(sale, s, quantity=q)
-            for s, q in zip(shoppers[start:start + chunk], quantities[start:start + chunk],
-                            strict=True)))
+        held = await asyncio.gather(
+            *(
+                purchases.hold(sale, s, quantity=q)
+                for s, q in zip(
+                    shoppers[start : start + chunk], quantities[start : start + chunk], strict=True
+                )
+            )
+        )
         assert all(h.created and h.order["status"] == "held" for h in held)
         ids += [h.order["id"] for h in held]
     return ids
@@ -56,25 +65,40 @@ async def ledger_snapshot(pool: asyncpg.Pool, sale: Sale) -> dict[str, Any]:
     """Everything PostgreSQL knows of a sale's orders."""
     orders = await pool.fetch(
         "SELECT id, status, reason, quantity, updated_at FROM orders WHERE sale_id = $1"
-        " ORDER BY id", sale.id)
+        " ORDER BY id",
+        sale.id,
+    )
     inventory = await pool.fetchrow(
-        "SELECT stock, held, sold FROM sale_inventory WHERE sale_id = $1", sale.id)
+        "SELECT stock, held, sold FROM sale_inventory WHERE sale_id = $1", sale.id
+    )
     totals = await pool.fetch(
-        "SELECT visitor, units FROM shopper_totals WHERE sale_id = $1 ORDER BY visitor", sale.id)
+        "SELECT visitor, units FROM shopper_totals WHERE sale_id = $1 ORDER BY visitor", sale.id
+    )
     events = await pool.fetch(
         "SELECT e.order_id, e.status FROM order_events e JOIN orders o ON o.id = e.order_id"
-        " WHERE o.sale_id = $1 ORDER BY e.id", sale.id)
-    return {"orders": [tuple(r) for r in orders], "inventory": tuple(inventory),
-            "totals": [tuple(r) for r in totals], "events": [tuple(r) for r in events]}
+        " WHERE o.sale_id = $1 ORDER BY e.id",
+        sale.id,
+    )
+    return {
+        "orders": [tuple(r) for r in orders],
+        "inventory": tuple(inventory),
+        "totals": [tuple(r) for r in totals],
+        "events": [tuple(r) for r in events],
+    }
 
 
 def lag_metric(sale: Sale) -> float | None:
     return REGISTRY.get_sample_value("flashsale_persister_lag_entries", {"sale": sale.id})
 
 
-async def wait_until(check: Callable[[], Awaitable[bool]], what: str, *, within: float = 30,
-                     every: float = 0.005,
-                     alive: asyncio.subprocess.Process | None = None) -> None:
+async def wait_until(
+    check: Callable[[], Awaitable[bool]],
+    what: str,
+    *,
+    within: float = 30,
+    every: float = 0.005,
+    alive: asyncio.subprocess.Process | None = None,
+) -> None:
     deadline = asyncio.get_running_loop().time() + within
     while not await check():
         if alive is not None and alive.returncode is not None:
@@ -85,6 +109,7 @@ async def wait_until(check: Callable[[], Awaitable[bool]], what: str, *, within:
 
 
 # -- killed mid-batch -------------------------------------------------------------------------
+
 
 async def start_persister(settings: Settings, log: Path) -> asyncio.subprocess.Process:
     env = {
@@ -102,19 +127,40 @@ async def start_persister(settings: Settings, log: Path) -> asyncio.subprocess.P
     }
     with log.open("ab") as out:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "flashsale.cli", "persister",
-            cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out)
+            sys.executable,
+            "-m",
+            "flashsale.cli",
+            "persister",
+            cwd=ROOT,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+        )
 
 
 async def test_persister_killed_mid_batch_loses_and_duplicates_nothing(
-    settings: Settings, redis: Redis, pool: asyncpg.Pool, room: WaitingRoom,
-    purchases: Purchases, make_sale: MakeSale, admitted_shoppers: AdmittedShoppers,
+    settings: Settings,
+    redis: Redis,
+    pool: asyncpg.Pool,
+    room: WaitingRoom,
+    purchases: Purchases,
+    make_sale: MakeSale,
+    admitted_shoppers: AdmittedShoppers,
     tmp_path: Path,
 ) -> None:
     # 2,000 real holds: 200 admitted shoppers, ten holds each of 1 or 2 units (15 units)
-    sale = await make_sale(stock=5000, per_shopper_limit=15, admission={
-        "batch_size": 500, "batch_interval_ms": 50, "max_active": 500,
-        "admission_ttl_seconds": 600, "abandon_after_seconds": 60})
+    sale = await make_sale(
+        stock=5000,
+        per_shopper_limit=15,
+        admission={
+            "batch_size": 500,
+            "batch_interval_ms": 50,
+            "max_active": 500,
+            "admission_ttl_seconds": 600,
+            "abandon_after_seconds": 60,
+        },
+    )
     shoppers = await admitted_shoppers(sale, 200)
     buyers = [s for _ in range(10) for s in shoppers]
     quantities = [1 + n // len(shoppers) % 2 for n in range(len(buyers))]
@@ -130,9 +176,11 @@ async def test_persister_killed_mid_batch_loses_and_duplicates_nothing(
     log = tmp_path / "persister.log"
     first = await start_persister(settings, log)
     second: asyncio.subprocess.Process | None = None
-    locker = await asyncpg.connect(settings.database_url,
-                                   server_settings={"search_path": settings.database_schema})
+    locker = await asyncpg.connect(
+        settings.database_url, server_settings={"search_path": settings.database_schema}
+    )
     try:
+
         async def some_written() -> bool:
             return await committed() > 0
 
@@ -141,16 +189,19 @@ async def test_persister_killed_mid_batch_loses_and_duplicates_nothing(
         # transaction, read from the stream but neither committed nor acknowledged
         lock = locker.transaction()
         await lock.start()
-        await locker.execute("SELECT 1 FROM sale_inventory WHERE sale_id = $1 FOR UPDATE",
-                             sale.id)
+        await locker.execute("SELECT 1 FROM sale_inventory WHERE sale_id = $1 FOR UPDATE", sale.id)
         before_kill = await committed()
         assert 0 < before_kill < holds_n, "the persister finished before it could be stopped"
         locker_pid = await locker.fetchval("SELECT pg_backend_pid()")
 
         async def blocked_backends() -> list[int]:
-            return [r["pid"] for r in await pool.fetch(
-                "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                locker_pid)]
+            return [
+                r["pid"]
+                for r in await pool.fetch(
+                    "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                    locker_pid,
+                )
+            ]
 
         async def waiting_mid_batch() -> bool:
             return bool(await blocked_backends())
@@ -171,7 +222,8 @@ async def test_persister_killed_mid_batch_loses_and_duplicates_nothing(
 
         async def dead_backend_gone() -> bool:
             return not await pool.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", blocked)
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", blocked
+            )
 
         await wait_until(dead_backend_gone, "the killed persister's transaction is gone")
         assert await committed() == before_kill  # the half-written batch was rolled back
@@ -200,13 +252,18 @@ async def test_persister_killed_mid_batch_loses_and_duplicates_nothing(
     assert len(orders) == holds_n and set(orders) == set(order_ids)
     assert set(orders.values()) == {"held"}
     inventory = await pool.fetchrow(
-        "SELECT held, sold FROM sale_inventory WHERE sale_id = $1", sale.id)
+        "SELECT held, sold FROM sale_inventory WHERE sale_id = $1", sale.id
+    )
     assert (inventory["held"], inventory["sold"]) == (units, 0)
-    assert await pool.fetchval(
-        "SELECT sum(units) FROM shopper_totals WHERE sale_id = $1", sale.id) == units
+    assert (
+        await pool.fetchval("SELECT sum(units) FROM shopper_totals WHERE sale_id = $1", sale.id)
+        == units
+    )
     events = await pool.fetchrow(
         "SELECT count(*) AS n, count(DISTINCT e.order_id) AS orders FROM order_events e"
-        " JOIN orders o ON o.id = e.order_id WHERE o.sale_id = $1", sale.id)
+        " JOIN orders o ON o.id = e.order_id WHERE o.sale_id = $1",
+        sale.id,
+    )
     assert (events["n"], events["orders"]) == (holds_n, holds_n)
     assert await redis.xlen(room.keys(sale.id).dead_letters) == 0
     assert (await purchases.stock.reconcile(sale)).ok
@@ -214,9 +271,15 @@ async def test_persister_killed_mid_batch_loses_and_duplicates_nothing(
 
 # -- entries that cannot be applied -----------------------------------------------------------
 
+
 async def test_poison_entries_go_to_the_dead_letter_stream(
-    redis: Redis, pool: asyncpg.Pool, room: WaitingRoom, sales: Sales, purchases: Purchases,
-    make_sale: MakeSale, admitted_shoppers: AdmittedShoppers,
+    redis: Redis,
+    pool: asyncpg.Pool,
+    room: WaitingRoom,
+    sales: Sales,
+    purchases: Purchases,
+    make_sale: MakeSale,
+    admitted_shoppers: AdmittedShoppers,
 ) -> None:
     sale = await make_sale(stock=10)
     keys = room.keys(sale.id)
@@ -224,14 +287,18 @@ async def test_poison_entries_go_to_the_dead_letter_stream(
     good = await hold_all(purchases, sale, shoppers[:2])
     [(_, template)] = await redis.xrange(keys.orders_stream, count=1)
     bad = {
-        await redis.xadd(keys.orders_stream, {"type": "hold", "order": str(uuid.uuid4()),
-                                              "sale": sale.id}): "unreadable hold: KeyError",
-        await redis.xadd(keys.orders_stream, {"type": "refund", "order": str(uuid.uuid4())}):
-            "unknown entry type 'refund'",
-        await redis.xadd(keys.orders_stream, {**template, "order": "not-a-uuid"}):
-            "unreadable hold: ValueError: badly formed hexadecimal UUID string",
-        await redis.xadd(keys.orders_stream, {"type": "release", "status": "expired"}):
-            "release without a valid status or order",
+        await redis.xadd(
+            keys.orders_stream, {"type": "hold", "order": str(uuid.uuid4()), "sale": sale.id}
+        ): "unreadable hold: KeyError",
+        await redis.xadd(
+            keys.orders_stream, {"type": "refund", "order": str(uuid.uuid4())}
+        ): "unknown entry type 'refund'",
+        await redis.xadd(
+            keys.orders_stream, {**template, "order": "not-a-uuid"}
+        ): "unreadable hold: ValueError: badly formed hexadecimal UUID string",
+        await redis.xadd(
+            keys.orders_stream, {"type": "release", "status": "expired"}
+        ): "release without a valid status or order",
     }
     good += await hold_all(purchases, sale, shoppers[2:])
 
@@ -248,8 +315,13 @@ async def test_poison_entries_go_to_the_dead_letter_stream(
 
 
 async def test_entry_failing_every_time_goes_to_dead_letters_after_max_deliveries(
-    redis: Redis, pool: asyncpg.Pool, room: WaitingRoom, sales: Sales, purchases: Purchases,
-    make_sale: MakeSale, admitted_shoppers: AdmittedShoppers,
+    redis: Redis,
+    pool: asyncpg.Pool,
+    room: WaitingRoom,
+    sales: Sales,
+    purchases: Purchases,
+    make_sale: MakeSale,
+    admitted_shoppers: AdmittedShoppers,
 ) -> None:
     sale = await make_sale(stock=10)
     keys = room.keys(sale.id)
@@ -257,16 +329,20 @@ async def test_entry_failing_every_time_goes_to_dead_letters_after_max_deliverie
     good = await hold_all(purchases, sale, shoppers[:1])
     [(_, template)] = await redis.xrange(keys.orders_stream, count=1)
     # well formed, but for a sale PostgreSQL does not have: a foreign-key violation each time
-    orphan = await redis.xadd(keys.orders_stream, {
-        **template, "order": str(uuid.uuid4()), "sale": "no-such-sale", "visitor": "someone-x"})
+    orphan = await redis.xadd(
+        keys.orders_stream,
+        {**template, "order": str(uuid.uuid4()), "sale": "no-such-sale", "visitor": "someone-x"},
+    )
     good += await hold_all(purchases, sale, shoppers[1:])
 
-    persister = Persister(redis, pool, sales, purchases, consumer="retry", max_deliveries=2,
-                          claim_idle_ms=0)
+    persister = Persister(
+        redis, pool, sales, purchases, consumer="retry", max_deliveries=2, claim_idle_ms=0
+    )
     assert await persister.drain(sale) == 3
     assert set(await orders_in_db(pool, sale)) == set(good)
-    pending = await redis.xpending_range(keys.orders_stream, PERSISTER_GROUP, min="-", max="+",
-                                         count=10)
+    pending = await redis.xpending_range(
+        keys.orders_stream, PERSISTER_GROUP, min="-", max="+", count=10
+    )
     assert [(p["message_id"], p["times_delivered"]) for p in pending] == [(orphan, 1)]
     assert await redis.xlen(keys.dead_letters) == 0  # one failure may be passing: kept
 
@@ -283,9 +359,15 @@ async def test_entry_failing_every_time_goes_to_dead_letters_after_max_deliverie
 
 # -- replays --------------------------------------------------------------------------------
 
+
 async def test_applying_the_same_batch_twice_changes_nothing(
-    redis: Redis, pool: asyncpg.Pool, room: WaitingRoom, sales: Sales, purchases: Purchases,
-    make_sale: MakeSale, admitted_shoppers: AdmittedShoppers,
+    redis: Redis,
+    pool: asyncpg.Pool,
+    room: WaitingRoom,
+    sales: Sales,
+    purchases: Purchases,
+    make_sale: MakeSale,
+    admitted_shoppers: AdmittedShoppers,
 ) -> None:
     sale = await make_sale(stock=4)
     keys = room.keys(sale.id)
@@ -303,8 +385,14 @@ async def test_applying_the_same_batch_twice_changes_nothing(
     await persister.apply(sale, entries)
     first = await ledger_snapshot(pool, sale)
     assert [(str(o[0]), o[1]) for o in first["orders"]] == sorted(
-        [(ids[0], "cancelled"), (ids[1], "held"), (ids[2], "held"), (ids[3], "held"),
-         (ids[4], "failed")])
+        [
+            (ids[0], "cancelled"),
+            (ids[1], "held"),
+            (ids[2], "held"),
+            (ids[3], "held"),
+            (ids[4], "failed"),
+        ]
+    )
     assert first["inventory"] == (4, 3, 0)
     assert dict(first["totals"])[shoppers[0].visitor] == 1
     redis_first = {i: await redis.hgetall(keys.hold(i)) for i in ids}
@@ -319,9 +407,15 @@ async def test_applying_the_same_batch_twice_changes_nothing(
 
 # -- lag ------------------------------------------------------------------------------------
 
+
 async def test_lag_counts_unread_and_unacknowledged_entries(
-    redis: Redis, pool: asyncpg.Pool, room: WaitingRoom, sales: Sales, purchases: Purchases,
-    make_sale: MakeSale, admitted_shoppers: AdmittedShoppers,
+    redis: Redis,
+    pool: asyncpg.Pool,
+    room: WaitingRoom,
+    sales: Sales,
+    purchases: Purchases,
+    make_sale: MakeSale,
+    admitted_shoppers: AdmittedShoppers,
 ) -> None:
     sale = await make_sale(stock=20)
     stream = room.keys(sale.id).orders_stream
@@ -354,8 +448,12 @@ async def test_lag_counts_unread_and_unacknowledged_entries(
 
 
 async def test_a_closed_sale_whose_keys_are_gone_is_not_brought_back(
-    make_sale: Callable[..., Awaitable[Sale]], redis: Redis, pool: asyncpg.Pool, sales: Sales,
-    purchases: Purchases, room: WaitingRoom,
+    make_sale: Callable[..., Awaitable[Sale]],
+    redis: Redis,
+    pool: asyncpg.Pool,
+    sales: Sales,
+    purchases: Purchases,
+    room: WaitingRoom,
 ) -> None:
     sale = await make_sale()
     sale = await sales.close(sale.id)
@@ -369,9 +467,15 @@ async def test_a_closed_sale_whose_keys_are_gone_is_not_brought_back(
 
 # -- backlog ---------------------------------------------------------------------------------
 
+
 async def test_a_backlog_drains_in_growing_batches_read_ahead_of_the_writes(
-    redis: Redis, pool: asyncpg.Pool, room: WaitingRoom, sales: Sales, purchases: Purchases,
-    make_sale: MakeSale, admitted_shoppers: AdmittedShoppers,
+    redis: Redis,
+    pool: asyncpg.Pool,
+    room: WaitingRoom,
+    sales: Sales,
+    purchases: Purchases,
+    make_sale: MakeSale,
+    admitted_shoppers: AdmittedShoppers,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sale = await make_sale(stock=200, admission={"batch_size": 200, "max_active": 400})
@@ -400,19 +504,24 @@ async def test_a_backlog_drains_in_growing_batches_read_ahead_of_the_writes(
     assert any(read_while_writing[1:])
     assert set((await orders_in_db(pool, sale)).values()) == {"held"}
     assert set(await orders_in_db(pool, sale)) == set(ids)
-    assert await purchases.stock.stream_backlog(sale.id) == {
-        "length": 150, "pending": 0, "lag": 0}
+    assert await purchases.stock.stream_backlog(sale.id) == {"length": 150, "pending": 0, "lag": 0}
 
 
 async def test_a_failed_write_leaves_the_batch_read_ahead_for_take_over(
-    redis: Redis, pool: asyncpg.Pool, room: WaitingRoom, sales: Sales, purchases: Purchases,
-    make_sale: MakeSale, admitted_shoppers: AdmittedShoppers,
+    redis: Redis,
+    pool: asyncpg.Pool,
+    room: WaitingRoom,
+    sales: Sales,
+    purchases: Purchases,
+    make_sale: MakeSale,
+    admitted_shoppers: AdmittedShoppers,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sale = await make_sale(stock=100)
     ids = await hold_all(purchases, sale, await admitted_shoppers(sale, 30))
-    persister = Persister(redis, pool, sales, purchases, consumer="flaky", batch=10,
-                          claim_idle_ms=0)
+    persister = Persister(
+        redis, pool, sales, purchases, consumer="flaky", batch=10, claim_idle_ms=0
+    )
     real_apply = persister.apply
 
     async def apply(sale: Sale, entries: list[Any]) -> None:

@@ -3,8 +3,9 @@ from waiting_room.room import WaitingRoom
 from waiting_room.tokens import ADMISSION
 
 
-async def test_hold_pay_confirm(make_sale, room: WaitingRoom, purchases: Purchases, clock,
-                                signer, pool) -> None:
+async def test_hold_pay_confirm(
+    make_sale, room: WaitingRoom, purchases: Purchases, clock, signer, pool
+) -> None:
     sale = await make_sale(stock=5, price_cents=1500)
     joined = await room.join(sale.id, "visitor-0001", "127.0.0.1")
     clock.advance(3601)
@@ -25,8 +26,9 @@ async def test_hold_pay_confirm(make_sale, room: WaitingRoom, purchases: Purchas
     assert report.redis["sold"] == 2 and report.redis["avail"] == 3, report
 
 
-async def test_persister_writes_holds(make_sale, room: WaitingRoom, purchases: Purchases,
-                                      clock, signer, pool, services) -> None:
+async def test_persister_writes_holds(
+    make_sale, room: WaitingRoom, purchases: Purchases, clock, signer, pool, services
+) -> None:
     from waiting_room.persister import Persister
 
     sale = await make_sale(stock=3)

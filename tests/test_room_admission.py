@@ -39,11 +39,17 @@ async def open_sale(make_sale: MakeSale, clock: Clock, **admission: Any) -> Sale
     fractional steps keep a millisecond of margin against float rounding."""
     clock.freeze()
     clock.advance(math.ceil(clock()) - clock())
-    settings = {"batch_size": 10, "batch_interval_ms": 1000, "max_active": 1000,
-                "admission_ttl_seconds": 600, "abandon_after_seconds": 60}
+    settings = {
+        "batch_size": 10,
+        "batch_interval_ms": 1000,
+        "max_active": 1000,
+        "admission_ttl_seconds": 600,
+        "abandon_after_seconds": 60,
+    }
     settings.update(admission)
-    return await make_sale(opens_at=iso(clock() - 60), closes_at=iso(clock() + 3 * 3600),
-                           admission=settings)
+    return await make_sale(
+        opens_at=iso(clock() - 60), closes_at=iso(clock() + 3 * 3600), admission=settings
+    )
 
 
 async def join_many(room: WaitingRoom, sale_id: str, n: int, prefix: str = "w") -> list[Claims]:
@@ -65,6 +71,7 @@ async def active_members(redis: Redis, room: WaitingRoom, sale_id: str) -> set[i
 
 
 # -- FIFO -------------------------------------------------------------------------------------
+
 
 async def test_post_opening_joiners_are_admitted_in_join_order(
     make_sale: MakeSale, room: WaitingRoom, clock: Clock, redis: Redis
@@ -100,24 +107,34 @@ async def test_post_opening_joiners_are_admitted_in_join_order(
         clock.advance(0.051)
 
     names = [t.visitor for t in tickets]
-    assert batches == [names[i:i + 7] for i in range(0, 45, 7)]
+    assert batches == [names[i : i + 7] for i in range(0, 45, 7)]
     assert [len(b) for b in batches] == [7, 7, 7, 7, 7, 7, 3]
 
 
 # -- batch size, max active, pacing, expiry, finish and leave -------------------------------
 
+
 async def test_batches_respect_size_max_active_interval_expiry_finish_and_leave(
     make_sale: MakeSale, room: WaitingRoom, clock: Clock, redis: Redis
 ) -> None:
-    sale = await open_sale(make_sale, clock, batch_size=10, batch_interval_ms=1000,
-                           max_active=25, admission_ttl_seconds=30)
+    sale = await open_sale(
+        make_sale,
+        clock,
+        batch_size=10,
+        batch_interval_ms=1000,
+        max_active=25,
+        admission_ttl_seconds=30,
+    )
     tickets = await join_many(room, sale.id, 60)
     active_key = room.keys(sale.id).active
 
     async def admit(expect_outcome: str, admitted: int, frontier: int, active: int) -> None:
         result = await room.admit_once(sale.id)
         assert (result.outcome, result.admitted, result.frontier) == (
-            expect_outcome, admitted, frontier)
+            expect_outcome,
+            admitted,
+            frontier,
+        )
         assert (await room.counters(sale.id)).active == active
         assert await redis.zcard(active_key) <= sale.max_active
 
@@ -168,11 +185,13 @@ async def test_batches_respect_size_max_active_interval_expiry_finish_and_leave(
 
 # -- abandonment and heartbeats -------------------------------------------------------------
 
+
 async def test_abandoned_waiters_are_skipped_without_using_slots(
     make_sale: MakeSale, room: WaitingRoom, clock: Clock, redis: Redis
 ) -> None:
-    sale = await open_sale(make_sale, clock, batch_size=5, batch_interval_ms=1000,
-                           abandon_after_seconds=60)
+    sale = await open_sale(
+        make_sale, clock, batch_size=5, batch_interval_ms=1000, abandon_after_seconds=60
+    )
     tickets = await join_many(room, sale.id, 20)  # joining records presence
     away = {2, 3, 7, 15}
     returner = 11
@@ -183,13 +202,16 @@ async def test_abandoned_waiters_are_skipped_without_using_slots(
     clock.advance(21)  # 61 s after the join: the absent ones are past the abandonment window
     await room.poll(sale.id, tickets[returner])  # came back just in time
 
-    expected = [([0, 1, 4, 5, 6], 2, 7), ([8, 9, 10, 11, 12], 1, 13),
-                ([13, 14, 16, 17, 18], 1, 19)]
+    expected = [([0, 1, 4, 5, 6], 2, 7), ([8, 9, 10, 11, 12], 1, 13), ([13, 14, 16, 17, 18], 1, 19)]
     done: set[int] = set()
     for members, skipped, frontier in expected:
         result = await room.admit_once(sale.id)
         assert (result.outcome, result.admitted, result.skipped, result.frontier) == (
-            "ok", 5, skipped, frontier)
+            "ok",
+            5,
+            skipped,
+            frontier,
+        )
         done |= set(members)
         assert await active_members(redis, room, sale.id) == done
         clock.advance(1.001)
@@ -245,6 +267,7 @@ async def test_polls_write_a_heartbeat_once_per_slice(
 
 # -- sold out ----------------------------------------------------------------------------------
 
+
 async def test_sold_out_stops_admission_until_cleared(
     make_sale: MakeSale, room: WaitingRoom, clock: Clock, redis: Redis
 ) -> None:
@@ -276,19 +299,26 @@ async def test_sold_out_stops_admission_until_cleared(
 
 # -- what a waiter is told --------------------------------------------------------------------
 
+
 async def test_status_position_ahead_eta_and_poll_pacing(
     make_sale: MakeSale, room: WaitingRoom, clock: Clock
 ) -> None:
     # one place per second, so the estimated wait of a waiter is exactly (ahead + 1) seconds
-    sale = await open_sale(make_sale, clock, batch_size=1, batch_interval_ms=1000,
-                           admission_ttl_seconds=600, abandon_after_seconds=60)
+    sale = await open_sale(
+        make_sale,
+        clock,
+        batch_size=1,
+        batch_interval_ms=1000,
+        admission_ttl_seconds=600,
+        abandon_after_seconds=60,
+    )
     n = 200
     tickets = await join_many(room, sale.id, n)
 
     async def check_waiting() -> list[Poll]:
         view = await room.view(sale.id, fresh=True)
-        polls = await poll_all(room, sale.id, tickets[view.frontier:])
-        for ticket, poll in zip(tickets[view.frontier:], polls, strict=True):
+        polls = await poll_all(room, sale.id, tickets[view.frontier :])
+        for ticket, poll in zip(tickets[view.frontier :], polls, strict=True):
             s = poll.status
             assert s.state is State.WAITING
             assert s.position == ticket.index + 1  # FIFO after the opening
@@ -330,4 +360,7 @@ async def test_status_position_ahead_eta_and_poll_pacing(
     clock.advance(3 * 3600)
     closed = (await room.poll(sale.id, tickets[-1])).status
     assert (closed.state, closed.poll_after_seconds, closed.eta_seconds) == (
-        State.CLOSED, None, None)
+        State.CLOSED,
+        None,
+        None,
+    )

@@ -58,8 +58,9 @@ def chi2_sf(x: float, df: int) -> float:
 
 
 async def join_many(room: WaitingRoom, sale_id: str, n: int, prefix: str) -> list[Claims]:
-    results = await asyncio.gather(*(room.join(sale_id, f"{prefix}-{k}", ADDRESS)
-                                     for k in range(n)))
+    results = await asyncio.gather(
+        *(room.join(sale_id, f"{prefix}-{k}", ADDRESS) for k in range(n))
+    )
     assert all(r.outcome == "ok" and r.claims is not None for r in results)
     return sorted((r.claims for r in results if r.claims), key=lambda c: c.index)
 
@@ -113,8 +114,10 @@ async def test_first_and_last_joiners_land_anywhere_across_sales(
 ) -> None:
     sales, size = 20, 30
     clock.freeze()
-    created = [await make_sale(opens_at=iso(clock() + 60), closes_at=iso(clock() + 3600))
-               for _ in range(sales)]
+    created = [
+        await make_sale(opens_at=iso(clock() + 60), closes_at=iso(clock() + 3600))
+        for _ in range(sales)
+    ]
     for sale in created:
         await join_many(room, sale.id, size, "pre")
     clock.advance(60)
@@ -144,9 +147,15 @@ async def test_later_joiners_stand_behind_the_prequeue_and_admission_walks_the_d
     make_sale: MakeSale, room: WaitingRoom, clock: Clock, redis: Redis
 ) -> None:
     pre, post, batch = 50, 20, 10
-    sale = await make_sale(admission={"batch_size": batch, "batch_interval_ms": 50,
-                                      "max_active": 1000, "admission_ttl_seconds": 600,
-                                      "abandon_after_seconds": 60})
+    sale = await make_sale(
+        admission={
+            "batch_size": batch,
+            "batch_interval_ms": 50,
+            "max_active": 1000,
+            "admission_ttl_seconds": 600,
+            "abandon_after_seconds": 60,
+        }
+    )
     early = await join_many(room, sale.id, pre, "early")
     clock.advance(3601)
     for ticket in early:  # still here at the opening (the join's heartbeat is an hour old)
@@ -179,13 +188,16 @@ async def test_opening_freezes_the_prequeue_exactly_once_under_a_race(
 ) -> None:
     rounds, pre, post = 6, 40, 60
     clock.freeze()
-    created = [await make_sale(opens_at=iso(clock() + 60), closes_at=iso(clock() + 3600))
-               for _ in range(rounds)]
+    created = [
+        await make_sale(opens_at=iso(clock() + 60), closes_at=iso(clock() + 3600))
+        for _ in range(rounds)
+    ]
     early = {sale.id: await join_many(room, sale.id, pre, "early") for sale in created}
     clock.advance(60)
     for sale in created:
         calls: list[Awaitable[JoinResult | AdmitResult]] = [
-            room.join(sale.id, f"late-{k}", ADDRESS) for k in range(post)]
+            room.join(sale.id, f"late-{k}", ADDRESS) for k in range(post)
+        ]
         calls += [room.admit_once(sale.id) for _ in range(15)]
         calls += [room.join(sale.id, t.visitor, ADDRESS) for t in early[sale.id][:10]]
         random.shuffle(calls)

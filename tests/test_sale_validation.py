@@ -23,8 +23,13 @@ CLOSES = "2031-06-01T12:00:00+09:00"
 
 
 def body(**overrides: Any) -> dict[str, Any]:
-    values: dict[str, Any] = {"id": "summer-drop-1", "name": "Summer drop", "stock": 500,
-                              "opens_at": OPENS, "closes_at": CLOSES}
+    values: dict[str, Any] = {
+        "id": "summer-drop-1",
+        "name": "Summer drop",
+        "stock": 500,
+        "opens_at": OPENS,
+        "closes_at": CLOSES,
+    }
     values.update(overrides)
     return {k: v for k, v in values.items() if v is not _DROP}
 
@@ -41,17 +46,35 @@ def field_of(value: Any, **kwargs: Any) -> str:
 
 
 def test_full_valid_body() -> None:
-    sale = parse_sale(body(
-        name="  Summer drop  ", timezone="Asia/Seoul", per_shopper_limit=4, hold_seconds=120,
-        admission={"batch_size": 50, "batch_interval_ms": 500, "max_active": 200,
-                   "admission_ttl_seconds": 300, "abandon_after_seconds": 30},
-    ))
+    sale = parse_sale(
+        body(
+            name="  Summer drop  ",
+            timezone="Asia/Seoul",
+            per_shopper_limit=4,
+            hold_seconds=120,
+            admission={
+                "batch_size": 50,
+                "batch_interval_ms": 500,
+                "max_active": 200,
+                "admission_ttl_seconds": 300,
+                "abandon_after_seconds": 30,
+            },
+        )
+    )
     assert sale == Sale(
-        id="summer-drop-1", name="Summer drop", stock=500,
+        id="summer-drop-1",
+        name="Summer drop",
+        stock=500,
         opens_at=datetime(2031, 6, 1, 1, 0, tzinfo=UTC),
-        closes_at=datetime(2031, 6, 1, 3, 0, tzinfo=UTC), timezone="Asia/Seoul",
-        seat_map=None, per_shopper_limit=4, hold_seconds=120, batch_size=50,
-        batch_interval_ms=500, max_active=200, admission_ttl_seconds=300,
+        closes_at=datetime(2031, 6, 1, 3, 0, tzinfo=UTC),
+        timezone="Asia/Seoul",
+        seat_map=None,
+        per_shopper_limit=4,
+        hold_seconds=120,
+        batch_size=50,
+        batch_interval_ms=500,
+        max_active=200,
+        admission_ttl_seconds=300,
         abandon_after_seconds=30,
     )
     assert sale.opens_at.utcoffset() == timedelta(hours=9)  # the given offset is kept
@@ -65,34 +88,58 @@ def test_minimal_body_takes_defaults() -> None:
     assert not sale.seated
 
 
-@pytest.mark.parametrize("stamp", ["2031-06-01T01:00:00Z", "2031-06-01T01:00:00+00:00",
-                                   "2031-06-01T10:00:00+09:00", "2031-06-01T01:00:00.5Z",
-                                   "2031-05-31T20:00:00-05:00"])
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "2031-06-01T01:00:00Z",
+        "2031-06-01T01:00:00+00:00",
+        "2031-06-01T10:00:00+09:00",
+        "2031-06-01T01:00:00.5Z",
+        "2031-05-31T20:00:00-05:00",
+    ],
+)
 def test_accepted_date_forms(stamp: str) -> None:
     assert parse_datetime(stamp, "opens_at").astimezone(UTC).replace(microsecond=0) == datetime(
-        2031, 6, 1, 1, 0, tzinfo=UTC)
+        2031, 6, 1, 1, 0, tzinfo=UTC
+    )
 
 
 def test_seat_map_counts() -> None:
-    seat_map = {"sections": [
-        {"name": "Floor", "rows": [{"name": "A", "seats": 10}, {"name": "B", "seats": 12}]},
-        {"name": "Balcony", "rows": [{"name": 1, "seats": 3}]},
-    ]}
+    seat_map = {
+        "sections": [
+            {"name": "Floor", "rows": [{"name": "A", "seats": 10}, {"name": "B", "seats": 12}]},
+            {"name": "Balcony", "rows": [{"name": 1, "seats": 3}]},
+        ]
+    }
     sale = parse_sale(body(stock=_DROP, seat_map=seat_map))
     assert sale.stock == 25
     assert sale.seated
-    assert sale.seat_map == {"sections": [
-        {"name": "Floor", "rows": [{"name": "A", "seats": [str(n) for n in range(1, 11)]},
-                                   {"name": "B", "seats": [str(n) for n in range(1, 13)]}]},
-        {"name": "Balcony", "rows": [{"name": "1", "seats": ["1", "2", "3"]}]},
-    ]}
+    assert sale.seat_map == {
+        "sections": [
+            {
+                "name": "Floor",
+                "rows": [
+                    {"name": "A", "seats": [str(n) for n in range(1, 11)]},
+                    {"name": "B", "seats": [str(n) for n in range(1, 13)]},
+                ],
+            },
+            {"name": "Balcony", "rows": [{"name": "1", "seats": ["1", "2", "3"]}]},
+        ]
+    }
 
 
 def test_seat_map_labels() -> None:
-    seat_map = {"sections": [{"name": "VIP", "rows": [
-        {"name": "A", "seats": ["A1", "A2", "A-3", 4]},
-        {"name": "B", "seats": ["1", "2"]},
-    ]}]}
+    seat_map = {
+        "sections": [
+            {
+                "name": "VIP",
+                "rows": [
+                    {"name": "A", "seats": ["A1", "A2", "A-3", 4]},
+                    {"name": "B", "seats": ["1", "2"]},
+                ],
+            }
+        ]
+    }
     sale = parse_sale(body(stock=_DROP, seat_map=seat_map))
     assert sale.stock == 6
     assert sale.seat_map is not None
@@ -112,6 +159,7 @@ def test_seat_map_size_limit() -> None:
 
 
 # -- rejections ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("missing", ["id", "name", "opens_at", "closes_at"])
 def test_missing_required_field(missing: str) -> None:
@@ -142,20 +190,48 @@ def test_body_not_an_object(value: Any) -> None:
     assert field_of(value) == "body"
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("stock", "100"), ("stock", True), ("stock", False), ("stock", 10.0), ("stock", 1.5),
-    ("stock", None), ("stock", [100]), ("stock", {"n": 1}), ("stock", 0), ("stock", -5),
-    ("stock", 100_000_001),
-    ("name", 5), ("name", ""), ("name", "   "), ("name", None), ("name", "x" * 201),
-    ("name", ["a"]),
-    ("opens_at", 1893456000), ("opens_at", None), ("opens_at", True), ("opens_at", ["x"]),
-    ("closes_at", 1.5),
-    ("timezone", 9), ("timezone", ""), ("timezone", None),
-    ("per_shopper_limit", "2"), ("per_shopper_limit", 0), ("per_shopper_limit", 101),
-    ("per_shopper_limit", True), ("per_shopper_limit", 2.0),
-    ("hold_seconds", 9), ("hold_seconds", 3601), ("hold_seconds", "60"),
-    ("admission", []), ("admission", "fast"), ("admission", None), ("admission", 1),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("stock", "100"),
+        ("stock", True),
+        ("stock", False),
+        ("stock", 10.0),
+        ("stock", 1.5),
+        ("stock", None),
+        ("stock", [100]),
+        ("stock", {"n": 1}),
+        ("stock", 0),
+        ("stock", -5),
+        ("stock", 100_000_001),
+        ("name", 5),
+        ("name", ""),
+        ("name", "   "),
+        ("name", None),
+        ("name", "x" * 201),
+        ("name", ["a"]),
+        ("opens_at", 1893456000),
+        ("opens_at", None),
+        ("opens_at", True),
+        ("opens_at", ["x"]),
+        ("closes_at", 1.5),
+        ("timezone", 9),
+        ("timezone", ""),
+        ("timezone", None),
+        ("per_shopper_limit", "2"),
+        ("per_shopper_limit", 0),
+        ("per_shopper_limit", 101),
+        ("per_shopper_limit", True),
+        ("per_shopper_limit", 2.0),
+        ("hold_seconds", 9),
+        ("hold_seconds", 3601),
+        ("hold_seconds", "60"),
+        ("admission", []),
+        ("admission", "fast"),
+        ("admission", None),
+        ("admission", 1),
+    ],
+)
 def test_wrong_type_or_range(field: str, value: Any) -> None:
     assert field_of(body(**{field: value})) == field
 
@@ -167,16 +243,28 @@ def test_naive_datetimes(value: str) -> None:
         parse_sale(body(closes_at=value))
 
 
-@pytest.mark.parametrize("value", ["", "tomorrow", "2031-13-01T10:00:00Z",
-                                   "2031-02-30T10:00:00Z", "2031-06-01T25:00:00Z",
-                                   "2031-06-01T10:00:00+25:00", "now", "0", "Z"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "tomorrow",
+        "2031-13-01T10:00:00Z",
+        "2031-02-30T10:00:00Z",
+        "2031-06-01T25:00:00Z",
+        "2031-06-01T10:00:00+25:00",
+        "now",
+        "0",
+        "Z",
+    ],
+)
 def test_unparseable_dates(value: str) -> None:
     assert field_of(body(opens_at=value)) == "opens_at"
     assert field_of(body(closes_at=value)) == "closes_at"
 
 
-@pytest.mark.parametrize("closes", [OPENS, "2031-06-01T09:59:59+09:00", "2031-06-01T00:59Z",
-                                    "2030-01-01T00:00:00Z"])
+@pytest.mark.parametrize(
+    "closes", [OPENS, "2031-06-01T09:59:59+09:00", "2031-06-01T00:59Z", "2030-01-01T00:00:00Z"]
+)
 def test_closes_not_after_opens(closes: str) -> None:
     assert field_of(body(closes_at=closes)) == "closes_at"
 
@@ -185,8 +273,19 @@ def test_sale_too_long() -> None:
     assert field_of(body(closes_at="2031-09-01T10:00:00+09:00")) == "closes_at"
 
 
-@pytest.mark.parametrize("zone", ["Mars/Olympus", "Asia/Seul", "UTC+9", "../etc/passwd",
-                                  "/etc/localtime", "Europe/", "x" * 65, "a\x00b"])
+@pytest.mark.parametrize(
+    "zone",
+    [
+        "Mars/Olympus",
+        "Asia/Seul",
+        "UTC+9",
+        "../etc/passwd",
+        "/etc/localtime",
+        "Europe/",
+        "x" * 65,
+        "a\x00b",
+    ],
+)
 def test_bad_time_zone(zone: str) -> None:
     assert field_of(body(timezone=zone)) == "timezone"
 
@@ -196,8 +295,9 @@ def test_good_time_zone(zone: str) -> None:
     assert parse_sale(body(timezone=zone)).timezone == zone
 
 
-@pytest.mark.parametrize("sale_id", ["Summer", "a_b", "-a", "a-", "a.b", "", " a", "a" * 64,
-                                     "é", 5, None, True, ["a"]])
+@pytest.mark.parametrize(
+    "sale_id", ["Summer", "a_b", "-a", "a-", "a.b", "", " a", "a" * 64, "é", 5, None, True, ["a"]]
+)
 def test_bad_id(sale_id: Any) -> None:
     assert field_of(body(id=sale_id)) == "id"
 
@@ -211,34 +311,51 @@ def _rows(*rows: dict[str, Any]) -> dict[str, Any]:
     return {"sections": [{"name": "S", "rows": list(rows)}]}
 
 
-@pytest.mark.parametrize(("seat_map", "field"), [
-    (_rows({"name": "A", "seats": ["1", "2", "1"]}), "seat_map.sections[0].rows[0].seats"),
-    (_rows({"name": "A", "seats": ["1", 1]}), "seat_map.sections[0].rows[0].seats"),
-    (_rows({"name": "A", "seats": 2}, {"name": "A", "seats": 2}),
-     "seat_map.sections[0].rows[1].name"),
-    ({"sections": [{"name": "S", "rows": [{"name": "A", "seats": 1}]},
-                   {"name": "S", "rows": [{"name": "A", "seats": 1}]}]},
-     "seat_map.sections[1].name"),
-    ({}, "seat_map.sections"), ({"sections": []}, "seat_map.sections"),
-    ({"sections": "S"}, "seat_map.sections"), ([], "seat_map"), ("map", "seat_map"),
-    ({"sections": [5]}, "seat_map.sections[0]"),
-    ({"sections": [{"rows": [{"name": "A", "seats": 1}]}]}, "seat_map.sections[0].name"),
-    ({"sections": [{"name": "S"}]}, "seat_map.sections[0].rows"),
-    ({"sections": [{"name": "S", "rows": []}]}, "seat_map.sections[0].rows"),
-    ({"sections": [{"name": "S", "rows": ["A"]}]}, "seat_map.sections[0].rows[0]"),
-    (_rows({"seats": 1}), "seat_map.sections[0].rows[0].name"),
-    (_rows({"name": "A"}), "seat_map.sections[0].rows[0].seats"),
-    (_rows({"name": "A", "seats": 0}), "seat_map.sections[0].rows[0].seats"),
-    (_rows({"name": "A", "seats": 501}), "seat_map.sections[0].rows[0].seats"),
-    (_rows({"name": "A", "seats": True}), "seat_map.sections[0].rows[0].seats"),
-    (_rows({"name": "A", "seats": []}), "seat_map.sections[0].rows[0].seats"),
-    (_rows({"name": "A", "seats": "12"}), "seat_map.sections[0].rows[0].seats"),
-    (_rows({"name": "A", "seats": ["ok", "bad/label"]}), "seat_map.sections[0].rows[0].seats[1]"),
-    (_rows({"name": "A", "seats": [""]}), "seat_map.sections[0].rows[0].seats[0]"),
-    (_rows({"name": "A", "seats": [None]}), "seat_map.sections[0].rows[0].seats[0]"),
-    (_rows({"name": "x" * 33, "seats": 1}), "seat_map.sections[0].rows[0].name"),
-    (_rows({"name": True, "seats": 1}), "seat_map.sections[0].rows[0].name"),
-])
+@pytest.mark.parametrize(
+    ("seat_map", "field"),
+    [
+        (_rows({"name": "A", "seats": ["1", "2", "1"]}), "seat_map.sections[0].rows[0].seats"),
+        (_rows({"name": "A", "seats": ["1", 1]}), "seat_map.sections[0].rows[0].seats"),
+        (
+            _rows({"name": "A", "seats": 2}, {"name": "A", "seats": 2}),
+            "seat_map.sections[0].rows[1].name",
+        ),
+        (
+            {
+                "sections": [
+                    {"name": "S", "rows": [{"name": "A", "seats": 1}]},
+                    {"name": "S", "rows": [{"name": "A", "seats": 1}]},
+                ]
+            },
+            "seat_map.sections[1].name",
+        ),
+        ({}, "seat_map.sections"),
+        ({"sections": []}, "seat_map.sections"),
+        ({"sections": "S"}, "seat_map.sections"),
+        ([], "seat_map"),
+        ("map", "seat_map"),
+        ({"sections": [5]}, "seat_map.sections[0]"),
+        ({"sections": [{"rows": [{"name": "A", "seats": 1}]}]}, "seat_map.sections[0].name"),
+        ({"sections": [{"name": "S"}]}, "seat_map.sections[0].rows"),
+        ({"sections": [{"name": "S", "rows": []}]}, "seat_map.sections[0].rows"),
+        ({"sections": [{"name": "S", "rows": ["A"]}]}, "seat_map.sections[0].rows[0]"),
+        (_rows({"seats": 1}), "seat_map.sections[0].rows[0].name"),
+        (_rows({"name": "A"}), "seat_map.sections[0].rows[0].seats"),
+        (_rows({"name": "A", "seats": 0}), "seat_map.sections[0].rows[0].seats"),
+        (_rows({"name": "A", "seats": 501}), "seat_map.sections[0].rows[0].seats"),
+        (_rows({"name": "A", "seats": True}), "seat_map.sections[0].rows[0].seats"),
+        (_rows({"name": "A", "seats": []}), "seat_map.sections[0].rows[0].seats"),
+        (_rows({"name": "A", "seats": "12"}), "seat_map.sections[0].rows[0].seats"),
+        (
+            _rows({"name": "A", "seats": ["ok", "bad/label"]}),
+            "seat_map.sections[0].rows[0].seats[1]",
+        ),
+        (_rows({"name": "A", "seats": [""]}), "seat_map.sections[0].rows[0].seats[0]"),
+        (_rows({"name": "A", "seats": [None]}), "seat_map.sections[0].rows[0].seats[0]"),
+        (_rows({"name": "x" * 33, "seats": 1}), "seat_map.sections[0].rows[0].name"),
+        (_rows({"name": True, "seats": 1}), "seat_map.sections[0].rows[0].name"),
+    ],
+)
 def test_bad_seat_map(seat_map: Any, field: str) -> None:
     assert field_of(body(stock=_DROP, seat_map=seat_map)) == field
 
@@ -269,9 +386,15 @@ def test_unknown_admission_field() -> None:
 
 # -- partial updates -------------------------------------------------------------------------
 
+
 def test_partial_update_keeps_other_fields() -> None:
-    existing = parse_sale(body(timezone="Asia/Seoul", per_shopper_limit=3,
-                               admission={"batch_size": 20, "max_active": 40}))
+    existing = parse_sale(
+        body(
+            timezone="Asia/Seoul",
+            per_shopper_limit=3,
+            admission={"batch_size": 20, "max_active": 40},
+        )
+    )
     changed = parse_sale({"name": "Renamed"}, existing=existing)
     assert changed.name == "Renamed"
     assert changed == Sale(**{**existing.as_row(), "name": "Renamed"})
@@ -298,7 +421,8 @@ def test_partial_update_is_validated_as_a_whole() -> None:
     assert field_of({"id": "other"}, existing=existing) == "id"
     assert field_of({"closes_at": "2031-06-01T09:00:00+09:00"}, existing=existing) == "closes_at"
     assert field_of({"admission": {"batch_size": 600}}, existing=existing) == (
-        "admission.max_active")
+        "admission.max_active"
+    )
     assert field_of({"stock": "many"}, existing=existing) == "stock"
     assert field_of({"colour": "red"}, existing=existing) == "colour"
 

@@ -14,10 +14,14 @@ from waiting_room.seating import Layout, _runs, choose_seats, taken_from_bitmap,
 
 def layout_of(sections: list[tuple[str, list[tuple[str, Any]]]]) -> Layout:
     """A layout through the same normalisation a sale's seat map goes through."""
-    seat_map, _ = parse_seat_map({"sections": [
-        {"name": name, "rows": [{"name": row, "seats": seats} for row, seats in rows]}
-        for name, rows in sections
-    ]})
+    seat_map, _ = parse_seat_map(
+        {
+            "sections": [
+                {"name": name, "rows": [{"name": row, "seats": seats} for row, seats in rows]}
+                for name, rows in sections
+            ]
+        }
+    )
     return Layout.from_seat_map(seat_map)
 
 
@@ -35,11 +39,14 @@ def setbit(bitmap: bytearray, seat: int) -> None:
 
 # -- layout --------------------------------------------------------------------------------
 
+
 def test_seats_are_numbered_in_map_order_with_their_labels() -> None:
-    layout = layout_of([
-        ("Stalls", [("A", 3), ("B", ["1", "2", "2a", "3"])]),
-        ("Balcony", [("1", 2)]),
-    ])
+    layout = layout_of(
+        [
+            ("Stalls", [("A", 3), ("B", ["1", "2", "2a", "3"])]),
+            ("Balcony", [("1", 2)]),
+        ]
+    )
     assert layout.size == 9
     assert [(r.section, r.name, r.first, r.labels) for r in layout.rows] == [
         ("Stalls", "A", 0, ("1", "2", "3")),
@@ -48,9 +55,15 @@ def test_seats_are_numbered_in_map_order_with_their_labels() -> None:
     ]
     assert [list(r.seats) for r in layout.rows] == [[0, 1, 2], [3, 4, 5, 6], [7, 8]]
     assert [layout.label(s) for s in range(9)] == [
-        "Stalls / row A / seat 1", "Stalls / row A / seat 2", "Stalls / row A / seat 3",
-        "Stalls / row B / seat 1", "Stalls / row B / seat 2", "Stalls / row B / seat 2a",
-        "Stalls / row B / seat 3", "Balcony / row 1 / seat 1", "Balcony / row 1 / seat 2",
+        "Stalls / row A / seat 1",
+        "Stalls / row A / seat 2",
+        "Stalls / row A / seat 3",
+        "Stalls / row B / seat 1",
+        "Stalls / row B / seat 2",
+        "Stalls / row B / seat 2a",
+        "Stalls / row B / seat 3",
+        "Balcony / row 1 / seat 1",
+        "Balcony / row 1 / seat 2",
     ]
     assert layout.describe(5) == {"id": 5, "section": "Stalls", "row": "B", "seat": "2a"}
     assert layout.row_of(6) is layout.rows[1]
@@ -61,19 +74,23 @@ def test_seats_are_numbered_in_map_order_with_their_labels() -> None:
 
 
 def test_row_labels_given_as_numbers_become_text() -> None:
-    layout = Layout.from_seat_map({"sections": [{"name": 1, "rows": [{"name": 7,
-                                                                       "seats": [10, 11]}]}]})
+    layout = Layout.from_seat_map(
+        {"sections": [{"name": 1, "rows": [{"name": 7, "seats": [10, 11]}]}]}
+    )
     assert layout.label(1) == "1 / row 7 / seat 11"
     assert layout.size == 2
 
 
 # -- choose_seats: together ----------------------------------------------------------------
 
+
 def test_a_party_sits_together_in_the_front_row_centre_first() -> None:
     layout = grid(2, 10)
     assert choose_seats(layout, set(), 4) == [
-        [3, 4, 5, 6], [2, 3, 4, 5],  # front row, centre of the run first
-        [13, 14, 15, 16], [12, 13, 14, 15],
+        [3, 4, 5, 6],
+        [2, 3, 4, 5],  # front row, centre of the run first
+        [13, 14, 15, 16],
+        [12, 13, 14, 15],
     ]
     assert choose_seats(layout, set(), 10) == [list(range(10)), list(range(10, 20))]
 
@@ -108,6 +125,7 @@ def test_runs_are_split_by_taken_seats() -> None:
 
 
 # -- choose_seats: best available ----------------------------------------------------------
+
 
 def test_best_available_stays_in_one_row_when_no_run_is_long_enough() -> None:
     layout = grid(2, 8)
@@ -148,6 +166,7 @@ def test_no_choice_when_fewer_seats_are_free_than_the_party() -> None:
 
 # -- the bitmap and together ---------------------------------------------------------------
 
+
 def test_bitmap_bit_order_is_redis_setbit_order() -> None:
     assert taken_from_bitmap(None, 100) == set()
     assert taken_from_bitmap(b"", 100) == set()
@@ -182,14 +201,17 @@ def test_together_means_adjacent_in_one_row() -> None:
 
 # -- randomized --------------------------------------------------------------------------
 
+
 def test_random_maps_never_get_taken_or_repeated_seats() -> None:
     rng = random.Random(20241123)
     checked_together = checked_apart = 0
     for _ in range(400):
-        layout = layout_of([
-            (f"S{s}", [(str(r), rng.randint(1, 20)) for r in range(rng.randint(1, 6))])
-            for s in range(rng.randint(1, 3))
-        ])
+        layout = layout_of(
+            [
+                (f"S{s}", [(str(r), rng.randint(1, 20)) for r in range(rng.randint(1, 6))])
+                for s in range(rng.randint(1, 3))
+            ]
+        )
         taken = {s for s in range(layout.size) if rng.random() < rng.choice((0.1, 0.5, 0.9))}
         free = layout.size - len(taken)
         party = rng.randint(1, 8)
@@ -203,8 +225,10 @@ def test_random_maps_never_get_taken_or_repeated_seats() -> None:
             assert len(set(choice)) == party
             assert not set(choice) & taken
             assert all(0 <= s < layout.size for s in choice)
-        runs_by_row = [[run for run in _runs([s for s in row.seats if s not in taken])
-                        if len(run) >= party] for row in layout.rows]
+        runs_by_row = [
+            [run for run in _runs([s for s in row.seats if s not in taken]) if len(run) >= party]
+            for row in layout.rows
+        ]
         if any(runs_by_row):
             checked_together += 1
             assert all(together(layout, c) for c in choices)
@@ -212,8 +236,7 @@ def test_random_maps_never_get_taken_or_repeated_seats() -> None:
             assert layout.row_of(choices[0][0]) is layout.rows[first_row]  # front row first
         else:
             checked_apart += 1
-            roomy = [row for row in layout.rows
-                     if sum(s not in taken for s in row.seats) >= party]
+            roomy = [row for row in layout.rows if sum(s not in taken for s in row.seats) >= party]
             if roomy:  # one row if any row has room
                 assert all(len({layout.row_of(s) for s in c}) == 1 for c in choices)
                 assert layout.row_of(choices[0][0]) is roomy[0]

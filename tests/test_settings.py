@@ -22,17 +22,19 @@ def test_defaults_without_env() -> None:
 
 
 def test_parses_ints_bools_floats_and_strings() -> None:
-    settings = Settings.from_env({
-        "FLASHSALE_PORT": "9000",
-        "FLASHSALE_WORKERS": " 4 ",
-        "FLASHSALE_COOKIE_SECURE": "true",
-        "FLASHSALE_LOG_JSON": "off",
-        "FLASHSALE_ADMITTER_REFRESH_SECONDS": "0.5",
-        "FLASHSALE_ADMIN_TOKEN": "secret",
-        "FLASHSALE_TOKEN_KEY": KEY,
-        "REDIS_URL": "redis://cache:6380/2",
-        "UNRELATED": "ignored",
-    })
+    settings = Settings.from_env(
+        {
+            "FLASHSALE_PORT": "9000",
+            "FLASHSALE_WORKERS": " 4 ",
+            "FLASHSALE_COOKIE_SECURE": "true",
+            "FLASHSALE_LOG_JSON": "off",
+            "FLASHSALE_ADMITTER_REFRESH_SECONDS": "0.5",
+            "FLASHSALE_ADMIN_TOKEN": "secret",
+            "FLASHSALE_TOKEN_KEY": KEY,
+            "REDIS_URL": "redis://cache:6380/2",
+            "UNRELATED": "ignored",
+        }
+    )
     assert settings.port == 9000 and isinstance(settings.port, int)
     assert settings.workers == 4
     assert settings.cookie_secure is True
@@ -43,10 +45,22 @@ def test_parses_ints_bools_floats_and_strings() -> None:
     assert settings.redis_url == "redis://cache:6380/2"
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    ("1", True), ("true", True), ("TRUE", True), ("yes", True), ("on", True), (" On ", True),
-    ("0", False), ("false", False), ("no", False), ("off", False), ("False", False),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1", True),
+        ("true", True),
+        ("TRUE", True),
+        ("yes", True),
+        ("on", True),
+        (" On ", True),
+        ("0", False),
+        ("false", False),
+        ("no", False),
+        ("off", False),
+        ("False", False),
+    ],
+)
 def test_bool_forms(raw: str, expected: bool) -> None:
     assert Settings.from_env({"FLASHSALE_COOKIE_SECURE": raw}).cookie_secure is expected
 
@@ -60,12 +74,20 @@ def test_overrides_win_over_env() -> None:
     assert settings.port == 9100
 
 
-@pytest.mark.parametrize(("env", "raw"), [
-    ("FLASHSALE_PORT", "eighty"), ("FLASHSALE_PORT", "80.5"), ("FLASHSALE_WORKERS", "2x"),
-    ("FLASHSALE_JOIN_LIMIT_PER_VISITOR", "1e3"), ("FLASHSALE_STATUS_CACHE_MS", "true"),
-    ("FLASHSALE_COOKIE_SECURE", "maybe"), ("FLASHSALE_LOG_JSON", "2"),
-    ("FLASHSALE_ADMITTER_REFRESH_SECONDS", "soon"), ("FLASHSALE_MAX_BODY_BYTES", "16 KB"),
-])
+@pytest.mark.parametrize(
+    ("env", "raw"),
+    [
+        ("FLASHSALE_PORT", "eighty"),
+        ("FLASHSALE_PORT", "80.5"),
+        ("FLASHSALE_WORKERS", "2x"),
+        ("FLASHSALE_JOIN_LIMIT_PER_VISITOR", "1e3"),
+        ("FLASHSALE_STATUS_CACHE_MS", "true"),
+        ("FLASHSALE_COOKIE_SECURE", "maybe"),
+        ("FLASHSALE_LOG_JSON", "2"),
+        ("FLASHSALE_ADMITTER_REFRESH_SECONDS", "soon"),
+        ("FLASHSALE_MAX_BODY_BYTES", "16 KB"),
+    ],
+)
 def test_bad_values_name_the_variable(env: str, raw: str) -> None:
     with pytest.raises(SettingsError, match=env) as info:
         Settings.from_env({env: raw})
@@ -84,17 +106,20 @@ def test_token_key_of_32_accepted() -> None:
     assert settings.signing_keys() == (KEY.encode(), KEY.encode())
 
 
-@pytest.mark.parametrize(("env", "raw", "words"), [
-    ("FLASHSALE_REDIS_PREFIX", "fs:x", "FLASHSALE_REDIS_PREFIX"),
-    ("FLASHSALE_REDIS_PREFIX", "a b", "FLASHSALE_REDIS_PREFIX"),
-    ("FLASHSALE_DATABASE_SCHEMA", "public; drop", "FLASHSALE_DATABASE_SCHEMA"),
-    ("FLASHSALE_DATABASE_SCHEMA", "a-b", "FLASHSALE_DATABASE_SCHEMA"),
-    ("FLASHSALE_WORKERS", "0", "FLASHSALE_WORKERS"),
-    ("FLASHSALE_JOIN_BUCKETS", "0", "FLASHSALE_JOIN_BUCKETS"),
-    ("FLASHSALE_RATE_WINDOW_SECONDS", "-1", "FLASHSALE_RATE_WINDOW_SECONDS"),
-    ("FLASHSALE_STATUS_CACHE_MS", "-1", "FLASHSALE_STATUS_CACHE_MS"),
-    ("FLASHSALE_REDIS_COMMAND_TIMEOUT_SECONDS", "0", "FLASHSALE_REDIS_COMMAND_TIMEOUT_SECONDS"),
-])
+@pytest.mark.parametrize(
+    ("env", "raw", "words"),
+    [
+        ("FLASHSALE_REDIS_PREFIX", "fs:x", "FLASHSALE_REDIS_PREFIX"),
+        ("FLASHSALE_REDIS_PREFIX", "a b", "FLASHSALE_REDIS_PREFIX"),
+        ("FLASHSALE_DATABASE_SCHEMA", "public; drop", "FLASHSALE_DATABASE_SCHEMA"),
+        ("FLASHSALE_DATABASE_SCHEMA", "a-b", "FLASHSALE_DATABASE_SCHEMA"),
+        ("FLASHSALE_WORKERS", "0", "FLASHSALE_WORKERS"),
+        ("FLASHSALE_JOIN_BUCKETS", "0", "FLASHSALE_JOIN_BUCKETS"),
+        ("FLASHSALE_RATE_WINDOW_SECONDS", "-1", "FLASHSALE_RATE_WINDOW_SECONDS"),
+        ("FLASHSALE_STATUS_CACHE_MS", "-1", "FLASHSALE_STATUS_CACHE_MS"),
+        ("FLASHSALE_REDIS_COMMAND_TIMEOUT_SECONDS", "0", "FLASHSALE_REDIS_COMMAND_TIMEOUT_SECONDS"),
+    ],
+)
 def test_invalid_values_rejected(env: str, raw: str, words: str) -> None:
     with pytest.raises(SettingsError, match=re.escape(words)):
         Settings.from_env({env: raw})

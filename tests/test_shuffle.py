@@ -45,8 +45,9 @@ def test_empty_permutation_has_no_members() -> None:
 
 def test_different_keys_give_different_orders() -> None:
     size = 200
-    orders = {tuple(Permutation(bytes([k]) * 16, size).forward(j) for j in range(size))
-              for k in range(8)}
+    orders = {
+        tuple(Permutation(bytes([k]) * 16, size).forward(j) for j in range(size)) for k in range(8)
+    }
     assert len(orders) == 8
     assert tuple(range(size)) not in orders  # a shuffle, not the arrival order
 

@@ -15,12 +15,18 @@ from waiting_room.status import State
 
 
 def _admission(n: int) -> dict[str, Any]:
-    return {"batch_size": n, "batch_interval_ms": 50, "max_active": n,
-            "admission_ttl_seconds": 600, "abandon_after_seconds": 60}
+    return {
+        "batch_size": n,
+        "batch_interval_ms": 50,
+        "max_active": n,
+        "admission_ttl_seconds": 600,
+        "abandon_after_seconds": 60,
+    }
 
 
 async def test_admitted_shoppers_stay_admitted_while_units_are_held(
-        make_sale: Any, admit: Any, room: WaitingRoom, purchases: Purchases) -> None:
+    make_sale: Any, admit: Any, room: WaitingRoom, purchases: Purchases
+) -> None:
     sale = await make_sale(stock=1, per_shopper_limit=1, admission=_admission(5))
     first, second = await admit(sale, ["holder-0001", "second-0001"])
     await purchases.hold(sale, first, quantity=1)
@@ -34,7 +40,8 @@ async def test_admitted_shoppers_stay_admitted_while_units_are_held(
 
 
 async def test_sold_for_good_turns_newcomers_away(
-        make_sale: Any, admit: Any, room: WaitingRoom, purchases: Purchases) -> None:
+    make_sale: Any, admit: Any, room: WaitingRoom, purchases: Purchases
+) -> None:
     sale = await make_sale(stock=1, per_shopper_limit=1, admission=_admission(5))
     (first,) = await admit(sale, ["buyer-00001"])
     held = await purchases.hold(sale, first, quantity=1)
@@ -43,7 +50,8 @@ async def test_sold_for_good_turns_newcomers_away(
 
 
 async def test_a_refusal_for_the_shoppers_limit_returns_the_units(
-        make_sale: Any, admit: Any, purchases: Purchases, pool: Any, redis: Any) -> None:
+    make_sale: Any, admit: Any, purchases: Purchases, pool: Any, redis: Any
+) -> None:
     sale = await make_sale(stock=10, per_shopper_limit=2, admission=_admission(5))
     (claims,) = await admit(sale, ["limited-001"])
     held = await purchases.hold(sale, claims, quantity=2)
@@ -51,7 +59,9 @@ async def test_a_refusal_for_the_shoppers_limit_returns_the_units(
     # PostgreSQL already counts two other units for this shopper (Redis lost them)
     await pool.execute(
         "INSERT INTO shopper_totals (sale_id, visitor, units, limit_units) VALUES ($1, $2, 2, 2)",
-        sale.id, claims.visitor)
+        sale.id,
+        claims.visitor,
+    )
     with pytest.raises(PurchaseRefused) as refused:
         await purchases.pay(sale, claims.visitor, held.order["id"], "tok_approve")
     assert refused.value.code == "order_failed"

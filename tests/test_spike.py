@@ -46,17 +46,45 @@ def test_a_short_spike_keeps_every_invariant(settings: Settings, tmp_path: Path)
     run = f"{os.getpid()}{secrets.token_hex(2)}"
     env = {**os.environ, "REDIS_URL": settings.redis_url, "DATABASE_URL": settings.database_url}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    argv = [sys.executable, "-m", "loadtest.spike", "--seconds", "8", "--users", "200",
-            "--spawn-rate", "200", "--lead", "3", "--stock", "120", "--seats", "100",
-            "--hold-seconds", "10", "--api-workers", "1", "--prefix", f"spiketest{run}",
-            "--schema", f"fs_spiketest_{run}", "--report-root", str(tmp_path),
-            "--settle-seconds", "25", "--no-install", "--cleanup"]
+    argv = [
+        sys.executable,
+        "-m",
+        "loadtest.spike",
+        "--seconds",
+        "8",
+        "--users",
+        "200",
+        "--spawn-rate",
+        "200",
+        "--lead",
+        "3",
+        "--stock",
+        "120",
+        "--seats",
+        "100",
+        "--hold-seconds",
+        "10",
+        "--api-workers",
+        "1",
+        "--prefix",
+        f"spiketest{run}",
+        "--schema",
+        f"fs_spiketest_{run}",
+        "--report-root",
+        str(tmp_path),
+        "--settle-seconds",
+        "25",
+        "--no-install",
+        "--cleanup",
+    ]
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=150)
     lines = done.stdout.strip().splitlines()
     assert lines, f"no output; stderr:\n{done.stderr[-3000:]}"
     out = json.loads(lines[-1])
-    context = (f"{out.get('error')} {out.get('failed_checks')}\n{done.stdout[-1500:]}\n"
-               f"{done.stderr[-2500:]}")
+    context = (
+        f"{out.get('error')} {out.get('failed_checks')}\n{done.stdout[-1500:]}\n"
+        f"{done.stderr[-2500:]}"
+    )
     assert out["invariants_ok"], context
     assert done.returncode == 0, context
     assert out["oversold"] == 0 and out["seats_double_sold"] == 0, context
@@ -69,6 +97,10 @@ def test_a_short_spike_keeps_every_invariant(settings: Settings, tmp_path: Path)
     assert out["rate_limited_429"] > 0, "the ingress never answered 429 to the scraper"
     report = Path(out["report"])
     assert (report / "report.md").exists() and (report / "locust_stats.csv").exists()
-    assert {p.name for p in report.glob("*.png")} >= {"arrivals.png", "waiting.png",
-                                                        "admitted.png", "sold.png",
-                                                        "latency.png"}
+    assert {p.name for p in report.glob("*.png")} >= {
+        "arrivals.png",
+        "waiting.png",
+        "admitted.png",
+        "sold.png",
+        "latency.png",
+    }

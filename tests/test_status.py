@@ -27,9 +27,20 @@ HOUR_MS = 3_600_000
 def view(**overrides: object) -> RoomView:
     """An opened room: 1000 joined, frontier at 100, batches of 10 every second."""
     values: dict[str, object] = dict(
-        opens_ms=T0, closes_ms=T0 + HOUR_MS, batch_size=10, interval_ms=1000, max_active=50,
-        admission_ttl_ms=600_000, abandon_ms=60_000, shuffle_key=b"k" * 16, opened=True,
-        prequeue=200, pre=200, seq=1000, frontier=100, next_batch_ms=T0,
+        opens_ms=T0,
+        closes_ms=T0 + HOUR_MS,
+        batch_size=10,
+        interval_ms=1000,
+        max_active=50,
+        admission_ttl_ms=600_000,
+        abandon_ms=60_000,
+        shuffle_key=b"k" * 16,
+        opened=True,
+        prequeue=200,
+        pre=200,
+        seq=1000,
+        frontier=100,
+        next_batch_ms=T0,
     )
     values.update(overrides)
     return RoomView(**values)  # type: ignore[arg-type]
@@ -47,15 +58,19 @@ SKIPPED = Outcome(admitted=False, active_until_ms=None)
 
 # -- decide ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("outcome", [None, ACTIVE, ENDED, SKIPPED])
 @pytest.mark.parametrize("position", [None, 5, 500])
 @pytest.mark.parametrize("sold_out", [False, True])
 @pytest.mark.parametrize("opened", [False, True])
-def test_closed_beats_everything(outcome: Outcome | None, position: int | None, sold_out: bool,
-                                 opened: bool) -> None:
-    for room, now in ((view(closed=True, sold_out=sold_out, opened=opened), NOW),
-                      (view(sold_out=sold_out, opened=opened), T0 + HOUR_MS),  # closes_at
-                      (view(sold_out=sold_out, opened=opened), T0 + HOUR_MS + 1)):
+def test_closed_beats_everything(
+    outcome: Outcome | None, position: int | None, sold_out: bool, opened: bool
+) -> None:
+    for room, now in (
+        (view(closed=True, sold_out=sold_out, opened=opened), NOW),
+        (view(sold_out=sold_out, opened=opened), T0 + HOUR_MS),  # closes_at
+        (view(sold_out=sold_out, opened=opened), T0 + HOUR_MS + 1),
+    ):
         status = decide(room, position=position, outcome=outcome, now_ms=now)
         assert status.state is State.CLOSED
         assert status.poll_after_seconds is None  # stop polling
@@ -118,8 +133,9 @@ def test_not_open_when_position_unknown_in_opened_room() -> None:
     assert status.state is State.NOT_OPEN
 
 
-@pytest.mark.parametrize(("position", "ahead"), [(100, 0), (101, 1), (109, 9), (110, 10),
-                                                 (500, 400), (999, 899)])
+@pytest.mark.parametrize(
+    ("position", "ahead"), [(100, 0), (101, 1), (109, 9), (110, 10), (500, 400), (999, 899)]
+)
 def test_waiting_ahead_is_position_minus_frontier(position: int, ahead: int) -> None:
     status = decide(view(), position=position, outcome=None, now_ms=NOW)
     assert status.state is State.WAITING
@@ -146,6 +162,7 @@ def test_room_waiting_counts() -> None:
 
 
 # -- rates and estimates ---------------------------------------------------------------------
+
 
 def test_measured_rate_from_samples() -> None:
     samples = ((NOW, 500), (NOW - 5_000, 300), (NOW - 10_000, 100))
@@ -209,8 +226,9 @@ def test_waiting_poll_bounds(abandon_ms: int) -> None:
     for ahead in (0, 5, 10, 11, 100, 10_000, 10**7):
         for eta in (None, 0.0, 0.5, 3.0, 60.0, 3600.0, 10**6):
             for spread in SPREADS:
-                poll = poll_interval(room, State.WAITING, ahead=ahead, eta=eta, now_ms=NOW,
-                                     spread=spread)
+                poll = poll_interval(
+                    room, State.WAITING, ahead=ahead, eta=eta, now_ms=NOW, spread=spread
+                )
                 assert poll is not None
                 assert poll >= MIN_POLL_S, (abandon_ms, ahead, eta, spread)
                 assert poll <= abandon_ms / 1000 * 3 / 4, (abandon_ms, ahead, eta, spread)
@@ -227,8 +245,10 @@ def test_waiting_poll_is_frequent_near_the_front_and_rare_far_back() -> None:
 
 def test_waiting_poll_spread_staggers_a_crowd() -> None:
     room = view()
-    polls = {poll_interval(room, State.WAITING, ahead=5000, eta=500.0, now_ms=NOW, spread=s)
-             for s in SPREADS}
+    polls = {
+        poll_interval(room, State.WAITING, ahead=5000, eta=500.0, now_ms=NOW, spread=s)
+        for s in SPREADS
+    }
     assert len(polls) > 1
 
 
@@ -241,8 +261,9 @@ def test_final_states_stop_polling(state: State) -> None:
 @pytest.mark.parametrize("until_open_ms", [0, 100, 1_000, 5_000, 20_000])
 def test_not_open_polls_just_after_the_opening(spread: float, until_open_ms: int) -> None:
     room = not_open()  # 60 s abandonment window: ceiling well above 20 s
-    poll = poll_interval(room, State.NOT_OPEN, ahead=None, eta=None,
-                         now_ms=T0 - until_open_ms, spread=spread)
+    poll = poll_interval(
+        room, State.NOT_OPEN, ahead=None, eta=None, now_ms=T0 - until_open_ms, spread=spread
+    )
     assert poll is not None
     wake_ms = T0 - until_open_ms + poll * 1000
     assert T0 < wake_ms <= T0 + 2_300  # after the opening, within the spread
@@ -250,24 +271,28 @@ def test_not_open_polls_just_after_the_opening(spread: float, until_open_ms: int
 
 
 def test_not_open_spread_staggers_the_wake_up() -> None:
-    polls = [poll_interval(not_open(), State.NOT_OPEN, ahead=None, eta=None, now_ms=T0 - 5000,
-                           spread=s) for s in SPREADS]
+    polls = [
+        poll_interval(not_open(), State.NOT_OPEN, ahead=None, eta=None, now_ms=T0 - 5000, spread=s)
+        for s in SPREADS
+    ]
     assert len(set(polls)) == len(polls)
     assert max(polls) - min(polls) >= 1.5  # spread over about two seconds
 
 
 def test_not_open_after_opening_time_still_wakes_soon() -> None:
     """The opening time passed but the room has not seen it yet: poll again right away."""
-    poll = poll_interval(not_open(), State.NOT_OPEN, ahead=None, eta=None, now_ms=T0 + 30_000,
-                         spread=0.5)
+    poll = poll_interval(
+        not_open(), State.NOT_OPEN, ahead=None, eta=None, now_ms=T0 + 30_000, spread=0.5
+    )
     assert poll is not None and 0 < poll <= 2.2
 
 
 @pytest.mark.parametrize("abandon_ms", [10_000, 60_000, 3_600_000])
 def test_not_open_far_from_opening_polls_within_the_window(abandon_ms: int) -> None:
     room = not_open(abandon_ms=abandon_ms)
-    poll = poll_interval(room, State.NOT_OPEN, ahead=None, eta=None, now_ms=T0 - 10 * HOUR_MS,
-                         spread=0.5)
+    poll = poll_interval(
+        room, State.NOT_OPEN, ahead=None, eta=None, now_ms=T0 - 10 * HOUR_MS, spread=0.5
+    )
     assert poll is not None
     assert MIN_POLL_S <= poll <= min(MAX_POLL_S, abandon_ms / 1000 * 3 / 4)
 
@@ -276,16 +301,40 @@ def test_poll_interval_of_decide_matches() -> None:
     room = view()
     status = decide(room, position=5000, outcome=None, now_ms=NOW, spread=0.25)
     assert status.poll_after_seconds == poll_interval(
-        room, State.WAITING, ahead=status.ahead, eta=status.eta_seconds, now_ms=NOW, spread=0.25)
+        room, State.WAITING, ahead=status.ahead, eta=status.eta_seconds, now_ms=NOW, spread=0.25
+    )
 
 
 def test_from_redis() -> None:
-    meta = {"opens_ms": str(T0), "closes_ms": str(T0 + HOUR_MS), "batch_size": "10",
-            "interval_ms": "500", "max_active": "50", "admission_ttl_ms": "600000",
-            "abandon_ms": "60000", "shuffle_key": "00ff", "opened": "1", "P": "7", "pre": "7",
-            "seq": "30", "frontier": "12", "sold_out": "0", "closed": "1"}
+    meta = {
+        "opens_ms": str(T0),
+        "closes_ms": str(T0 + HOUR_MS),
+        "batch_size": "10",
+        "interval_ms": "500",
+        "max_active": "50",
+        "admission_ttl_ms": "600000",
+        "abandon_ms": "60000",
+        "shuffle_key": "00ff",
+        "opened": "1",
+        "P": "7",
+        "pre": "7",
+        "seq": "30",
+        "frontier": "12",
+        "sold_out": "0",
+        "closed": "1",
+    }
     room = RoomView.from_redis(meta, [f"{NOW}:12:10:0", f"{NOW - 500}:2:2:0"])
-    assert room == replace(view(interval_ms=500, shuffle_key=b"\x00\xff", prequeue=7, pre=7,
-                                seq=30, frontier=12, closed=True, next_batch_ms=0),
-                           batches=((NOW, 12), (NOW - 500, 2)))
+    assert room == replace(
+        view(
+            interval_ms=500,
+            shuffle_key=b"\x00\xff",
+            prequeue=7,
+            pre=7,
+            seq=30,
+            frontier=12,
+            closed=True,
+            next_batch_ms=0,
+        ),
+        batches=((NOW, 12), (NOW - 500, 2)),
+    )
     assert room.is_closed(NOW)

@@ -630,8 +630,10 @@ def test_terraform_test_with_mocked_providers(directory: str, tmp_path: Path) ->
     if os.environ.get("FLASHSALE_TERRAFORM_INIT") != "1":
         # `terraform init` downloads providers and modules from the Terraform registry; never
         # reach out to it unasked (this workplace's machines have no route there)
-        pytest.skip("terraform test needs `terraform init` to reach the Terraform registry: "
-                    "set FLASHSALE_TERRAFORM_INIT=1 where it can")
+        pytest.skip(
+            "terraform test needs `terraform init` to reach the Terraform registry: "
+            "set FLASHSALE_TERRAFORM_INIT=1 where it can"
+        )
     copy = tmp_path / "terraform"
     shutil.copytree(TERRAFORM, copy, ignore=shutil.ignore_patterns(".terraform*"))
     workdir = copy / directory

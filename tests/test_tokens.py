@@ -16,8 +16,13 @@ OTHER = b"o" * 32
 
 
 def claims(**overrides: object) -> Claims:
-    values: dict[str, object] = {"kind": TICKET, "sale": "s1", "visitor": "visitor-1",
-                                 "index": 42, "exp": NOW + 60}
+    values: dict[str, object] = {
+        "kind": TICKET,
+        "sale": "s1",
+        "visitor": "visitor-1",
+        "index": 42,
+        "exp": NOW + 60,
+    }
     values.update(overrides)
     return Claims(**values)  # type: ignore[arg-type]
 
@@ -72,10 +77,22 @@ def test_signed_by_unknown_key_is_invalid() -> None:
         Signer((KEY,)).verify(token, kind=TICKET, sale="s1", now=NOW)
 
 
-@pytest.mark.parametrize("garbage", [
-    "", ".", "..", "abc", "a.b.c", "not a token", "%%%.%%%", "abc.!!!", "x" * 2000,
-    "a" * 1023 + ".", "€.€",
-])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        "",
+        ".",
+        "..",
+        "abc",
+        "a.b.c",
+        "not a token",
+        "%%%.%%%",
+        "abc.!!!",
+        "x" * 2000,
+        "a" * 1023 + ".",
+        "€.€",
+    ],
+)
 def test_garbage_is_invalid(garbage: str) -> None:
     with pytest.raises(TokenInvalid):
         Signer((KEY,)).verify(garbage, kind=TICKET, sale="s1", now=NOW)
@@ -86,10 +103,16 @@ def test_non_string_is_invalid() -> None:
         Signer((KEY,)).verify(None, kind=TICKET, sale="s1", now=NOW)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("payload", [
-    b"not json", b"[]", b"{}", b'{"k":"ticket","s":"s1","v":"v","j":"x","e":1e12}',
-    b'{"k":"ticket","s":"s1","v":"v","j":1}',
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"not json",
+        b"[]",
+        b"{}",
+        b'{"k":"ticket","s":"s1","v":"v","j":"x","e":1e12}',
+        b'{"k":"ticket","s":"s1","v":"v","j":1}',
+    ],
+)
 def test_well_signed_but_malformed_payload_is_invalid(payload: bytes) -> None:
     """A payload we signed ourselves but that does not hold claims is still refused cleanly."""
     body = b64(payload)
@@ -163,7 +186,9 @@ def test_settings_without_key_use_one_random_key_per_process() -> None:
     assert Settings(token_key="").signing_keys() == keys  # stable within the process
     previous = "p" * 32
     assert Settings(token_key="", token_key_previous=previous).signing_keys() == (
-        keys[0], previous.encode())
+        keys[0],
+        previous.encode(),
+    )
 
 
 def test_settings_keys_drive_the_signer() -> None:

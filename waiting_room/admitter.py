@@ -24,39 +24,72 @@ log = logging.getLogger(__name__)
 ADMITTED = Counter("flashsale_admitted", "Shoppers admitted from the waiting room", ["sale"])
 SKIPPED = Counter("flashsale_skipped", "Places skipped because the waiter left", ["sale"])
 LAST_BATCH = Gauge(
-    "flashsale_admitter_last_batch_timestamp_seconds", "When the admitter last let a batch in",
-    ["sale"], multiprocess_mode="max",
+    "flashsale_admitter_last_batch_timestamp_seconds",
+    "When the admitter last let a batch in",
+    ["sale"],
+    multiprocess_mode="max",
 )
 
 # Per-sale figures, exported by the admitters only (they read every live room anyway), so a
 # dashboard takes `max by (sale)` over admitter pods instead of a sum multiplied by API pods.
 # multiprocess_mode: the image sets PROMETHEUS_MULTIPROC_DIR for every role.
-WAITING = Gauge("flashsale_waiting", "Shoppers in line, not yet admitted", ["sale"],
-                multiprocess_mode="max")
-ACTIVE = Gauge("flashsale_active_shoppers", "Admitted shoppers whose admission is current",
-               ["sale"], multiprocess_mode="max")
-ACTIVE_LIMIT = Gauge("flashsale_active_shoppers_limit", "The sale's max_active", ["sale"],
-                     multiprocess_mode="max")
-HOLDS_OPEN = Gauge("flashsale_holds_open", "Holds not yet paid, released or expired", ["sale"],
-                   multiprocess_mode="max")
-AVAILABLE = Gauge("flashsale_stock_available_units", "Units left to hold (Redis)", ["sale"],
-                  multiprocess_mode="max")
-HELD = Gauge("flashsale_stock_held_units", "Units in unpaid holds (Redis)", ["sale"],
-             multiprocess_mode="max")
-SOLD = Gauge("flashsale_stock_sold_units", "Units sold (Redis)", ["sale"],
-             multiprocess_mode="max")
-SALE_OPEN = Gauge("flashsale_sale_open", "1 from the opening until the sale closes", ["sale"],
-                  multiprocess_mode="max")
-SOLD_OUT = Gauge("flashsale_sale_sold_out", "1 while nothing is left to hold", ["sale"],
-                 multiprocess_mode="max")
-OPENS_AT = Gauge("flashsale_sale_opens_timestamp_seconds", "When the sale opens", ["sale"],
-                 multiprocess_mode="max")
+WAITING = Gauge(
+    "flashsale_waiting", "Shoppers in line, not yet admitted", ["sale"], multiprocess_mode="max"
+)
+ACTIVE = Gauge(
+    "flashsale_active_shoppers",
+    "Admitted shoppers whose admission is current",
+    ["sale"],
+    multiprocess_mode="max",
+)
+ACTIVE_LIMIT = Gauge(
+    "flashsale_active_shoppers_limit", "The sale's max_active", ["sale"], multiprocess_mode="max"
+)
+HOLDS_OPEN = Gauge(
+    "flashsale_holds_open",
+    "Holds not yet paid, released or expired",
+    ["sale"],
+    multiprocess_mode="max",
+)
+AVAILABLE = Gauge(
+    "flashsale_stock_available_units",
+    "Units left to hold (Redis)",
+    ["sale"],
+    multiprocess_mode="max",
+)
+HELD = Gauge(
+    "flashsale_stock_held_units", "Units in unpaid holds (Redis)", ["sale"], multiprocess_mode="max"
+)
+SOLD = Gauge("flashsale_stock_sold_units", "Units sold (Redis)", ["sale"], multiprocess_mode="max")
+SALE_OPEN = Gauge(
+    "flashsale_sale_open",
+    "1 from the opening until the sale closes",
+    ["sale"],
+    multiprocess_mode="max",
+)
+SOLD_OUT = Gauge(
+    "flashsale_sale_sold_out", "1 while nothing is left to hold", ["sale"], multiprocess_mode="max"
+)
+OPENS_AT = Gauge(
+    "flashsale_sale_opens_timestamp_seconds",
+    "When the sale opens",
+    ["sale"],
+    multiprocess_mode="max",
+)
 
 
 class Admitter:
-    def __init__(self, sales: Sales, room: WaitingRoom, stock: Stock, *, tick_ms: int,
-                 refresh_seconds: float, prewarm_lead_seconds: int = 300,
-                 gauges_every_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        sales: Sales,
+        room: WaitingRoom,
+        stock: Stock,
+        *,
+        tick_ms: int,
+        refresh_seconds: float,
+        prewarm_lead_seconds: int = 300,
+        gauges_every_seconds: float = 1.0,
+    ) -> None:
         self.sales = sales
         self.room = room
         self.stock = stock
@@ -88,7 +121,8 @@ class Admitter:
         now = datetime.now(UTC)
         for sale in self._live:
             if sale.id not in self._warm and now >= sale.opens_at - timedelta(
-                    seconds=self.prewarm_lead):
+                seconds=self.prewarm_lead
+            ):
                 try:
                     await self.prewarm(sale)
                 except Exception:  # one sale's failed pre-warm must not stop the others
@@ -103,8 +137,14 @@ class Admitter:
         fence makes this a no-op for a sale already warm."""
         if not await self.stock.is_warm(sale.id):
             result = await self.stock.prewarm(sale)
-            log.info("pre-warmed", extra={"sale": sale.id, "outcome": result["outcome"],
-                                          "available": result["available"]})
+            log.info(
+                "pre-warmed",
+                extra={
+                    "sale": sale.id,
+                    "outcome": result["outcome"],
+                    "available": result["available"],
+                },
+            )
         self._warm.add(sale.id)
 
     async def admit(self, sale_id: str) -> None:
@@ -122,8 +162,12 @@ class Admitter:
             LAST_BATCH.labels(sale_id).set_to_current_time()
             log.info(
                 "batch admitted",
-                extra={"sale": sale_id, "admitted": result.admitted, "skipped": result.skipped,
-                       "frontier": result.frontier},
+                extra={
+                    "sale": sale_id,
+                    "admitted": result.admitted,
+                    "skipped": result.skipped,
+                    "frontier": result.frontier,
+                },
             )
 
     async def export_gauges(self, now: datetime) -> None:
@@ -138,8 +182,9 @@ class Admitter:
             try:
                 await self._export_sale(sale, now)
             except Exception:  # metrics must never stop admission
-                log.warning("could not read the room for metrics", extra={"sale": sale.id},
-                            exc_info=True)
+                log.warning(
+                    "could not read the room for metrics", extra={"sale": sale.id}, exc_info=True
+                )
 
     async def _export_sale(self, sale: Sale, now: datetime) -> None:
         OPENS_AT.labels(sale.id).set(sale.opens_at.timestamp())

@@ -46,8 +46,11 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, encoding: str | None) -> None:
         self.transport: asyncio.Transport | None = None
-        self.reader = (hiredis.Reader(replyError=_reply_error, encoding=encoding)
-                       if encoding else hiredis.Reader(replyError=_reply_error))
+        self.reader = (
+            hiredis.Reader(replyError=_reply_error, encoding=encoding)
+            if encoding
+            else hiredis.Reader(replyError=_reply_error)
+        )
         self.pending: deque[asyncio.Future[Any]] = deque()
         self.outgoing: list[bytes] = []
         self.flush_scheduled = False
@@ -102,10 +105,19 @@ class _Connection(asyncio.Protocol):
 class AutoPipeline:
     """Commands from any number of coroutines, pipelined onto one connection."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, path: str | None = None,
-                 db: int = 0, username: str | None = None, password: str | None = None,
-                 ssl_context: ssl.SSLContext | None = None, decode: bool = True,
-                 timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        path: str | None = None,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        decode: bool = True,
+        timeout: float = 5.0,
+    ) -> None:
         self.host, self.port, self.path, self.db = host, port, path, db
         self.username, self.password, self.ssl_context = username, password, ssl_context
         self.encoding = "utf-8" if decode else None
@@ -130,11 +142,17 @@ class AutoPipeline:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
         unix = issubclass(pool.connection_class, UnixDomainSocketConnection)
-        return cls(host=kwargs.get("host", "127.0.0.1"), port=int(kwargs.get("port", 6379)),
-                   path=kwargs.get("path") if unix else None, db=int(kwargs.get("db") or 0),
-                   username=kwargs.get("username"), password=kwargs.get("password"),
-                   ssl_context=context, decode=bool(kwargs.get("decode_responses")),
-                   timeout=timeout)
+        return cls(
+            host=kwargs.get("host", "127.0.0.1"),
+            port=int(kwargs.get("port", 6379)),
+            path=kwargs.get("path") if unix else None,
+            db=int(kwargs.get("db") or 0),
+            username=kwargs.get("username"),
+            password=kwargs.get("password"),
+            ssl_context=context,
+            decode=bool(kwargs.get("decode_responses")),
+            timeout=timeout,
+        )
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -229,15 +247,22 @@ class AutoPipeline:
             async with asyncio.timeout(self.timeout):
                 if self.path:
                     _, connection = await loop.create_unix_connection(
-                        lambda: _Connection(self.encoding), self.path)
+                        lambda: _Connection(self.encoding), self.path
+                    )
                 else:
                     _, connection = await loop.create_connection(
-                        lambda: _Connection(self.encoding), self.host, self.port,
-                        ssl=self.ssl_context)
+                        lambda: _Connection(self.encoding),
+                        self.host,
+                        self.port,
+                        ssl=self.ssl_context,
+                    )
                 setup: list[tuple[Arg, ...]] = []
                 if self.password:
-                    setup.append(("AUTH", self.username, self.password) if self.username
-                                 else ("AUTH", self.password))
+                    setup.append(
+                        ("AUTH", self.username, self.password)
+                        if self.username
+                        else ("AUTH", self.password)
+                    )
                 if self.db:
                     setup.append(("SELECT", self.db))
                 for command in setup:
@@ -247,7 +272,8 @@ class AutoPipeline:
                 connection.fail(RedisConnectionError(f"could not set up the connection: {exc}"))
             if isinstance(exc, TimeoutError):
                 raise RedisTimeoutError(
-                    f"could not connect to Redis in {self.timeout:g} s") from exc
+                    f"could not connect to Redis in {self.timeout:g} s"
+                ) from exc
             if isinstance(exc, OSError):
                 raise RedisConnectionError(f"could not connect to Redis: {exc}") from exc
             raise
@@ -255,8 +281,9 @@ class AutoPipeline:
         return connection
 
 
-_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...],
-                                   AutoPipeline]] = weakref.WeakKeyDictionary()
+_shared: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[Any, ...], AutoPipeline]
+] = weakref.WeakKeyDictionary()
 
 
 def shared_for(redis: Redis, timeout: float) -> AutoPipeline:
@@ -264,8 +291,19 @@ def shared_for(redis: Redis, timeout: float) -> AutoPipeline:
     credentials and decoding: a connection belongs to one loop)."""
     per_loop = _shared.setdefault(asyncio.get_running_loop(), {})
     kwargs = redis.connection_pool.connection_kwargs
-    key = tuple(str(kwargs.get(k)) for k in ("host", "port", "path", "db", "username",
-                                              "password", "decode_responses", "ssl_cert_reqs"))
+    key = tuple(
+        str(kwargs.get(k))
+        for k in (
+            "host",
+            "port",
+            "path",
+            "db",
+            "username",
+            "password",
+            "decode_responses",
+            "ssl_cert_reqs",
+        )
+    )
     key += (redis.connection_pool.connection_class, timeout)
     pipeline = per_loop.get(key)
     if pipeline is None:

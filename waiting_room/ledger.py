@@ -91,8 +91,9 @@ def _refusal(exc: asyncpg.PostgresError) -> str | None:
     return REFUSALS.get(getattr(exc, "constraint_name", None) or "")
 
 
-async def _insert_holds(conn: asyncpg.Connection, holds: list[HoldRecord], currency: str,
-                        label: Callable[[int], str]) -> list[HoldRecord]:
+async def _insert_holds(
+    conn: asyncpg.Connection, holds: list[HoldRecord], currency: str, label: Callable[[int], str]
+) -> list[HoldRecord]:
     """Insert holds and count them against stock, limits and seats; returns those new."""
     rows = await conn.fetch(
         """
@@ -106,11 +107,16 @@ async def _insert_holds(conn: asyncpg.Connection, holds: list[HoldRecord], curre
         ON CONFLICT (id) DO NOTHING
         RETURNING id
         """,
-        [h.order_id for h in holds], [h.sale_id for h in holds], [h.visitor for h in holds],
-        [h.index for h in holds], [h.idempotency_key for h in holds],
-        [h.quantity for h in holds], [h.amount_cents for h in holds],
+        [h.order_id for h in holds],
+        [h.sale_id for h in holds],
+        [h.visitor for h in holds],
+        [h.index for h in holds],
+        [h.idempotency_key for h in holds],
+        [h.quantity for h in holds],
+        [h.amount_cents for h in holds],
         [_ts(h.expires_ms) for h in holds],
-        [_ts(h.created_ms) if h.created_ms else None for h in holds], currency,
+        [_ts(h.created_ms) if h.created_ms else None for h in holds],
+        currency,
     )
     new_ids = {str(r["id"]) for r in rows}
     new = [h for h in holds if h.order_id in new_ids]
@@ -134,8 +140,10 @@ async def _insert_holds(conn: asyncpg.Connection, holds: list[HoldRecord], curre
         ON CONFLICT (sale_id, visitor) DO UPDATE
         SET units = shopper_totals.units + EXCLUDED.units, limit_units = EXCLUDED.limit_units
         """,
-        [k[0] for k in keys], [k[1] for k in keys],
-        [per_shopper[k][0] for k in keys], [per_shopper[k][1] for k in keys],
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [per_shopper[k][0] for k in keys],
+        [per_shopper[k][1] for k in keys],
     )
     seated = [(h, s) for h in new for s in h.seats]
     if seated:
@@ -144,8 +152,10 @@ async def _insert_holds(conn: asyncpg.Connection, holds: list[HoldRecord], curre
             INSERT INTO order_seats (order_id, sale_id, seat, label)
             SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[])
             """,
-            [h.order_id for h, _ in seated], [h.sale_id for h, _ in seated],
-            [s for _, s in seated], [label(s) for _, s in seated],
+            [h.order_id for h, _ in seated],
+            [h.sale_id for h, _ in seated],
+            [s for _, s in seated],
+            [label(s) for _, s in seated],
         )
     await conn.execute(
         "INSERT INTO order_events (order_id, status) SELECT unnest($1::uuid[]), 'held'",
@@ -154,8 +164,9 @@ async def _insert_holds(conn: asyncpg.Connection, holds: list[HoldRecord], curre
     return new
 
 
-async def _insert_failed(conn: asyncpg.Connection, hold: HoldRecord, currency: str,
-                         reason: str) -> None:
+async def _insert_failed(
+    conn: asyncpg.Connection, hold: HoldRecord, currency: str, reason: str
+) -> None:
     idem = None if reason == REFUSALS["orders_idempotency_once"] else hold.idempotency_key
     inserted = await conn.fetchval(
         """
@@ -164,18 +175,32 @@ async def _insert_failed(conn: asyncpg.Connection, hold: HoldRecord, currency: s
         VALUES ($1, $2, $3, $4, $5, $6, 'failed', $7, $8, $9, $10)
         ON CONFLICT (id) DO NOTHING RETURNING id
         """,
-        hold.order_id, hold.sale_id, hold.visitor, hold.index, idem, hold.quantity, reason,
-        hold.amount_cents, currency, _ts(hold.expires_ms),
+        hold.order_id,
+        hold.sale_id,
+        hold.visitor,
+        hold.index,
+        idem,
+        hold.quantity,
+        reason,
+        hold.amount_cents,
+        currency,
+        _ts(hold.expires_ms),
     )
     if inserted:
         await conn.execute(
             "INSERT INTO order_events (order_id, status, reason) VALUES ($1, 'failed', $2)",
-            hold.order_id, reason,
+            hold.order_id,
+            reason,
         )
 
 
-async def record_holds(conn: asyncpg.Connection, holds: list[HoldRecord], *, currency: str,
-                       label: Callable[[int], str] = str) -> Applied:
+async def record_holds(
+    conn: asyncpg.Connection,
+    holds: list[HoldRecord],
+    *,
+    currency: str,
+    label: Callable[[int], str] = str,
+) -> Applied:
     """Record holds inside the caller's transaction: all at once when they fit, one by one
     (each in its own savepoint) when the database refuses some, which become `failed`.
 
@@ -194,8 +219,7 @@ async def record_holds(conn: asyncpg.Connection, holds: list[HoldRecord], *, cur
             try:
                 async with conn.transaction():
                     new += await _insert_holds(conn, [hold], currency, label)
-            except (asyncpg.IntegrityConstraintViolationError,
-                    asyncpg.CheckViolationError) as exc:
+            except (asyncpg.IntegrityConstraintViolationError, asyncpg.CheckViolationError) as exc:
                 reason = _refusal(exc)
                 if reason is None:
                     raise
@@ -214,8 +238,9 @@ async def record_holds(conn: asyncpg.Connection, holds: list[HoldRecord], *, cur
     return applied
 
 
-async def release_orders(conn: asyncpg.Connection, releases: Iterable[Release],
-                         *, from_status: str = "held") -> int:
+async def release_orders(
+    conn: asyncpg.Connection, releases: Iterable[Release], *, from_status: str = "held"
+) -> int:
     """End orders (held -> released/cancelled, or confirmed -> cancelled) and give their
     units back; orders not in `from_status` are left alone, which makes replays harmless."""
     counter = "held" if from_status == "held" else "sold"
@@ -230,7 +255,10 @@ async def release_orders(conn: asyncpg.Connection, releases: Iterable[Release],
             WHERE id = ANY($1::uuid[]) AND status = $4
             RETURNING id, sale_id, visitor, quantity
             """,
-            ids, status, reason, from_status,
+            ids,
+            status,
+            reason,
+            from_status,
         )
         if not rows:
             continue
@@ -243,7 +271,8 @@ async def release_orders(conn: asyncpg.Connection, releases: Iterable[Release],
         for sale_id, units in per_sale.items():
             await conn.execute(
                 f"UPDATE sale_inventory SET {counter} = {counter} - $2 WHERE sale_id = $1",
-                sale_id, units,
+                sale_id,
+                units,
             )
         keys = list(per_shopper)
         await conn.execute(
@@ -252,16 +281,19 @@ async def release_orders(conn: asyncpg.Connection, releases: Iterable[Release],
             FROM unnest($1::text[], $2::text[], $3::int[]) AS d(sale_id, visitor, units)
             WHERE t.sale_id = d.sale_id AND t.visitor = d.visitor
             """,
-            [k[0] for k in keys], [k[1] for k in keys], [per_shopper[k] for k in keys],
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [per_shopper[k] for k in keys],
         )
         ended = [r["id"] for r in rows]
         await conn.execute(
             "UPDATE order_seats SET active = false WHERE order_id = ANY($1::uuid[])", ended
         )
         await conn.execute(
-            "INSERT INTO order_events (order_id, status, reason)"
-            " SELECT unnest($1::uuid[]), $2, $3",
-            ended, status, reason,
+            "INSERT INTO order_events (order_id, status, reason) SELECT unnest($1::uuid[]), $2, $3",
+            ended,
+            status,
+            reason,
         )
     return total
 
@@ -272,8 +304,14 @@ async def lock_inventory(conn: asyncpg.Connection, sale_id: str) -> None:
     await conn.execute("SELECT 1 FROM sale_inventory WHERE sale_id = $1 FOR UPDATE", sale_id)
 
 
-async def confirm_order(conn: asyncpg.Connection, hold: HoldRecord, payment_ref: str, *,
-                        currency: str, label: Callable[[int], str] = str) -> tuple[str, str]:
+async def confirm_order(
+    conn: asyncpg.Connection,
+    hold: HoldRecord,
+    payment_ref: str,
+    *,
+    currency: str,
+    label: Callable[[int], str] = str,
+) -> tuple[str, str]:
     """Make a paid hold a confirmed order; returns (status, reason).
 
     Records the hold first if the persister has not yet, so confirmation never waits on
@@ -294,11 +332,13 @@ async def confirm_order(conn: asyncpg.Connection, hold: HoldRecord, payment_ref:
         await conn.execute(
             "UPDATE orders SET status = 'confirmed', payment_ref = $2, updated_at = now()"
             " WHERE id = $1",
-            hold.order_id, payment_ref,
+            hold.order_id,
+            payment_ref,
         )
         await conn.execute(
             "UPDATE sale_inventory SET held = held - $2, sold = sold + $2 WHERE sale_id = $1",
-            hold.sale_id, hold.quantity,
+            hold.sale_id,
+            hold.quantity,
         )
         await conn.execute(
             "INSERT INTO order_events (order_id, status) VALUES ($1, 'confirmed')",

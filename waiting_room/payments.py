@@ -51,8 +51,9 @@ class Charge:
 
 
 class PaymentProvider(Protocol):
-    async def charge(self, order_id: str, amount_cents: int, currency: str,
-                     token: str) -> Charge: ...
+    async def charge(
+        self, order_id: str, amount_cents: int, currency: str, token: str
+    ) -> Charge: ...
 
     async def status(self, order_id: str) -> PaymentStatus: ...
 
@@ -69,8 +70,9 @@ class SimulatedProvider:
     `outage` key makes every call fail, as a provider outage would.
     """
 
-    def __init__(self, redis: Redis, prefix: str, *, latency_s: float = 0.0,
-                 slow_s: float = 30.0) -> None:
+    def __init__(
+        self, redis: Redis, prefix: str, *, latency_s: float = 0.0, slow_s: float = 30.0
+    ) -> None:
         self.redis = redis
         self.prefix = f"{prefix}:paysim"
         self.latency_s = latency_s
@@ -95,8 +97,7 @@ class SimulatedProvider:
         if await self.redis.exists(self.outage_key):
             raise ProviderError("simulated outage")
 
-    async def charge(self, order_id: str, amount_cents: int, currency: str,
-                     token: str) -> Charge:
+    async def charge(self, order_id: str, amount_cents: int, currency: str, token: str) -> Charge:
         await self._check_up()
         if token == "tok_error":
             raise ProviderError("simulated processing error")
@@ -136,8 +137,13 @@ class CircuitBreaker:
     again. It guards the payment provider only, never the sale itself.
     """
 
-    def __init__(self, *, threshold: int = 5, reset_after: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        threshold: int = 5,
+        reset_after: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.threshold = threshold
         self.reset_after = reset_after
         self.clock = clock
@@ -178,8 +184,9 @@ class CircuitBreaker:
 class GuardedProvider:
     """A provider behind a timeout and a circuit breaker."""
 
-    def __init__(self, provider: PaymentProvider, breaker: CircuitBreaker,
-                 timeout_s: float) -> None:
+    def __init__(
+        self, provider: PaymentProvider, breaker: CircuitBreaker, timeout_s: float
+    ) -> None:
         self.provider = provider
         self.breaker = breaker
         self.timeout_s = timeout_s
@@ -196,10 +203,10 @@ class GuardedProvider:
         self.breaker.success()
         return result
 
-    async def charge(self, order_id: str, amount_cents: int, currency: str,
-                     token: str) -> Charge:
+    async def charge(self, order_id: str, amount_cents: int, currency: str, token: str) -> Charge:
         return await self._call(
-            lambda: self.provider.charge(order_id, amount_cents, currency, token))
+            lambda: self.provider.charge(order_id, amount_cents, currency, token)
+        )
 
     async def status(self, order_id: str) -> PaymentStatus:
         return await self._call(lambda: self.provider.status(order_id))

@@ -32,21 +32,31 @@ from waiting_room.stock import PERSISTER_GROUP
 
 log = logging.getLogger(__name__)
 
-PERSISTED = Counter("flashsale_persisted_entries", "Stream entries written to PostgreSQL",
-                    ["sale", "type"])
-DEAD = Counter("flashsale_dead_letter_entries", "Entries moved to the dead-letter stream",
-               ["sale"])
-REFUSED = Counter("flashsale_refused_holds", "Holds PostgreSQL refused (they end failed)",
-                  ["sale", "reason"])
-LAG = Gauge("flashsale_persister_lag_entries",
-            "Stream entries not yet written to PostgreSQL (unread + unacknowledged)", ["sale"],
-            multiprocess_mode="max")
-MISMATCH = Gauge("flashsale_stock_mismatch",
-                 "1 when Redis and PostgreSQL disagree on the sale's stock (two checks in a row)",
-                 ["sale"], multiprocess_mode="max")
-RECONCILED = Gauge("flashsale_reconcile_last_run_timestamp_seconds",
-                   "When the persister last compared the sale's stock in Redis and PostgreSQL",
-                   ["sale"], multiprocess_mode="max")
+PERSISTED = Counter(
+    "flashsale_persisted_entries", "Stream entries written to PostgreSQL", ["sale", "type"]
+)
+DEAD = Counter("flashsale_dead_letter_entries", "Entries moved to the dead-letter stream", ["sale"])
+REFUSED = Counter(
+    "flashsale_refused_holds", "Holds PostgreSQL refused (they end failed)", ["sale", "reason"]
+)
+LAG = Gauge(
+    "flashsale_persister_lag_entries",
+    "Stream entries not yet written to PostgreSQL (unread + unacknowledged)",
+    ["sale"],
+    multiprocess_mode="max",
+)
+MISMATCH = Gauge(
+    "flashsale_stock_mismatch",
+    "1 when Redis and PostgreSQL disagree on the sale's stock (two checks in a row)",
+    ["sale"],
+    multiprocess_mode="max",
+)
+RECONCILED = Gauge(
+    "flashsale_reconcile_last_run_timestamp_seconds",
+    "When the persister last compared the sale's stock in Redis and PostgreSQL",
+    ["sale"],
+    multiprocess_mode="max",
+)
 EXPIRED = Counter("flashsale_holds_expired", "Holds released at expiry", ["sale"])
 
 Entry = tuple[str, dict[str, str]]
@@ -56,11 +66,22 @@ DRAIN_SLICE_S = 1.0  # one sale's backlog is drained this long at a time
 
 
 class Persister:
-    def __init__(self, redis: Redis, pool: asyncpg.Pool, sales: Sales, purchases: Purchases,
-                 *, consumer: str, batch: int = 500, claim_idle_ms: int = 15_000,
-                 max_deliveries: int = 5, sweep_interval_ms: int = 1000,
-                 refresh_seconds: float = 5.0, reconcile_every_seconds: float = 30.0,
-                 reconcile_confirm_seconds: float = 2.0) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        pool: asyncpg.Pool,
+        sales: Sales,
+        purchases: Purchases,
+        *,
+        consumer: str,
+        batch: int = 500,
+        claim_idle_ms: int = 15_000,
+        max_deliveries: int = 5,
+        sweep_interval_ms: int = 1000,
+        refresh_seconds: float = 5.0,
+        reconcile_every_seconds: float = 30.0,
+        reconcile_confirm_seconds: float = 2.0,
+    ) -> None:
         self.redis = redis
         self.pool = pool
         self.sales = sales
@@ -148,8 +169,7 @@ class Persister:
         if not await self._ensure_group(sale):
             return 0
         size = self.batch
-        reading: asyncio.Future[list[Entry]] | None = asyncio.ensure_future(
-            self._read(sale, size))
+        reading: asyncio.Future[list[Entry]] | None = asyncio.ensure_future(self._read(sale, size))
         moved = 0
         deadline = time.monotonic() + DRAIN_SLICE_S  # then the other sales get their turn
         try:
@@ -174,8 +194,9 @@ class Persister:
 
     async def _read(self, sale: Sale, count: int) -> list[Entry]:
         try:
-            reply = await self.redis.xreadgroup(PERSISTER_GROUP, self.consumer,
-                                                {self.stream(sale.id): ">"}, count=count)
+            reply = await self.redis.xreadgroup(
+                PERSISTER_GROUP, self.consumer, {self.stream(sale.id): ">"}, count=count
+            )
         except ResponseError as exc:  # NOGROUP: the stream was removed; recreate next time
             self._groups.discard(sale.id)
             log.warning("stream read failed", extra={"sale": sale.id, "error": str(exc)})
@@ -189,9 +210,14 @@ class Persister:
         moved = 0
         start = "0-0"
         while True:
-            reply = await self.redis.xautoclaim(self.stream(sale.id), PERSISTER_GROUP,
-                                                self.consumer, self.claim_idle_ms,
-                                                start_id=start, count=self.batch)
+            reply = await self.redis.xautoclaim(
+                self.stream(sale.id),
+                PERSISTER_GROUP,
+                self.consumer,
+                self.claim_idle_ms,
+                start_id=start,
+                count=self.batch,
+            )
             start, claimed = reply[0], [e for e in reply[1] if e[1]]
             if claimed:
                 log.info("took over entries", extra={"sale": sale.id, "count": len(claimed)})
@@ -211,14 +237,20 @@ class Persister:
         try:
             await self._write(sale, holds, releases, [e[0] for e in good])
         except (asyncpg.PostgresError, OSError, ValueError) as exc:
-            log.warning("batch failed; writing entries one by one",
-                        extra={"sale": sale.id, "error": repr(exc)})
+            log.warning(
+                "batch failed; writing entries one by one",
+                extra={"sale": sale.id, "error": repr(exc)},
+            )
             for entry in good:
                 await self._apply_one(sale, entry)
 
-    def _parse(self, entries: list[Entry]) -> tuple[list[tuple[str, HoldRecord]],
-                                                    list[tuple[str, Release]],
-                                                    list[tuple[str, dict[str, str], str]]]:
+    def _parse(
+        self, entries: list[Entry]
+    ) -> tuple[
+        list[tuple[str, HoldRecord]],
+        list[tuple[str, Release]],
+        list[tuple[str, dict[str, str], str]],
+    ]:
         holds, releases, poison = [], [], []
         for entry_id, fields in entries:
             kind = fields.get("type")
@@ -227,32 +259,44 @@ class Persister:
                     holds.append((entry_id, HoldRecord.from_fields(fields)))
                 elif kind == "release":
                     if fields.get("status") not in ("released", "cancelled") or not fields.get(
-                            "order"):
+                        "order"
+                    ):
                         raise MalformedEntry("release without a valid status or order")
-                    releases.append((entry_id, Release(fields["order"], fields["status"],
-                                                       fields.get("reason", ""))))
+                    releases.append(
+                        (
+                            entry_id,
+                            Release(fields["order"], fields["status"], fields.get("reason", "")),
+                        )
+                    )
                 else:
                     raise MalformedEntry(f"unknown entry type {kind!r}")
             except MalformedEntry as exc:
                 poison.append((entry_id, fields, str(exc)))
         return holds, releases, poison
 
-    async def _write(self, sale: Sale, holds: list[tuple[str, HoldRecord]],
-                     releases: list[tuple[str, Release]], ids: list[str]) -> None:
+    async def _write(
+        self,
+        sale: Sale,
+        holds: list[tuple[str, HoldRecord]],
+        releases: list[tuple[str, Release]],
+        ids: list[str],
+    ) -> None:
         # in stream order: a release must land before a later hold that takes the units or
         # seats it freed, or the database refuses that hold as oversold
         at = {entry_id: n for n, entry_id in enumerate(ids)}
-        steps = sorted([(at[i], True, h) for i, h in holds] + [(at[i], False, r)
-                                                               for i, r in releases],
-                       key=lambda step: step[0])
+        steps = sorted(
+            [(at[i], True, h) for i, h in holds] + [(at[i], False, r) for i, r in releases],
+            key=lambda step: step[0],
+        )
         refused: dict[str, str] = {}
         async with self.pool.acquire() as conn, conn.transaction():
             await ledger.lock_inventory(conn, sale.id)
             for is_hold, run in itertools.groupby(steps, key=lambda step: step[1]):
                 records = [step[2] for step in run]
                 if is_hold:
-                    applied = await ledger.record_holds(conn, records, currency=sale.currency,
-                                                        label=label_for(sale))
+                    applied = await ledger.record_holds(
+                        conn, records, currency=sale.currency, label=label_for(sale)
+                    )
                     refused.update(applied.refused)
                 else:
                     await ledger.release_orders(conn, records)
@@ -274,26 +318,34 @@ class Persister:
         except (asyncpg.PostgresError, OSError, ValueError) as exc:
             deliveries = await self._deliveries(sale, entry_id)
             if deliveries >= self.max_deliveries:
-                await self._dead_letter(sale, entry_id, fields,
-                                        f"failed {deliveries} times: {exc!r}")
+                await self._dead_letter(
+                    sale, entry_id, fields, f"failed {deliveries} times: {exc!r}"
+                )
             else:
-                log.warning("entry failed; it stays pending for a retry",
-                            extra={"sale": sale.id, "entry": entry_id, "error": repr(exc)})
+                log.warning(
+                    "entry failed; it stays pending for a retry",
+                    extra={"sale": sale.id, "entry": entry_id, "error": repr(exc)},
+                )
 
     async def _deliveries(self, sale: Sale, entry_id: str) -> int:
-        pending = await self.redis.xpending_range(self.stream(sale.id), PERSISTER_GROUP,
-                                                  min=entry_id, max=entry_id, count=1)
+        pending = await self.redis.xpending_range(
+            self.stream(sale.id), PERSISTER_GROUP, min=entry_id, max=entry_id, count=1
+        )
         return int(pending[0]["times_delivered"]) if pending else 0
 
-    async def _dead_letter(self, sale: Sale, entry_id: str, fields: dict[str, Any],
-                           reason: str) -> None:
+    async def _dead_letter(
+        self, sale: Sale, entry_id: str, fields: dict[str, Any], reason: str
+    ) -> None:
         keys = self.purchases.keys(sale.id)
-        await self.redis.xadd(keys.dead_letters, {**fields, "dead_reason": reason,
-                                                  "dead_entry": entry_id})
+        await self.redis.xadd(
+            keys.dead_letters, {**fields, "dead_reason": reason, "dead_entry": entry_id}
+        )
         await self.redis.xack(self.stream(sale.id), PERSISTER_GROUP, entry_id)
         DEAD.labels(sale.id).inc()
-        log.error("entry moved to the dead-letter stream",
-                  extra={"sale": sale.id, "entry": entry_id, "reason": reason})
+        log.error(
+            "entry moved to the dead-letter stream",
+            extra={"sale": sale.id, "entry": entry_id, "reason": reason},
+        )
 
     async def check_stock(self, sale: Sale, now: float) -> None:
         """`Stock.reconcile` for a warm (or open) sale, exported as flashsale_stock_mismatch.
@@ -316,8 +368,10 @@ class Persister:
             MISMATCH.labels(sale.id).set(0)
         elif sale.id in self._suspect:
             MISMATCH.labels(sale.id).set(1)
-            log.error("stock differs between Redis and PostgreSQL",
-                      extra={"sale": sale.id, "differences": report.differences})
+            log.error(
+                "stock differs between Redis and PostgreSQL",
+                extra={"sale": sale.id, "differences": report.differences},
+            )
         else:
             self._suspect.add(sale.id)
             self._reconcile_due[sale.id] = now + self.reconcile_confirm

@@ -51,9 +51,16 @@ PERSISTER_ALIVE_MS = 15_000
 class PurchaseRefused(Exception):
     """The purchase cannot go ahead; `code` is stable for clients, `status` the HTTP status."""
 
-    def __init__(self, status: int, code: str, message: str, *,
-                 retry_after: float | None = None, order: dict[str, Any] | None = None,
-                 **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        order: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -72,8 +79,10 @@ class Held:
 def _phantom(reason: str) -> bool:
     """Whether a refusal means the units never existed (stock or a seat the database knows
     is gone), rather than the shopper's own limit or key: only then do they not return."""
-    return reason in (ledger.REFUSALS["inventory_never_oversold"],
-                      ledger.REFUSALS["order_seats_sold_once"])
+    return reason in (
+        ledger.REFUSALS["inventory_never_oversold"],
+        ledger.REFUSALS["order_seats_sold_once"],
+    )
 
 
 def idempotency_digest(key: str) -> str:
@@ -105,9 +114,16 @@ def label_for(sale: Sale) -> Callable[[int], str]:
 
 
 class Purchases:
-    def __init__(self, redis: Redis, raw_redis: Redis, pool: asyncpg.Pool, room: WaitingRoom,
-                 stock: Stock, payments: GuardedProvider,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        raw_redis: Redis,
+        pool: asyncpg.Pool,
+        room: WaitingRoom,
+        stock: Stock,
+        payments: GuardedProvider,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.redis = redis
         self.raw_redis = raw_redis  # bytes in, bytes out: the seat bitmap
         self.pool = pool
@@ -124,24 +140,34 @@ class Purchases:
 
     # -- hold ------------------------------------------------------------------------------
 
-    async def hold(self, sale: Sale, admission: Claims, *, quantity: int | None = None,
-                   seats: list[int] | None = None, idempotency_key: str | None = None) -> Held:
+    async def hold(
+        self,
+        sale: Sale,
+        admission: Claims,
+        *,
+        quantity: int | None = None,
+        seats: list[int] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Held:
         """Reserve stock for an admitted shopper; a retried request with the same
         Idempotency-Key returns the first hold instead of making a second."""
         if seats is not None:
             if not sale.seated:
-                raise PurchaseRefused(422, "invalid", "this sale sells quantities, not seats",
-                                      field="seats")
+                raise PurchaseRefused(
+                    422, "invalid", "this sale sells quantities, not seats", field="seats"
+                )
             layout = layout_of(sale)
             if any(s < 0 or s >= layout.size for s in seats) or len(set(seats)) != len(seats):
-                raise PurchaseRefused(422, "invalid", "unknown or repeated seat ids",
-                                      field="seats")
+                raise PurchaseRefused(422, "invalid", "unknown or repeated seat ids", field="seats")
             quantity = len(seats)
         quantity = quantity or 1
         if quantity > sale.per_shopper_limit:
-            raise PurchaseRefused(409, "limit_reached",
-                                  f"at most {sale.per_shopper_limit} per shopper",
-                                  remaining=sale.per_shopper_limit)
+            raise PurchaseRefused(
+                409,
+                "limit_reached",
+                f"at most {sale.per_shopper_limit} per shopper",
+                remaining=sale.per_shopper_limit,
+            )
         attempts = SEAT_RETRIES if sale.seated and seats is None else 1
         for _ in range(attempts):
             if sale.seated and seats is not None:
@@ -151,8 +177,9 @@ class Purchases:
                 if not choices:
                     if free == 0:
                         raise PurchaseRefused(409, "sold_out", "every seat has been sold")
-                    raise PurchaseRefused(409, "insufficient_stock",
-                                          f"only {free} seats are left", available=free)
+                    raise PurchaseRefused(
+                        409, "insufficient_stock", f"only {free} seats are left", available=free
+                    )
             else:
                 choices = []
             result = await self._hold_script(sale, admission, quantity, choices, idempotency_key)
@@ -160,9 +187,12 @@ class Purchases:
             if status == "seats_taken" and seats is None:
                 continue  # lost a race for those seats: choose again from a fresh map
             return await self._held(sale, admission, result, quantity)
-        raise PurchaseRefused(409, "seats_taken",
-                              "the seats went to other shoppers while choosing; try again",
-                              retry_after=1)
+        raise PurchaseRefused(
+            409,
+            "seats_taken",
+            "the seats went to other shoppers while choosing; try again",
+            retry_after=1,
+        )
 
     async def _choices(self, sale: Sale, party: int) -> tuple[list[list[int]], int]:
         """Seat choices from a fresh copy of the seat map, and how many seats are free."""
@@ -171,19 +201,43 @@ class Purchases:
         taken = taken_from_bitmap(bitmap, layout.size)
         return choose_seats(layout, taken, party), layout.size - len(taken)
 
-    async def _hold_script(self, sale: Sale, admission: Claims, quantity: int,
-                           choices: list[list[int]], idempotency_key: str | None) -> list[Any]:
+    async def _hold_script(
+        self,
+        sale: Sale,
+        admission: Claims,
+        quantity: int,
+        choices: list[list[int]],
+        idempotency_key: str | None,
+    ) -> list[Any]:
         keys = self.keys(sale.id)
         visitor = admission.visitor
         digest = idempotency_digest(idempotency_key) if idempotency_key else "none"
-        script_keys = [keys.meta, keys.active, keys.inventory, keys.seats, keys.holds,
-                       keys.hold(order_id := str(uuid.uuid4())),
-                       keys.idempotency(visitor, digest), keys.shopper_units(visitor),
-                       keys.shopper_orders(visitor), keys.orders_stream]
-        args = [self.now_ms(), admission.index, visitor, order_id, quantity,
-                sale.hold_seconds * 1000, sale.per_shopper_limit, sale.price_cents * quantity,
-                idempotency_key or "", IDEMPOTENCY_TTL_MS, sale.id,
-                *(",".join(map(str, c)) for c in choices)]
+        script_keys = [
+            keys.meta,
+            keys.active,
+            keys.inventory,
+            keys.seats,
+            keys.holds,
+            keys.hold(order_id := str(uuid.uuid4())),
+            keys.idempotency(visitor, digest),
+            keys.shopper_units(visitor),
+            keys.shopper_orders(visitor),
+            keys.orders_stream,
+        ]
+        args = [
+            self.now_ms(),
+            admission.index,
+            visitor,
+            order_id,
+            quantity,
+            sale.hold_seconds * 1000,
+            sale.per_shopper_limit,
+            sale.price_cents * quantity,
+            idempotency_key or "",
+            IDEMPOTENCY_TTL_MS,
+            sale.id,
+            *(",".join(map(str, c)) for c in choices),
+        ]
         for _ in range(2):
             result = await self.room.scripts.hold(keys=script_keys, args=args)
             status = result[0]
@@ -195,23 +249,36 @@ class Purchases:
                 return result
         return result
 
-    async def _held(self, sale: Sale, admission: Claims, result: list[Any],
-                    quantity: int) -> Held:
+    async def _held(self, sale: Sale, admission: Claims, result: list[Any], quantity: int) -> Held:
         status = result[0]
         if status == "ok":
             # the script's answer (id, expiry, seats) and the request make up the whole new
             # hold, as its hash holds it: no second round trip to read it back
-            return Held(self._present(sale, {
-                "id": result[1], "status": "held", "qty": quantity, "seats": result[3],
-                "amount": sale.price_cents * quantity, "expires_ms": result[2]}), created=True)
+            return Held(
+                self._present(
+                    sale,
+                    {
+                        "id": result[1],
+                        "status": "held",
+                        "qty": quantity,
+                        "seats": result[3],
+                        "amount": sale.price_cents * quantity,
+                        "expires_ms": result[2],
+                    },
+                ),
+                created=True,
+            )
         if status == "existing":
             order = await self.order(sale, admission.visitor, result[1])
             return Held(order, created=False)
         refusals = {
             "closed": (409, "closed", "the sale has closed"),
-            "not_admitted": (403, "not_admitted",
-                             "your admission is not active: it expired, was used, or was never "
-                             "granted; rejoin the waiting room"),
+            "not_admitted": (
+                403,
+                "not_admitted",
+                "your admission is not active: it expired, was used, or was never "
+                "granted; rejoin the waiting room",
+            ),
             "not_warm": (503, "not_ready", "the sale's stock is being prepared"),
             "sold_out": (409, "sold_out", "everything has been sold"),
             "limit": (409, "limit_reached", "that would exceed the per-shopper limit"),
@@ -224,8 +291,9 @@ class Purchases:
             extra["remaining"] = int(result[1])
         if status == "insufficient":
             extra["available"] = int(result[1])
-        raise PurchaseRefused(http, code, message,
-                              retry_after=2 if status == "not_warm" else None, **extra)
+        raise PurchaseRefused(
+            http, code, message, retry_after=2 if status == "not_warm" else None, **extra
+        )
 
     # -- reading orders --------------------------------------------------------------------
 
@@ -242,12 +310,14 @@ class Purchases:
             "amount_cents": int(fields.get("amount") or 0),
             "currency": sale.currency,
             "hold_expires_at": datetime.fromtimestamp(expires / 1000, UTC).isoformat()
-            if expires else None,
+            if expires
+            else None,
             "reason": fields.get("reason") or None,
         }
 
-    async def _from_db(self, sale: Sale, order_ids: list[str] | None,
-                       visitor: str) -> dict[str, dict[str, Any]]:
+    async def _from_db(
+        self, sale: Sale, order_ids: list[str] | None, visitor: str
+    ) -> dict[str, dict[str, Any]]:
         query = """
             SELECT o.id, o.status, o.quantity, o.reason, o.amount_cents, o.hold_expires_at,
                    o.queue_index, o.visitor,
@@ -263,23 +333,31 @@ class Purchases:
         rows = await self.pool.fetch(query + " GROUP BY o.id ORDER BY o.created_at", *args)
         found = {}
         for r in rows:
-            found[str(r["id"])] = self._present(sale, {
-                "id": str(r["id"]), "status": r["status"], "qty": r["quantity"],
-                "seats": ",".join(map(str, r["seats"])), "amount": r["amount_cents"],
-                "expires_ms": int(r["hold_expires_at"].timestamp() * 1000),
-                "reason": r["reason"],
-            })
+            found[str(r["id"])] = self._present(
+                sale,
+                {
+                    "id": str(r["id"]),
+                    "status": r["status"],
+                    "qty": r["quantity"],
+                    "seats": ",".join(map(str, r["seats"])),
+                    "amount": r["amount_cents"],
+                    "expires_ms": int(r["hold_expires_at"].timestamp() * 1000),
+                    "reason": r["reason"],
+                },
+            )
         return found
 
     async def _hold_fields(self, sale_id: str, order_id: str) -> dict[str, str]:
         return await self.redis.hgetall(self.keys(sale_id).hold(order_id))
 
-    async def replayed(self, sale: Sale, visitor: str,
-                       idempotency_key: str) -> dict[str, Any] | None:
+    async def replayed(
+        self, sale: Sale, visitor: str, idempotency_key: str
+    ) -> dict[str, Any] | None:
         """The order a hold with this Idempotency-Key made, if one did (for a retry whose
         admission has ended since: the hold it made still stands)."""
         order_id = await self.redis.get(
-            self.keys(sale.id).idempotency(visitor, idempotency_digest(idempotency_key)))
+            self.keys(sale.id).idempotency(visitor, idempotency_digest(idempotency_key))
+        )
         return None if order_id is None else await self.order(sale, visitor, order_id)
 
     async def order(self, sale: Sale, visitor: str, order_id: str) -> dict[str, Any]:
@@ -321,33 +399,52 @@ class Purchases:
         if status != "held":
             return self._settled(self._present(sale, fields))
         keys = self.keys(sale.id)
-        began = await self.room.scripts.pay(keys=[keys.hold(order_id), keys.holds],
-                                            args=[self.now_ms(), "begin", 0])
+        began = await self.room.scripts.pay(
+            keys=[keys.hold(order_id), keys.holds], args=[self.now_ms(), "begin", 0]
+        )
         if began[0] == "expired":
             raise PurchaseRefused(410, "hold_expired", "the hold expired before payment")
         if began[0] != "ok":
             return self._settled(await self.order(sale, visitor, order_id))
         try:
-            charge = await self.payments.charge(order_id, int(fields.get("amount") or 0),
-                                                sale.currency, token)
+            charge = await self.payments.charge(
+                order_id, int(fields.get("amount") or 0), sale.currency, token
+            )
         except ProviderError as exc:
-            retry = exc.retry_after if isinstance(exc, ProviderUnavailable) else max(
-                1.0, self.payments.breaker.retry_after())
-            await self.room.scripts.pay(keys=[keys.hold(order_id), keys.holds],
-                                        args=[self.now_ms(), "abort",
-                                              int(retry * 1000) + HOLD_GRACE_MS])
-            raise PurchaseRefused(503, "payment_unavailable",
-                                  "the payment provider is not answering; your hold is kept, "
-                                  "try again shortly", retry_after=retry) from exc
+            retry = (
+                exc.retry_after
+                if isinstance(exc, ProviderUnavailable)
+                else max(1.0, self.payments.breaker.retry_after())
+            )
+            await self.room.scripts.pay(
+                keys=[keys.hold(order_id), keys.holds],
+                args=[self.now_ms(), "abort", int(retry * 1000) + HOLD_GRACE_MS],
+            )
+            raise PurchaseRefused(
+                503,
+                "payment_unavailable",
+                "the payment provider is not answering; your hold is kept, try again shortly",
+                retry_after=retry,
+            ) from exc
         if charge.outcome is Outcome.DECLINED:
-            await self._release(sale, order_id, status="released",
-                                reason=f"payment declined: {charge.reason}",
-                                leaving="paying", counter="held", emit=True)
-            raise PurchaseRefused(402, "payment_declined",
-                                  "the payment was declined; the hold was released",
-                                  order=await self.order(sale, visitor, order_id))
-        return self._settled(await self.settle_paid(sale, HoldRecord.from_fields(fields),
-                                                    charge.reference))
+            await self._release(
+                sale,
+                order_id,
+                status="released",
+                reason=f"payment declined: {charge.reason}",
+                leaving="paying",
+                counter="held",
+                emit=True,
+            )
+            raise PurchaseRefused(
+                402,
+                "payment_declined",
+                "the payment was declined; the hold was released",
+                order=await self.order(sale, visitor, order_id),
+            )
+        return self._settled(
+            await self.settle_paid(sale, HoldRecord.from_fields(fields), charge.reference)
+        )
 
     def _settled(self, order: dict[str, Any]) -> dict[str, Any]:
         """An order the pay call found already past payment: the answer for a retry."""
@@ -355,12 +452,17 @@ class Purchases:
         if status == "confirmed":
             return order
         if status == "paying":
-            raise PurchaseRefused(409, "payment_in_progress",
-                                  "a payment for this order is under way", retry_after=2,
-                                  order=order)
+            raise PurchaseRefused(
+                409,
+                "payment_in_progress",
+                "a payment for this order is under way",
+                retry_after=2,
+                order=order,
+            )
         if status == "failed":
-            raise PurchaseRefused(409, "order_failed", order.get("reason") or "order failed",
-                                  order=order)
+            raise PurchaseRefused(
+                409, "order_failed", order.get("reason") or "order failed", order=order
+            )
         raise PurchaseRefused(410, f"order_{status}", f"the order is {status}", order=order)
 
     async def settle_paid(self, sale: Sale, hold: HoldRecord, reference: str) -> dict[str, Any]:
@@ -368,9 +470,9 @@ class Purchases:
         refuses it."""
         await self._persisted(sale, hold.order_id)
         async with self.pool.acquire() as conn:
-            status, reason = await ledger.confirm_order(conn, hold, reference,
-                                                        currency=sale.currency,
-                                                        label=label_for(sale))
+            status, reason = await ledger.confirm_order(
+                conn, hold, reference, currency=sale.currency, label=label_for(sale)
+            )
         keys = self.keys(sale.id)
         if status == "confirmed":
             await self.room.scripts.confirm(
@@ -381,13 +483,23 @@ class Purchases:
         # the database refused (or had already ended) the order: give the money back
         await self.payments.refund(hold.order_id)
         reason = reason or "refused by the database"
-        await self._release(sale, hold.order_id, status=status if status != "held" else "failed",
-                            reason=reason, leaving="held,paying", counter="held", emit=False,
-                            restock=not _phantom(reason))
+        await self._release(
+            sale,
+            hold.order_id,
+            status=status if status != "held" else "failed",
+            reason=reason,
+            leaving="held,paying",
+            counter="held",
+            emit=False,
+            restock=not _phantom(reason),
+        )
         order = await self.order(sale, hold.visitor, hold.order_id)
-        raise PurchaseRefused(409, "order_failed",
-                              f"{order.get('reason') or 'the order failed'}; the payment was "
-                              "refunded", order=order)
+        raise PurchaseRefused(
+            409,
+            "order_failed",
+            f"{order.get('reason') or 'the order failed'}; the payment was refunded",
+            order=order,
+        )
 
     async def _persisted(self, sale: Sale, order_id: str) -> None:
         """Let a live persister write the hold before it is confirmed. The persister writes
@@ -405,7 +517,8 @@ class Purchases:
             except ResponseError:  # no stream or no group: nobody drains it
                 return
             if loop.time() >= deadline or not any(
-                    int(c.get("idle", 0)) < PERSISTER_ALIVE_MS for c in consumers):
+                int(c.get("idle", 0)) < PERSISTER_ALIVE_MS for c in consumers
+            ):
                 return
             await asyncio.sleep(0.05)
 
@@ -415,48 +528,100 @@ class Purchases:
         if order["status"] == "held":
             # the admission stays active: a shopper who cancels a hold (to choose other seats,
             # or while holding others) may still buy within the limit; leaving ends it
-            await self._release(sale, order_id, status="cancelled",
-                                reason="cancelled by the shopper", leaving="held",
-                                counter="held", emit=True)
+            await self._release(
+                sale,
+                order_id,
+                status="cancelled",
+                reason="cancelled by the shopper",
+                leaving="held",
+                counter="held",
+                emit=True,
+            )
             return await self.order(sale, visitor, order_id)
         if order["status"] != "confirmed":
-            raise PurchaseRefused(409, f"order_{order['status']}",
-                                  f"an order that is {order['status']} cannot be cancelled",
-                                  order=order)
+            raise PurchaseRefused(
+                409,
+                f"order_{order['status']}",
+                f"an order that is {order['status']} cannot be cancelled",
+                order=order,
+            )
         try:
             await self.payments.refund(order_id)
         except ProviderError as exc:
             retry = getattr(exc, "retry_after", None) or 5.0
-            raise PurchaseRefused(503, "payment_unavailable",
-                                  "the refund could not be made now; try again shortly",
-                                  retry_after=retry) from exc
+            raise PurchaseRefused(
+                503,
+                "payment_unavailable",
+                "the refund could not be made now; try again shortly",
+                retry_after=retry,
+            ) from exc
         async with self.pool.acquire() as conn, conn.transaction():
             await ledger.lock_inventory(conn, sale.id)
             await ledger.release_orders(
-                conn, [Release(order_id, "cancelled", "cancelled and refunded")],
+                conn,
+                [Release(order_id, "cancelled", "cancelled and refunded")],
                 from_status="confirmed",
             )
-        await self._release(sale, order_id, status="cancelled", reason="cancelled and refunded",
-                            leaving="confirmed", counter="sold", emit=False)
+        await self._release(
+            sale,
+            order_id,
+            status="cancelled",
+            reason="cancelled and refunded",
+            leaving="confirmed",
+            counter="sold",
+            emit=False,
+        )
         return await self.order(sale, visitor, order_id)
 
     async def mark_failed(self, sale: Sale, order_id: str, reason: str) -> None:
         """PostgreSQL refused a hold: end it in Redis as `failed`. Refused for stock or seats,
         its units do not return: Redis believed in stock that does not exist. Refused for
         the shopper's own reasons (limit, reused key), the stock is real and returns."""
-        await self._release(sale, order_id, status="failed", reason=reason,
-                            leaving="held,paying", counter="held", emit=False,
-                            restock=not _phantom(reason))
+        await self._release(
+            sale,
+            order_id,
+            status="failed",
+            reason=reason,
+            leaving="held,paying",
+            counter="held",
+            emit=False,
+            restock=not _phantom(reason),
+        )
 
-    async def _release(self, sale: Sale, order_id: str, *, status: str, reason: str,
-                       leaving: str, counter: str, emit: bool, restock: bool = True) -> str:
+    async def _release(
+        self,
+        sale: Sale,
+        order_id: str,
+        *,
+        status: str,
+        reason: str,
+        leaving: str,
+        counter: str,
+        emit: bool,
+        restock: bool = True,
+    ) -> str:
         keys = self.keys(sale.id)
         visitor = await self.redis.hget(keys.hold(order_id), "visitor") or ""
         result = await self.room.scripts.release(
-            keys=[keys.meta, keys.inventory, keys.seats, keys.holds, keys.hold(order_id),
-                  keys.shopper_units(visitor), keys.orders_stream],
-            args=[self.now_ms(), status, reason, leaving, counter, 1 if restock else 0,
-                  1 if emit else 0, sale.id],
+            keys=[
+                keys.meta,
+                keys.inventory,
+                keys.seats,
+                keys.holds,
+                keys.hold(order_id),
+                keys.shopper_units(visitor),
+                keys.orders_stream,
+            ],
+            args=[
+                self.now_ms(),
+                status,
+                reason,
+                leaving,
+                counter,
+                1 if restock else 0,
+                1 if emit else 0,
+                sale.id,
+            ],
         )
         self.room.forget(sale.id)
         return result[0]
@@ -488,15 +653,22 @@ class Purchases:
                     continue
                 if paid is PaymentStatus.PAID:
                     try:
-                        await self.settle_paid(sale, HoldRecord.from_fields(fields),
-                                               f"late-{order_id}")
+                        await self.settle_paid(
+                            sale, HoldRecord.from_fields(fields), f"late-{order_id}"
+                        )
                         counts["confirmed"] += 1
                     except PurchaseRefused:
                         pass  # refused by the database and refunded; nothing to release
                     continue
-            outcome = await self._release(sale, order_id, status="released",
-                                          reason="hold expired", leaving="held,paying",
-                                          counter="held", emit=True)
+            outcome = await self._release(
+                sale,
+                order_id,
+                status="released",
+                reason="hold expired",
+                leaving="held,paying",
+                counter="held",
+                emit=True,
+            )
             if outcome == "ok":
                 counts["expired"] += 1
         return counts

@@ -89,8 +89,13 @@ def index_at(view: RoomView, position: int) -> int:
 
 
 class WaitingRoom:
-    def __init__(self, redis: Redis, settings: Settings, signer: Signer,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        settings: Settings,
+        signer: Signer,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.redis = redis
         self.settings = settings
         self.signer = signer
@@ -169,12 +174,10 @@ class WaitingRoom:
                 return await self._read_view(sale_id)
         cached = self._views.get(sale_id)
         refreshing = self._refreshing.get(sale_id)
-        if cached is not None and (refreshing is not None
-                                   or time.monotonic() - cached[0] < ttl):
+        if cached is not None and (refreshing is not None or time.monotonic() - cached[0] < ttl):
             return cached[1]
         if refreshing is None:
-            refreshing = self._refreshing[sale_id] = asyncio.ensure_future(
-                self._read_view(sale_id))
+            refreshing = self._refreshing[sale_id] = asyncio.ensure_future(self._read_view(sale_id))
             refreshing.add_done_callback(lambda done: self._refreshed(sale_id, done))
         return await asyncio.shield(refreshing)
 
@@ -185,9 +188,13 @@ class WaitingRoom:
 
     async def _read_view(self, sale_id: str) -> RoomView:
         keys = self.keys(sale_id)
-        fields, batches, held = await self._pipeline().execute_many([
-            ("HGETALL", keys.meta), ("LRANGE", keys.batches, 0, -1),
-            ("HGET", keys.inventory, "held")])
+        fields, batches, held = await self._pipeline().execute_many(
+            [
+                ("HGETALL", keys.meta),
+                ("LRANGE", keys.batches, 0, -1),
+                ("HGET", keys.inventory, "held"),
+            ]
+        )
         meta = dict(zip(fields[::2], fields[1::2], strict=True))
         if not meta or "opens_ms" not in meta:
             self._views.pop(sale_id, None)
@@ -245,8 +252,13 @@ class WaitingRoom:
         if status != "ok":
             return JoinResult(status)
         claims = Claims(TICKET, sale_id, visitor, int(value), exp=view.closes_ms / 1000 + 3600)
-        return JoinResult("ok", ticket=self.signer.sign(claims), claims=claims,
-                          existing=bool(int(existing)), heartbeat=current)
+        return JoinResult(
+            "ok",
+            ticket=self.signer.sign(claims),
+            claims=claims,
+            existing=bool(int(existing)),
+            heartbeat=current,
+        )
 
     async def poll(self, sale_id: str, ticket: Claims, heartbeat: int | None = None) -> Poll:
         """The waiter's status; records their presence at most once per heartbeat slice."""

@@ -105,6 +105,7 @@ class Sale:
 
 # -- parsing ---------------------------------------------------------------------------------
 
+
 def _require_object(value: Any, field: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValidationError(field, "must be a JSON object")
@@ -207,13 +208,26 @@ def _label(value: Any, field: str) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not LABEL.match(value):
-        raise ValidationError(field, "must be a short label of letters, digits, space, '.', '_' "
-                                     "or '-'")
+        raise ValidationError(
+            field, "must be a short label of letters, digits, space, '.', '_' or '-'"
+        )
     return value
 
 
-ALLOWED = {"id", "name", "stock", "seat_map", "opens_at", "closes_at", "timezone",
-           "per_shopper_limit", "hold_seconds", "price_cents", "currency", "admission"}
+ALLOWED = {
+    "id",
+    "name",
+    "stock",
+    "seat_map",
+    "opens_at",
+    "closes_at",
+    "timezone",
+    "per_shopper_limit",
+    "hold_seconds",
+    "price_cents",
+    "currency",
+    "admission",
+}
 CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
@@ -232,8 +246,11 @@ def parse_sale(body: Any, *, existing: Sale | None = None) -> Sale:
             raise ValidationError("stock", "give either stock (a quantity) or seat_map")
         sale_id = body["id"]
         if not isinstance(sale_id, str) or not SALE_ID.match(sale_id):
-            raise ValidationError("id", "must be 1-63 lowercase letters, digits or '-', "
-                                        "starting and ending with a letter or digit")
+            raise ValidationError(
+                "id",
+                "must be 1-63 lowercase letters, digits or '-', "
+                "starting and ending with a letter or digit",
+            )
         changes["id"] = sale_id
     elif "id" in body and body["id"] != existing.id:
         raise ValidationError("id", "cannot be changed")
@@ -264,8 +281,9 @@ def parse_sale(body: Any, *, existing: Sale | None = None) -> Sale:
     if "admission" in body:
         admission = _require_object(body["admission"], "admission")
         for key in sorted(set(admission) - set(ADMISSION_BOUNDS)):
-            raise ValidationError(f"admission.{key}",
-                                  f"unknown field; allowed: {', '.join(ADMISSION_BOUNDS)}")
+            raise ValidationError(
+                f"admission.{key}", f"unknown field; allowed: {', '.join(ADMISSION_BOUNDS)}"
+            )
         for key, (low, high) in ADMISSION_BOUNDS.items():
             if key in admission:
                 changes[key] = _int(admission[key], f"admission.{key}", low, high)

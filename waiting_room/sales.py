@@ -44,8 +44,12 @@ def _params(sale: Sale) -> list[Any]:
 
 
 class Sales:
-    def __init__(self, pool: asyncpg.Pool, room: WaitingRoom,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        room: WaitingRoom,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.pool = pool
         self.room = room
         self.clock = clock
@@ -88,13 +92,13 @@ class Sales:
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 row = await conn.fetchrow(
-                    f"INSERT INTO sales ({', '.join(_WRITABLE)}) VALUES ({slots})"
-                    " RETURNING *",
+                    f"INSERT INTO sales ({', '.join(_WRITABLE)}) VALUES ({slots}) RETURNING *",
                     *_params(sale),
                 )
                 await conn.execute(
                     "INSERT INTO sale_inventory (sale_id, stock) VALUES ($1, $2)",
-                    sale.id, sale.stock,
+                    sale.id,
+                    sale.stock,
                 )
         except asyncpg.UniqueViolationError:
             raise SaleConflict(f"a sale with id {sale.id!r} already exists") from None

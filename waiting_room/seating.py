@@ -61,8 +61,12 @@ class Layout:
 
     def describe(self, seat: int) -> dict[str, Any]:
         row = self.row_of(seat)
-        return {"id": seat, "section": row.section, "row": row.name,
-                "seat": row.labels[seat - row.first]}
+        return {
+            "id": seat,
+            "section": row.section,
+            "row": row.name,
+            "seat": row.labels[seat - row.first],
+        }
 
     def find(self, section: str, row: str, seat: str) -> int | None:
         for r in self.rows:
@@ -82,8 +86,9 @@ def _runs(free: Sequence[int]) -> list[list[int]]:
     return runs
 
 
-def choose_seats(layout: Layout, taken: set[int] | frozenset[int], party: int,
-                 alternatives: int = 6) -> list[list[int]]:
+def choose_seats(
+    layout: Layout, taken: set[int] | frozenset[int], party: int, alternatives: int = 6
+) -> list[list[int]]:
     """Up to `alternatives` seat choices for a party, best first.
 
     Together in one row whenever any row has `party` adjacent free seats (front rows first,
@@ -103,7 +108,7 @@ def choose_seats(layout: Layout, taken: set[int] | frozenset[int], party: int,
                 # several placements per run, centre of the run first
                 middle = (len(run) - party) / 2
                 starts = sorted(range(len(run) - party + 1), key=lambda i: abs(i - middle))
-                together.extend(run[i:i + party] for i in starts[:2])
+                together.extend(run[i : i + party] for i in starts[:2])
         if len(together) >= alternatives:
             return together[:alternatives]
     if together:
@@ -114,9 +119,10 @@ def choose_seats(layout: Layout, taken: set[int] | frozenset[int], party: int,
     # one row with enough free seats, tightest window of free seats first
     for free in free_by_row:
         if len(free) >= party:
-            windows = sorted((free[i + party - 1] - free[i], i)
-                             for i in range(len(free) - party + 1))
-            choices.append(free[windows[0][1]:windows[0][1] + party])
+            windows = sorted(
+                (free[i + party - 1] - free[i], i) for i in range(len(free) - party + 1)
+            )
+            choices.append(free[windows[0][1] : windows[0][1] + party])
         if len(choices) >= alternatives:
             return choices
     if choices:
@@ -156,5 +162,7 @@ def together(layout: Layout, seats: Iterable[int]) -> bool:
     if not ordered:
         return False
     row = layout.row_of(ordered[0])
-    return all(layout.row_of(s) == row for s in ordered) and ordered[-1] - ordered[0] == len(
-        ordered) - 1
+    return (
+        all(layout.row_of(s) == row for s in ordered)
+        and ordered[-1] - ordered[0] == len(ordered) - 1
+    )

@@ -53,8 +53,7 @@ class RoomView:
     held_units: int = 0  # units in shoppers' holds: they return to stock if not paid
 
     @classmethod
-    def from_redis(cls, meta: dict[str, str], batches: list[str],
-                   held_units: int = 0) -> RoomView:
+    def from_redis(cls, meta: dict[str, str], batches: list[str], held_units: int = 0) -> RoomView:
         def i(name: str, default: int = 0) -> int:
             return int(meta.get(name) or default)
 
@@ -114,8 +113,9 @@ class Status:
     message: str = ""
 
 
-def measured_rate(batches: tuple[tuple[int, int], ...], now_ms: int,
-                  interval_ms: int = 0) -> float | None:
+def measured_rate(
+    batches: tuple[tuple[int, int], ...], now_ms: int, interval_ms: int = 0
+) -> float | None:
     """Places passed per second over the recent window, from (t_ms, frontier) samples.
 
     The time since the newest batch counts only once the next batch is overdue: between two
@@ -141,13 +141,23 @@ def estimate_wait(ahead: int, rate: float | None, fallback_rate: float) -> float
     return round(ahead / per_second, 1) if per_second > 0 else float("inf")
 
 
-def poll_interval(view: RoomView, state: State, *, ahead: int | None, eta: float | None,
-                  now_ms: int, spread: float, idle: bool = False) -> float | None:
+def poll_interval(
+    view: RoomView,
+    state: State,
+    *,
+    ahead: int | None,
+    eta: float | None,
+    now_ms: int,
+    spread: float,
+    idle: bool = False,
+) -> float | None:
     """Seconds until the next poll: rare when far back, often near the front, never so rare
     that the waiter looks abandoned. `spread` in [0, 1) staggers a crowd's polls."""
     # stay inside the abandonment window: polls at most 3/4 of a window apart are always seen
-    ceiling = max(MIN_POLL_S, min(MAX_POLL_S, view.abandon_ms / 1000 * (HEARTBEAT_SLICES - 1)
-                                  / HEARTBEAT_SLICES * 0.8))
+    ceiling = max(
+        MIN_POLL_S,
+        min(MAX_POLL_S, view.abandon_ms / 1000 * (HEARTBEAT_SLICES - 1) / HEARTBEAT_SLICES * 0.8),
+    )
     if state is State.NOT_OPEN:
         until_open = (view.opens_ms - now_ms) / 1000
         if until_open > ceiling:
@@ -167,8 +177,14 @@ def poll_interval(view: RoomView, state: State, *, ahead: int | None, eta: float
     return max(MIN_POLL_S, round(min(ceiling, max(MIN_POLL_S, wanted)) * (0.8 + 0.2 * spread), 1))
 
 
-def decide(view: RoomView, *, position: int | None, outcome: Outcome | None,
-           now_ms: int, spread: float = 0.0) -> Status:
+def decide(
+    view: RoomView,
+    *,
+    position: int | None,
+    outcome: Outcome | None,
+    now_ms: int,
+    spread: float = 0.0,
+) -> Status:
     """The status of a waiter at 0-based `position` (None before the opening).
 
     `outcome` must be given when the frontier has passed the position.
@@ -179,38 +195,71 @@ def decide(view: RoomView, *, position: int | None, outcome: Outcome | None,
     # an admitted shopper stays admitted while sold-out stock may still come back from holds
     may_return = not view.sold_out or view.held_units > 0
     if outcome is not None and outcome.active_until_ms is not None and may_return:
-        message = ("It is your turn." if not view.sold_out else
-                   "It is your turn, but everything is in other shoppers' baskets right now: "
-                   "items not paid for come back.")
-        return Status(State.ADMITTED, position=None if position is None else position + 1,
-                      ahead=0, waiting=waiting, admitted_until_ms=outcome.active_until_ms,
-                      message=message)
+        message = (
+            "It is your turn."
+            if not view.sold_out
+            else "It is your turn, but everything is in other shoppers' baskets right now: "
+            "items not paid for come back."
+        )
+        return Status(
+            State.ADMITTED,
+            position=None if position is None else position + 1,
+            ahead=0,
+            waiting=waiting,
+            admitted_until_ms=outcome.active_until_ms,
+            message=message,
+        )
     if view.sold_out:
         if view.held_units > 0 and outcome is None and view.opened and position is not None:
             # stock sits in unpaid holds: keep the place (and keep polling) in case it returns
-            return Status(State.SOLD_OUT, position=position + 1,
-                          ahead=max(0, position - view.frontier), waiting=waiting,
-                          poll_after_seconds=poll_interval(
-                              view, State.WAITING, ahead=None, eta=None, now_ms=now_ms,
-                              spread=spread, idle=True),
-                          message=f"Sold out for now: {view.held_units} held in other "
-                                  "shoppers' baskets may come back if not paid.")
+            return Status(
+                State.SOLD_OUT,
+                position=position + 1,
+                ahead=max(0, position - view.frontier),
+                waiting=waiting,
+                poll_after_seconds=poll_interval(
+                    view,
+                    State.WAITING,
+                    ahead=None,
+                    eta=None,
+                    now_ms=now_ms,
+                    spread=spread,
+                    idle=True,
+                ),
+                message=f"Sold out for now: {view.held_units} held in other "
+                "shoppers' baskets may come back if not paid.",
+            )
         return Status(State.SOLD_OUT, waiting=waiting, message="Everything has been sold.")
     if not view.opened or position is None:
-        poll = poll_interval(view, State.NOT_OPEN, ahead=None, eta=None, now_ms=now_ms,
-                             spread=spread)
-        return Status(State.NOT_OPEN, waiting=waiting, poll_after_seconds=poll,
-                      message="You are in the pre-queue: places are drawn at random at the "
-                              "opening.")
+        poll = poll_interval(
+            view, State.NOT_OPEN, ahead=None, eta=None, now_ms=now_ms, spread=spread
+        )
+        return Status(
+            State.NOT_OPEN,
+            waiting=waiting,
+            poll_after_seconds=poll,
+            message="You are in the pre-queue: places are drawn at random at the opening.",
+        )
     if outcome is not None:
-        message = ("Your admission has ended." if outcome.admitted
-                   else "Your turn came while you were away, so it was given to the next "
-                        "person.")
-        return Status(State.EXPIRED, position=position + 1, ahead=0, waiting=waiting,
-                      message=message)
+        message = (
+            "Your admission has ended."
+            if outcome.admitted
+            else "Your turn came while you were away, so it was given to the next person."
+        )
+        return Status(
+            State.EXPIRED, position=position + 1, ahead=0, waiting=waiting, message=message
+        )
     ahead = max(0, position - view.frontier)
-    eta = estimate_wait(ahead + 1, measured_rate(view.batches, now_ms, view.interval_ms),
-                        nominal_rate(view))
+    eta = estimate_wait(
+        ahead + 1, measured_rate(view.batches, now_ms, view.interval_ms), nominal_rate(view)
+    )
     poll = poll_interval(view, State.WAITING, ahead=ahead, eta=eta, now_ms=now_ms, spread=spread)
-    return Status(State.WAITING, position=position + 1, ahead=ahead, waiting=waiting,
-                  eta_seconds=eta, poll_after_seconds=poll, message="You are in line.")
+    return Status(
+        State.WAITING,
+        position=position + 1,
+        ahead=ahead,
+        waiting=waiting,
+        eta_seconds=eta,
+        poll_after_seconds=poll,
+        message="You are in line.",
+    )

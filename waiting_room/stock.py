@@ -44,9 +44,15 @@ class Report:
 
 
 class Stock:
-    def __init__(self, redis: Redis, raw_redis: Redis, pool: asyncpg.Pool, room: WaitingRoom,
-                 payments: GuardedProvider | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        raw_redis: Redis,
+        pool: asyncpg.Pool,
+        room: WaitingRoom,
+        payments: GuardedProvider | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.payments = payments
         self.redis = redis
         self.raw_redis = raw_redis
@@ -65,8 +71,12 @@ class Stock:
             inv = await conn.fetchrow(
                 "SELECT stock, held, sold FROM sale_inventory WHERE sale_id = $1", sale.id
             )
-            taken = [r["seat"] for r in await conn.fetch(
-                "SELECT seat FROM order_seats WHERE sale_id = $1 AND active", sale.id)]
+            taken = [
+                r["seat"]
+                for r in await conn.fetch(
+                    "SELECT seat FROM order_seats WHERE sale_id = $1 AND active", sale.id
+                )
+            ]
         stock, held, sold = inv["stock"], inv["held"], inv["sold"]
         bitmap = b""
         if sale.seated and taken:
@@ -77,12 +87,26 @@ class Stock:
         keys = self.room.keys(sale.id)
         result = await self.room.scripts.prewarm(
             keys=[keys.meta, keys.inventory, keys.seats],
-            args=[1 if force else 0, stock, stock - held - sold, held, sold,
-                  int(self.clock() * 1000), 1 if sale.seated else 0, bitmap],
+            args=[
+                1 if force else 0,
+                stock,
+                stock - held - sold,
+                held,
+                sold,
+                int(self.clock() * 1000),
+                1 if sale.seated else 0,
+                bitmap,
+            ],
         )
         self.room.forget(sale.id)
-        return {"sale": sale.id, "outcome": result[0], "stock": stock,
-                "available": stock - held - sold, "held": held, "sold": sold}
+        return {
+            "sale": sale.id,
+            "outcome": result[0],
+            "stock": stock,
+            "available": stock - held - sold,
+            "held": held,
+            "sold": sold,
+        }
 
     async def stream_backlog(self, sale_id: str) -> dict[str, int]:
         """Entries not yet read by the persisters (lag) and read but not committed (pending)."""
@@ -95,12 +119,14 @@ class Stock:
         for group in groups:
             if group["name"] == PERSISTER_GROUP:
                 lag = group.get("lag")
-                return {"length": length, "pending": int(group["pending"]),
-                        "lag": int(lag) if lag is not None else length}
+                return {
+                    "length": length,
+                    "pending": int(group["pending"]),
+                    "lag": int(lag) if lag is not None else length,
+                }
         return {"length": length, "pending": 0, "lag": length}
 
-    async def reconcile(self, sale: Sale, *, repair: bool = False,
-                        force: bool = False) -> Report:
+    async def reconcile(self, sale: Sale, *, repair: bool = False, force: bool = False) -> Report:
         """Check stock = sold + held + available across Redis and PostgreSQL.
 
         With `repair`, rebuild Redis from PostgreSQL: only once the stream is drained (else
@@ -117,12 +143,22 @@ class Stock:
             counted = await conn.fetchrow(
                 """SELECT coalesce(sum(quantity) FILTER (WHERE status = 'held'), 0) AS held,
                           coalesce(sum(quantity) FILTER (WHERE status = 'confirmed'), 0) AS sold
-                   FROM orders WHERE sale_id = $1""", sale.id,
+                   FROM orders WHERE sale_id = $1""",
+                sale.id,
             )
-            seats = {r["seat"] for r in await conn.fetch(
-                "SELECT seat FROM order_seats WHERE sale_id = $1 AND active", sale.id)}
-        pg = {"stock": row["stock"], "held": row["held"], "sold": row["sold"],
-              "held_in_orders": int(counted["held"]), "sold_in_orders": int(counted["sold"])}
+            seats = {
+                r["seat"]
+                for r in await conn.fetch(
+                    "SELECT seat FROM order_seats WHERE sale_id = $1 AND active", sale.id
+                )
+            }
+        pg = {
+            "stock": row["stock"],
+            "held": row["held"],
+            "sold": row["sold"],
+            "held_in_orders": int(counted["held"]),
+            "sold_in_orders": int(counted["sold"]),
+        }
         backlog = await self.stream_backlog(sale.id)
         diffs: list[str] = []
         if pg["held"] + pg["sold"] > pg["stock"]:
@@ -149,8 +185,14 @@ class Stock:
                 redis_seats = taken_from_bitmap(bitmap, sale.stock)
                 if redis_seats != seats:
                     diffs.append(f"seats: {len(redis_seats ^ seats)} differ")
-        report = Report(sale.id, ok=not diffs, redis={**inv, "open_holds": open_holds},
-                        postgres=pg, stream=backlog, differences=diffs)
+        report = Report(
+            sale.id,
+            ok=not diffs,
+            redis={**inv, "open_holds": open_holds},
+            postgres=pg,
+            stream=backlog,
+            differences=diffs,
+        )
         if repair and diffs:
             if not force and (backlog["lag"] or backlog["pending"]):
                 raise NotDrained(
@@ -172,8 +214,9 @@ class Stock:
         payment provider confirms they were not paid. Returns what it could not settle."""
         keys = self.room.keys(sale.id)
         rows = await self.pool.fetch(
-            "SELECT id FROM orders WHERE sale_id = $1 AND status = 'held'"
-            " AND hold_expires_at < $2", sale.id, datetime.now(UTC),
+            "SELECT id FROM orders WHERE sale_id = $1 AND status = 'held' AND hold_expires_at < $2",
+            sale.id,
+            datetime.now(UTC),
         )
         orphans, unsettled = [], []
         for r in rows:

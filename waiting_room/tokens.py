@@ -71,8 +71,9 @@ class Signer:
         body = _b64(orjson.dumps(claims.to_payload()))
         return f"{body}.{_b64(_hmac(self._pads[0], body.encode()))}"
 
-    def verify(self, token: str, *, kind: Kind, sale: str, now: float,
-               expired_ok: bool = False) -> Claims:
+    def verify(
+        self, token: str, *, kind: Kind, sale: str, now: float, expired_ok: bool = False
+    ) -> Claims:
         """The token's claims once its signature, kind and sale check out; TokenExpired past
         its expiry unless `expired_ok` (to recognise who sent it, as an idempotent replay
         does)."""
