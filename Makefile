@@ -1,7 +1,7 @@
 # FlashSale — developer entry points.
 #
 #   make demo    set up everything (venv, Redis, PostgreSQL) and run the demo
-#   make test    set up everything and run ruff + pytest
+#   make test    set up everything, run the static checks and pytest
 #
 # Existing Redis (127.0.0.1:6379) / PostgreSQL (127.0.0.1:5432) are reused, as
 # are REDIS_URL / DATABASE_URL from the environment; see scripts/ensure-services.sh.
@@ -25,7 +25,7 @@ CHECKOV_VERSION := 3.3.30
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: help venv checkov packages services test demo lint clean
+.PHONY: help venv checkov packages services check test demo clean
 
 help: ## List targets
 	@echo "FlashSale make targets:"
@@ -74,15 +74,17 @@ packages: ## Install the Debian packages the tests need (Chromium, CJK fonts, HA
 services: ## Ensure Redis + PostgreSQL run; write .run/services.env
 	@scripts/ensure-services.sh
 
-test: $(STAMP) $(CHECKOV_STAMP) packages services ## Run ruff check and pytest (PYTEST_ARGS=... passed to pytest)
-	. $(SERVICES_ENV) && $(VENV)/bin/ruff check . && $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+test: check $(CHECKOV_STAMP) packages services ## The static checks, then pytest (PYTEST_ARGS=... passed to pytest)
+	. $(SERVICES_ENV) && $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP) services ## Migrate the database and run the demo
-	. $(SERVICES_ENV) && $(VENV)/bin/flashsale migrate && $(VENV)/bin/flashsale demo
+	. $(SERVICES_ENV) && $(VENV)/bin/flashsale migrate && $(VENV)/bin/python -m loadtest.demo $(DEMO_ARGS)
 
-lint: $(STAMP) ## ruff check + ruff format --check
+check: $(STAMP) ## Static checks: ruff check, ruff format --check, mypy, the import layers
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean: ## Remove .venv, caches, egg-info and .run/services.env (stops no services)
 	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .ruff_cache *.egg-info src/*.egg-info $(SERVICES_ENV)

@@ -9,12 +9,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from api.errors import ApiError
-from api.inputs import bool_query, read_json, require_admin, sale_id_from_path
-from api.services import Services
-from waiting_room.room import NoSuchRoom
-from waiting_room.sale import Sale
-from waiting_room.stock import NotDrained
+from flashsale.api.errors import ApiError
+from flashsale.api.inputs import bool_query, read_json, require_admin, sale_id_from_path
+from flashsale.waiting_room.room import NoSuchRoom
+from flashsale.waiting_room.sale import Sale
+from flashsale.waiting_room.services import Services
+from flashsale.waiting_room.stock import NotDrained
 
 
 def _services(request: Request) -> Services:

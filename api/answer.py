@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from starlette.responses import JSONResponse
 
-from api.inputs import VISITOR_COOKIE
+from flashsale.api.inputs import VISITOR_COOKIE
 
 VISITOR_COOKIE_MAX_AGE = 30 * 86400
 

@@ -1,9 +1,10 @@
-"""The Starlette application: `create_app()` builds it (uvicorn calls it as a factory)."""
+"""The Starlette application: `create_app()` builds it; flashsale/wiring.py gives it the services
+(uvicorn runs `flashsale.wiring:api_app`)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -11,18 +12,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import admin, health, pages, purchase, shopper
-from api.errors import EXCEPTION_HANDLERS
-from api.fastpath import FastPath
-from api.metrics import MetricsMiddleware
-from api.openapi import openapi_document
-from api.request_id import RequestIdMiddleware
-from api.services import Services
-from flashsale.logs import setup_logging
-from flashsale.settings import Settings
-from waiting_room.autopipeline import close_shared
-from waiting_room.db import connect_pool
-from waiting_room.redis_client import connect_redis
+from flashsale.api import admin, health, pages, purchase, shopper
+from flashsale.api.errors import EXCEPTION_HANDLERS
+from flashsale.api.fastpath import FastPath
+from flashsale.api.metrics import MetricsMiddleware
+from flashsale.api.openapi import openapi_document
+from flashsale.api.request_id import RequestIdMiddleware
+from flashsale.config import Settings
+from flashsale.waiting_room.services import Services
 
 SALE = "/api/sales/{sale_id}"
 ADMIN_SALE = "/admin/sales/{sale_id}"
@@ -62,22 +59,21 @@ ROUTES = [
 ]
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
-    settings = settings or Settings.from_env()
+def create_app(
+    settings: Settings,
+    open_services: Callable[[], AbstractAsyncContextManager[Services]] | None = None,
+) -> Starlette:
+    """The app; `open_services` opens what it serves from for as long as it runs (without it,
+    the caller sets `app.state.services` itself, as the tests do)."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis = connect_redis(settings)
-        raw_redis = connect_redis(settings, decode=False)
-        pool = await connect_pool(settings)
-        app.state.services = Services.build(settings, redis, raw_redis, pool)
-        try:
+        if open_services is None:
             yield
-        finally:
-            await close_shared()
-            await pool.close()
-            await redis.aclose()
-            await raw_redis.aclose()
+            return
+        async with open_services() as services:
+            app.state.services = services
+            yield
 
     return Starlette(
         routes=ROUTES,
@@ -89,10 +85,3 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
-
-
-def factory() -> Starlette:
-    """Entry point for `uvicorn --factory api.app:factory`: settings and logs from the env."""
-    settings = Settings.from_env()
-    setup_logging(settings.log_level, settings.log_json)
-    return create_app(settings)

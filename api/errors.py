@@ -16,10 +16,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from flashsale.logs import request_id
-from waiting_room.purchase import PurchaseRefused
-from waiting_room.sale import ValidationError
-from waiting_room.sales import SaleConflict, SaleNotFound
-from waiting_room.tokens import TokenExpired, TokenInvalid
+from flashsale.waiting_room.purchase import PurchaseRefused, Refusal
+from flashsale.waiting_room.sale import ValidationError
+from flashsale.waiting_room.sales import SaleConflict, SaleNotFound
+from flashsale.waiting_room.tokens import TokenExpired, TokenInvalid
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,18 @@ async def _token_expired(request: Request, exc: Exception) -> JSONResponse:
     return error_response(ApiError(410, exc.reason, code="token_expired"))
 
 
+# the HTTP status of each kind of refusal the core raises
+REFUSAL_STATUS = {
+    Refusal.INVALID: 422,
+    Refusal.FORBIDDEN: 403,
+    Refusal.NOT_FOUND: 404,
+    Refusal.CONFLICT: 409,
+    Refusal.GONE: 410,
+    Refusal.DECLINED: 402,
+    Refusal.UNAVAILABLE: 503,
+}
+
+
 async def _refused(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PurchaseRefused)
     headers = {"Retry-After": str(math.ceil(exc.retry_after))} if exc.retry_after else {}
@@ -114,7 +126,14 @@ async def _refused(request: Request, exc: Exception) -> JSONResponse:
         extra["order"] = exc.order
     field = extra.pop("field", None)
     return error_response(
-        ApiError(exc.status, exc.message, code=exc.code, field=field, headers=headers, extra=extra)
+        ApiError(
+            REFUSAL_STATUS[exc.kind],
+            exc.message,
+            code=exc.code,
+            field=field,
+            headers=headers,
+            extra=extra,
+        )
     )
 
 

@@ -30,17 +30,17 @@ import orjson
 from starlette.requests import Request, cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import EXCEPTION_HANDLERS
-from api.inputs import VISITOR_COOKIE, bearer_token, presented_visitor
-from api.metrics import POLLS, REQUEST_SECONDS, labelled
-from api.purchase import hold_answer, idempotency_key
-from api.request_id import _SAFE
-from api.request_id import HEADER as REQUEST_ID
-from api.services import Services
-from api.shopper import join_answer, status_body
+from flashsale.api.errors import EXCEPTION_HANDLERS
+from flashsale.api.inputs import VISITOR_COOKIE, bearer_token, presented_visitor
+from flashsale.api.metrics import POLLS, REQUEST_SECONDS, labelled
+from flashsale.api.purchase import hold_answer, idempotency_key
+from flashsale.api.request_id import _SAFE
+from flashsale.api.request_id import HEADER as REQUEST_ID
+from flashsale.api.shopper import join_answer, status_body
 from flashsale.logs import request_id
-from waiting_room.sale import SALE_ID
-from waiting_room.tokens import ADMISSION, TICKET
+from flashsale.waiting_room.sale import SALE_ID
+from flashsale.waiting_room.services import Services
+from flashsale.waiting_room.tokens import ADMISSION, TICKET
 
 PREFIX = "/api/sales/"
 Headers = list[tuple[bytes, bytes]]

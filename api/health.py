@@ -7,8 +7,8 @@ import asyncio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from api.metrics import render_metrics
-from api.services import Services
+from flashsale.api.metrics import render_metrics
+from flashsale.waiting_room.services import Services
 
 READY_TIMEOUT_S = 2.0
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from starlette.requests import Request
 
-from api.errors import ApiError
-from waiting_room.sale import SALE_ID
+from flashsale.api.errors import ApiError
+from flashsale.waiting_room.sale import SALE_ID
 
 VISITOR_COOKIE = "fs_vid"
 VISITOR_HEADER = "x-visitor-id"
@@ -69,7 +69,7 @@ def _has_lone_surrogate(value: Any) -> bool:
 
 
 def sale_id_from_path(request: Request) -> str:
-    sale_id = request.path_params["sale_id"]
+    sale_id = str(request.path_params["sale_id"])
     if not SALE_ID.match(sale_id):
         raise ApiError(404, f"no sale with id {sale_id!r}", code="unknown_sale")
     return sale_id

@@ -10,8 +10,8 @@ from typing import Any
 
 from starlette.routing import BaseRoute, Route
 
-from api.pages import OPENAPI_PATHS as PAGE_PATHS
-from waiting_room.sale import ADMISSION_BOUNDS
+from flashsale.api.pages import OPENAPI_PATHS as PAGE_PATHS
+from flashsale.waiting_room.sale import ADMISSION_BOUNDS
 
 _ref = {"$ref": "#/components/schemas/Error"}
 
@@ -45,7 +45,7 @@ TICKET_PARAMS = [
         "description": "Must match the ticket's visitor when given (or the fs_vid cookie).",
     },
 ]
-ADMIN = [{"bearer": []}]
+ADMIN: list[dict[str, list[str]]] = [{"bearer": []}]
 
 SCHEMAS: dict[str, Any] = {
     "Error": {

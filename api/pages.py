@@ -22,10 +22,10 @@ from zoneinfo import ZoneInfo
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from api.errors import ApiError
-from api.services import Services
-from waiting_room.sale import SALE_ID, Sale
-from waiting_room.sales import SaleNotFound
+from flashsale.api.errors import ApiError
+from flashsale.waiting_room.sale import SALE_ID, Sale
+from flashsale.waiting_room.sales import SaleNotFound
+from flashsale.waiting_room.services import Services
 
 STATIC_DIR = Path(__file__).with_name("static")
 TEMPLATES = STATIC_DIR / "html"
@@ -185,7 +185,7 @@ async def static(request: Request) -> Response:
 
 
 _HTML = {"text/html": {"schema": {"type": "string"}}}
-_NOT_FOUND_JSON = {
+_NOT_FOUND_JSON: dict[str, Any] = {
     "description": "No such file",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
 }

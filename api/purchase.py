@@ -9,15 +9,16 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from api.answer import Answer
-from api.errors import ApiError
-from api.inputs import bearer_token, read_json, sale_id_from_path, visitor_of
-from api.metrics import HOLDS, PAYMENTS, labelled
-from api.services import Services
-from waiting_room.purchase import PurchaseRefused, layout_of
-from waiting_room.sale import Sale
-from waiting_room.seating import taken_from_bitmap
-from waiting_room.tokens import ADMISSION, Claims, TokenExpired
+from flashsale.api.answer import Answer
+from flashsale.api.errors import ApiError
+from flashsale.api.inputs import bearer_token, read_json, sale_id_from_path, visitor_of
+from flashsale.api.metrics import HOLDS, PAYMENTS, labelled
+from flashsale.waiting_room.purchase import PurchaseRefused, layout_of
+from flashsale.waiting_room.redis_client import binary
+from flashsale.waiting_room.sale import Sale
+from flashsale.waiting_room.seating import taken_from_bitmap
+from flashsale.waiting_room.services import Services
+from flashsale.waiting_room.tokens import ADMISSION, Claims, TokenExpired
 
 NO_STORE = {"Cache-Control": "no-store"}
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
@@ -196,7 +197,7 @@ async def seats(request: Request) -> Response:
     if not sale.seated:
         raise ApiError(404, "this sale sells quantities, not seats", code="not_seated")
     layout = layout_of(sale)
-    bitmap = await services.raw_redis.get(services.room.keys(sale.id).seats)
+    bitmap = binary(await services.raw_redis.get(services.room.keys(sale.id).seats))
     taken = taken_from_bitmap(bitmap, layout.size)
     sections: dict[str, list[dict[str, Any]]] = {}
     for row in layout.rows:

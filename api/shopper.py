@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from api.answer import Answer, visitor_cookie
-from api.errors import ApiError
-from api.inputs import (
+from flashsale.api.answer import Answer, visitor_cookie
+from flashsale.api.errors import ApiError
+from flashsale.api.inputs import (
     VISITOR_COOKIE,
     client_address,
     int_query,
@@ -23,10 +23,10 @@ from api.inputs import (
     ticket_of,
     visitor_of,
 )
-from api.metrics import JOINS, POLLS, labelled
-from api.services import Services
-from waiting_room.room import NoSuchRoom, Poll
-from waiting_room.tokens import TICKET, Claims
+from flashsale.api.metrics import JOINS, POLLS, labelled
+from flashsale.waiting_room.room import NoSuchRoom, Poll
+from flashsale.waiting_room.services import Services
+from flashsale.waiting_room.tokens import TICKET, Claims
 
 T = TypeVar("T")
 NO_STORE = {"Cache-Control": "no-store"}
@@ -55,7 +55,7 @@ def status_body(sale_id: str, poll: Poll) -> dict[str, Any]:
         "heartbeat": poll.heartbeat,
         "message": status.message,
     }
-    if poll.admission_token:
+    if poll.admission_token and status.admitted_until_ms is not None:
         body["admission_token"] = poll.admission_token
         body["admitted_until"] = datetime.fromtimestamp(
             status.admitted_until_ms / 1000, UTC

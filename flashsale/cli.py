@@ -1,5 +1,5 @@
 """`flashsale ROLE`: one command, one image, every role (api, admitter, persister, migrate,
-prewarm, reconcile, operator, demo)."""
+prewarm, reconcile, operator). The top layer: it may import every other."""
 
 from __future__ import annotations
 
@@ -15,14 +15,11 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
+from flashsale.config import Settings, SettingsError
 from flashsale.logs import setup_logging
-from flashsale.settings import Settings, SettingsError
-
-if TYPE_CHECKING:
-    from api.services import Services
 
 log = logging.getLogger("flashsale")
 
@@ -48,7 +45,7 @@ def run_api(settings: Settings, args: argparse.Namespace) -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         uvicorn.run(
-            "api.app:factory",
+            "flashsale.wiring:api_app",
             factory=True,
             host=args.host or settings.host,
             port=args.port or settings.port,
@@ -63,26 +60,6 @@ def run_api(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
-
-
-@contextlib.asynccontextmanager
-async def connected(settings: Settings, *, pool_size: int = 4) -> AsyncIterator[Services]:
-    """Connections and services for a command-line role, closed on the way out."""
-    from api.services import Services
-    from waiting_room.autopipeline import close_shared
-    from waiting_room.db import connect_pool
-    from waiting_room.redis_client import connect_redis
-
-    redis = connect_redis(settings)
-    raw_redis = connect_redis(settings, decode=False)
-    pool = await connect_pool(settings, max_size=pool_size)
-    try:
-        yield Services.build(settings, redis, raw_redis, pool)
-    finally:
-        await close_shared()
-        await pool.close()
-        await redis.aclose()
-        await raw_redis.aclose()
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -139,9 +116,10 @@ def _alive(pid: int) -> bool:
 
 async def _admitter(settings: Settings) -> None:
     _metrics_server(settings)
-    from waiting_room.admitter import Admitter
+    from flashsale.waiting_room.admitter import Admitter
+    from flashsale.wiring import opened
 
-    async with connected(settings, pool_size=2) as services:
+    async with opened(settings, pool_size=2) as services:
         admitter = Admitter(
             services.sales,
             services.room,
@@ -160,9 +138,10 @@ def run_admitter(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _persister(settings: Settings) -> None:
     _metrics_server(settings)
-    from waiting_room.persister import Persister
+    from flashsale.waiting_room.persister import Persister
+    from flashsale.wiring import opened
 
-    async with connected(settings) as services:
+    async with opened(settings, pool_size=4) as services:
         persister = Persister(
             services.redis,
             services.pool,
@@ -185,13 +164,15 @@ def run_persister(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _prewarm(settings: Settings, sale_id: str, force: bool) -> dict[str, Any]:
-    async with connected(settings) as services:
+    from flashsale.wiring import opened
+
+    async with opened(settings, pool_size=4) as services:
         sale = await services.sales.get(sale_id)
         return await services.stock.prewarm(sale, force=force)
 
 
 def run_prewarm(settings: Settings, args: argparse.Namespace) -> int:
-    from waiting_room.sales import SaleNotFound
+    from flashsale.waiting_room.sales import SaleNotFound
 
     try:
         result = asyncio.run(_prewarm(settings, args.sale, args.force))
@@ -203,14 +184,16 @@ def run_prewarm(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _reconcile(settings: Settings, sale_id: str, repair: bool, force: bool) -> dict[str, Any]:
-    async with connected(settings) as services:
+    from flashsale.wiring import opened
+
+    async with opened(settings, pool_size=4) as services:
         sale = await services.sales.get(sale_id)
         return (await services.stock.reconcile(sale, repair=repair, force=force)).as_dict()
 
 
 def run_reconcile(settings: Settings, args: argparse.Namespace) -> int:
-    from waiting_room.sales import SaleNotFound
-    from waiting_room.stock import NotDrained
+    from flashsale.waiting_room.sales import SaleNotFound
+    from flashsale.waiting_room.stock import NotDrained
 
     try:
         report = asyncio.run(_reconcile(settings, args.sale, args.repair, args.force))
@@ -225,7 +208,7 @@ def run_reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from waiting_room.db import migrate
+    from flashsale.waiting_room.db import migrate
 
     applied = asyncio.run(migrate(settings))
     print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
@@ -233,15 +216,15 @@ def run_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_operator(settings: Settings, args: argparse.Namespace) -> int:
-    from flashsale_operator.main import run
+    from flashsale.operator.main import serve
+    from flashsale.wiring import opened
 
-    return run(settings)
+    async def operate() -> None:
+        async with opened(settings, pool_size=4) as services:
+            await serve(services)
 
-
-def run_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from flashsale.demo import run
-
-    return run(settings, shoppers=args.shoppers)
+    asyncio.run(operate())
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,9 +266,6 @@ def build_parser() -> argparse.ArgumentParser:
     roles.add_parser(
         "operator", help="run the Kubernetes operator for FlashSale objects"
     ).set_defaults(func=run_operator)
-    demo = roles.add_parser("demo", help="run a local flash sale end to end")
-    demo.add_argument("--shoppers", type=int, default=3000)
-    demo.set_defaults(func=run_demo)
     return parser
 
 
@@ -298,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     setup_logging(settings.log_level, settings.log_json)
     with contextlib.suppress(KeyboardInterrupt):
-        return args.func(settings, args)
+        code: int = args.func(settings, args)
+        return code
     return 130
 
 

@@ -47,7 +47,14 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from flashsale.settings import Settings
+from flashsale.config import Settings
+from flashsale.waiting_room.autopipeline import close_shared
+from flashsale.waiting_room.db import connect_pool, migrate
+from flashsale.waiting_room.room import WaitingRoom
+from flashsale.waiting_room.sales import Sales
+from flashsale.waiting_room.scripts import source
+from flashsale.waiting_room.stock import PERSISTER_GROUP, Stock
+from flashsale.waiting_room.tokens import ADMISSION, Claims, Signer
 from loadtest.apps import ROWLOCK_DDL
 from loadtest.common import (
     cpu_seconds,
@@ -61,13 +68,6 @@ from loadtest.common import (
     processes,
     wait_port,
 )
-from waiting_room.autopipeline import close_shared
-from waiting_room.db import connect_pool, migrate
-from waiting_room.room import WaitingRoom
-from waiting_room.sales import Sales
-from waiting_room.scripts import source
-from waiting_room.stock import PERSISTER_GROUP, Stock
-from waiting_room.tokens import ADMISSION, Claims, Signer
 
 WRK_DIR = Path(__file__).resolve().parent / "wrk"
 TARGETS = {  # name: (target, "min" | "max")

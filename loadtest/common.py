@@ -19,7 +19,7 @@ from typing import IO
 import asyncpg
 from redis.asyncio import Redis
 
-from flashsale.settings import Settings
+from flashsale.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES_ENV = ROOT / ".run" / "services.env"

@@ -67,7 +67,11 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
-from flashsale.settings import Settings
+from flashsale.config import Settings
+from flashsale.waiting_room.db import migrate
+from flashsale.waiting_room.keys import SaleKeys
+from flashsale.waiting_room.room import index_at, place_of
+from flashsale.waiting_room.stock import PERSISTER_GROUP
 from loadtest.common import (
     ROOT,
     Procs,
@@ -80,10 +84,6 @@ from loadtest.common import (
     processes,
     wait_port,
 )
-from waiting_room.db import migrate
-from waiting_room.keys import SaleKeys
-from waiting_room.room import index_at, place_of
-from waiting_room.stock import PERSISTER_GROUP
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE / "haproxy.cfg"
@@ -404,7 +404,7 @@ async def check_sale(
     internal: str,
 ) -> dict[str, Any]:
     """Every invariant of one sale, from PostgreSQL, Redis and what its shoppers saw."""
-    from waiting_room.status import RoomView
+    from flashsale.waiting_room.status import RoomView
 
     sale_id = sale["id"]
     keys = SaleKeys(settings.redis_prefix, sale_id, settings.join_buckets)

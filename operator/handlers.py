@@ -25,19 +25,20 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import kopf
-from flashsale_operator import schedule
-from flashsale_operator import status as st
-from flashsale_operator.kube import Kube, KubeError, Login
-from flashsale_operator.scaling import Scaler, ScalingError, Target
-from flashsale_operator.spec import GROUP, PLURAL, VERSION, translate, validate
-from flashsale_operator.spec import sale_id as sale_id_of
 
-from waiting_room.room import NoSuchRoom
-from waiting_room.sale import Sale, ValidationError
-from waiting_room.sales import SaleConflict, SaleNotFound
+from flashsale.operator import schedule
+from flashsale.operator import status as st
+from flashsale.operator.kube import Kube, KubeError, Login
+from flashsale.operator.scaling import Scaler, ScalingError, Target
+from flashsale.operator.spec import GROUP, PLURAL, VERSION, translate, validate
+from flashsale.operator.spec import sale_id as sale_id_of
+from flashsale.waiting_room.redis_client import text
+from flashsale.waiting_room.room import NoSuchRoom
+from flashsale.waiting_room.sale import Sale, ValidationError
+from flashsale.waiting_room.sales import SaleConflict, SaleNotFound
 
 if TYPE_CHECKING:
-    from api.services import Services
+    from flashsale.waiting_room.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,13 @@ _PHASE_MESSAGES = {
     schedule.Phase.SOLD_OUT: "sold out: {sold} sold",
     schedule.Phase.CLOSED: "closed: {sold} of {stock} sold",
 }
+
+
+def namespaced(namespace: str | None) -> str:
+    """kopf passes None for cluster-scoped objects; a FlashSale is namespaced."""
+    if namespace is None:
+        raise kopf.PermanentError("a FlashSale must live in a namespace")
+    return namespace
 
 
 def utcnow() -> datetime:
@@ -160,11 +168,12 @@ class FlashSaleOperator:
     # -- the index of scaling windows ------------------------------------------------------
 
     def index_windows(
-        self, namespace: str, name: str, spec: Any, meta: Any, **_: Any
+        self, namespace: str | None, name: str, spec: Any, meta: Any, **_: Any
     ) -> dict[tuple[str, str, str], schedule.Window]:
         """{(namespace, kind, name) of the target: this FlashSale's window}. An empty dict (not
         None, which kopf takes as "keep the old value") when it wishes for nothing: no
         scaling, a spec that cannot work, or on its way out."""
+        namespace = namespaced(namespace)
         if meta.get("deletionTimestamp"):
             return {}
         try:
@@ -181,7 +190,7 @@ class FlashSaleOperator:
     async def on_spec(
         self,
         name: str,
-        namespace: str,
+        namespace: str | None,
         uid: str,
         spec: Any,
         meta: Any,
@@ -192,6 +201,7 @@ class FlashSaleOperator:
         new: Any = None,
         **kwargs: Any,
     ) -> None:
+        namespace = namespaced(namespace)
         now = self.clock()
         generation = meta.get("generation")
         mem = self._mem(uid)
@@ -268,7 +278,7 @@ class FlashSaleOperator:
         key = f"{self.room.keys(sale_id).base}:owner"
         me = f"{namespace}/{name}"
         await self.services.redis.set(key, me, nx=True)
-        owner = await self.services.redis.get(key)
+        owner = text(await self.services.redis.get(key) or "")
         if owner != me:
             raise ValidationError(
                 "spec.saleId",
@@ -345,7 +355,7 @@ class FlashSaleOperator:
     async def on_tick(
         self,
         name: str,
-        namespace: str,
+        namespace: str | None,
         uid: str,
         spec: Any,
         meta: Any,
@@ -354,6 +364,7 @@ class FlashSaleOperator:
         body: kopf.Body,
         **kwargs: Any,
     ) -> None:
+        namespace = namespaced(namespace)
         now = self.clock()
         mem = self._mem(uid)
         async with mem.lock:
@@ -534,13 +545,14 @@ class FlashSaleOperator:
     async def on_delete(
         self,
         name: str,
-        namespace: str,
+        namespace: str | None,
         uid: str,
         spec: Any,
         status: Any,
         body: kopf.Body,
         **kwargs: Any,
     ) -> None:
+        namespace = namespaced(namespace)
         now = self.clock()
         mem = self._mem(uid)
         async with mem.lock:

@@ -1,16 +1,16 @@
-"""`flashsale operator`: connect to Redis and PostgreSQL, then run kopf with the handlers."""
+"""`flashsale operator`: kopf with the handlers, on the services the wiring opened."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
 import kopf
-from flashsale_operator.handlers import FlashSaleOperator
-from flashsale_operator.kube import Login
 
-from flashsale.settings import Settings
+from flashsale.config import Settings
+from flashsale.operator.handlers import FlashSaleOperator
+from flashsale.operator.kube import Login
+from flashsale.waiting_room.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -34,38 +34,29 @@ def operator_kwargs(settings: Settings) -> dict[str, Any]:
 
 
 async def serve(
-    settings: Settings,
+    services: Services,
     *,
     login: Login = kopf.login_via_client,
     kopf_settings: kopf.OperatorSettings | None = None,
     stop_flag: Any = None,
 ) -> None:
     """Run until SIGTERM/SIGINT (or `stop_flag`, an asyncio or threading Event, is set)."""
-    from flashsale.cli import connected
-
-    async with connected(settings) as services:
-        operator = FlashSaleOperator(
-            services, login=login, tick_seconds=settings.operator_tick_seconds
-        )
-        registry = kopf.OperatorRegistry()
-        operator.register(registry)
-        kwargs = operator_kwargs(settings)
-        log.info(
-            "operator starting",
-            extra={
-                "namespaces": kwargs["namespaces"] or "all",
-                "peering": kwargs["peering_name"],
-                "liveness": kwargs["liveness_endpoint"],
-            },
-        )
-        await kopf.operator(
-            registry=registry,
-            settings=FlashSaleOperator.configure(kopf_settings or kopf.OperatorSettings()),
-            stop_flag=stop_flag,
-            **kwargs,
-        )
-
-
-def run(settings: Settings) -> int:
-    asyncio.run(serve(settings))
-    return 0
+    settings = services.settings
+    operator = FlashSaleOperator(services, login=login, tick_seconds=settings.operator_tick_seconds)
+    registry = kopf.OperatorRegistry()
+    operator.register(registry)
+    kwargs = operator_kwargs(settings)
+    log.info(
+        "operator starting",
+        extra={
+            "namespaces": kwargs["namespaces"] or "all",
+            "peering": kwargs["peering_name"],
+            "liveness": kwargs["liveness_endpoint"],
+        },
+    )
+    await kopf.operator(
+        registry=registry,
+        settings=FlashSaleOperator.configure(kopf_settings or kopf.OperatorSettings()),
+        stop_flag=stop_flag,
+        **kwargs,
+    )

@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from flashsale_operator.kube import Kube, KubeError
+from flashsale.operator.kube import Kube, KubeError
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def plan_patch(
     if wanted is None:
         if not ours:
             return Outcome(None, current, current, False, f"{field} is {current}, not raised")
-        patch = {
+        patch: dict[str, Any] = {
             "metadata": {"annotations": {original_key: None, applied_key: None, SCALED_FOR: None}}
         }
         if current != original:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from waiting_room.sale import ValidationError
+from flashsale.waiting_room.sale import ValidationError
 
 PREWARM_LEAD_SECONDS = 300
 SCALING_LEAD_SECONDS = 600
@@ -217,8 +217,8 @@ def plan(spec: Mapping[str, Any], default_target: tuple[str, str] | None = None)
         raise ValidationError(
             "spec.scaling.target.kind", f"must be one of {', '.join(TARGET_KINDS)}"
         )
-    name = target.get("name")
-    if not isinstance(name, str) or not name:
+    target_name = target.get("name")
+    if not isinstance(target_name, str) or not target_name:
         raise ValidationError(
             "spec.scaling.target.name",
             "is required: the HorizontalPodAutoscaler or Deployment to scale "
@@ -234,7 +234,11 @@ def plan(spec: Mapping[str, Any], default_target: tuple[str, str] | None = None)
     return replace(
         result,
         scaling=Scaling(
-            kind=kind, name=name, replicas=replicas, start=opens_at - lead, end=closes_at + cooldown
+            kind=kind,
+            name=target_name,
+            replicas=replicas,
+            start=opens_at - lead,
+            end=closes_at + cooldown,
         ),
         scaling_lead=lead,
         scaling_cooldown=cooldown,

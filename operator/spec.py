@@ -16,9 +16,14 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
-from flashsale_operator import schedule
-
-from waiting_room.sale import ADMISSION_DEFAULTS, SALE_ID, Sale, ValidationError, parse_sale
+from flashsale.operator import schedule
+from flashsale.waiting_room.sale import (
+    ADMISSION_DEFAULTS,
+    SALE_ID,
+    Sale,
+    ValidationError,
+    parse_sale,
+)
 
 GROUP = "flashsale.io"
 VERSION = "v1alpha1"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +32,7 @@ def condition(
 
 
 def merge_conditions(
-    current: list[Mapping[str, Any]] | None,
+    current: Sequence[Mapping[str, Any]] | None,
     *updates: Mapping[str, Any] | None,
     drop: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
@@ -56,7 +56,7 @@ def merge_conditions(
 
 
 def get_condition(
-    conditions: list[Mapping[str, Any]] | None, kind: str
+    conditions: Sequence[Mapping[str, Any]] | None, kind: str
 ) -> Mapping[str, Any] | None:
     for c in conditions or []:
         if isinstance(c, Mapping) and c.get("type") == kind:

@@ -1,4 +1,5 @@
-"""Shared fixtures: real Redis and real PostgreSQL (from REDIS_URL / DATABASE_URL).
+"""Shared fixtures: real Redis and real PostgreSQL (from REDIS_URL / DATABASE_URL), and the kind
+of each test (its folder: unit, integration, system, browser, ...) as a marker.
 
 Each test session works in its own PostgreSQL schema and under its own Redis key prefix, and
 removes both at the end, so tests never disturb other data on the same servers.
@@ -11,53 +12,34 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 from redis.asyncio import Redis
-from starlette.applications import Starlette
 
-from api.app import create_app
-from api.services import Services
-from flashsale.settings import Settings
-from waiting_room.db import connect_pool, migrate
-from waiting_room.purchase import Purchases
-from waiting_room.room import WaitingRoom
-from waiting_room.sale import Sale
-from waiting_room.sales import Sales
-from waiting_room.status import State
-from waiting_room.tokens import ADMISSION, Claims, Signer
+from flashsale.config import Settings
+from flashsale.waiting_room.db import connect_pool, migrate
+from flashsale.waiting_room.purchase import Purchases
+from flashsale.waiting_room.room import WaitingRoom
+from flashsale.waiting_room.sale import Sale
+from flashsale.waiting_room.sales import Sales
+from flashsale.waiting_room.services import Services
+from flashsale.waiting_room.status import State
+from flashsale.waiting_room.tokens import ADMISSION, Claims, Signer
+from tests.support import ADMIN_TOKEN, Admit, Clock, app_for, sale_body
 
-ADMIN_TOKEN = "test-admin-token"
+KINDS = ("unit", "integration", "system", "browser", "kubernetes", "image", "deploy", "cluster")
 
 
-class Clock:
-    """A settable clock for the room's own notion of time (Redis and PostgreSQL stay real)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-        self.frozen: float | None = None
-
-    def __call__(self) -> float:
-        import time
-
-        return (time.time() if self.frozen is None else self.frozen) + self.offset
-
-    def freeze(self) -> None:
-        """Stop the clock at the current instant: from now on only `advance` moves it, so
-        tests can place the room's time to the millisecond."""
-        import time
-
-        self.frozen = time.time()
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self(), UTC)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its kind, the folder it lives in (`pytest -m unit`)."""
+    for item in items:
+        parts = item.path.relative_to(Path(__file__).parent).parts
+        if len(parts) > 1 and parts[0] in KINDS:
+            item.add_marker(parts[0])
 
 
 @pytest.fixture(scope="session")
@@ -131,27 +113,6 @@ def sales(pool: asyncpg.Pool, room: WaitingRoom, clock: Clock) -> Sales:
     return Sales(pool, room, clock=clock.now)
 
 
-def sale_body(**overrides: Any) -> dict[str, Any]:
-    """A valid sale opening in an hour, with a fresh id; override any field."""
-    now = datetime.now(UTC)
-    body: dict[str, Any] = {
-        "id": f"t-{secrets.token_hex(6)}",
-        "name": "Test sale",
-        "stock": 100,
-        "opens_at": (now + timedelta(hours=1)).isoformat(),
-        "closes_at": (now + timedelta(hours=3)).isoformat(),
-        "admission": {
-            "batch_size": 10,
-            "batch_interval_ms": 50,
-            "max_active": 50,
-            "admission_ttl_seconds": 600,
-            "abandon_after_seconds": 60,
-        },
-    }
-    body.update(overrides)
-    return body
-
-
 @pytest.fixture
 def make_sale(sales: Sales) -> Callable[..., Any]:
     async def make(**overrides: Any) -> Sale:
@@ -180,13 +141,6 @@ def purchases(services: Services) -> Purchases:
     return services.purchases
 
 
-def app_for(services: Services) -> Starlette:
-    """The real app wired to `services` (its lifespan is not run: the services exist)."""
-    app = create_app(services.settings)
-    app.state.services = services
-    return app
-
-
 @pytest.fixture
 async def client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client talking to the real app (real Redis, real PostgreSQL) in process."""
@@ -201,125 +155,69 @@ def admin_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
-Admit = Callable[[Sale, list[str]], Awaitable[list[Claims]]]
-
-
 @pytest.fixture
 def admit(room: WaitingRoom, clock: Clock, signer: Signer) -> Admit:
-    """`await admit(sale, visitors)`: join every visitor, move the room clock past the opening
-    (then poll once each, as presence from before the opening is too old), run admission until
-    all are in and return their admission claims, in the order given.
+    """`await admit(sale, shoppers)`: admitted shoppers, as the admission claims their polls
+    hand out, in the order given. `shoppers` is a number of new shoppers, who join after the
+    opening (the room clock is moved past it first), or a list of visitor ids, who join at the
+    room's current time: before the opening, into the pre-queue, drawn at the opening (then
+    each polls once, as presence from before the opening is too old).
 
-    Admission takes at most batch_size per batch and only while max_active allows, so bulk
-    tests need a sale with both set large enough. A sale that has already opened (opens_at in
-    the past) skips the presence polls, which saves time with thousands of visitors."""
+    Admission runs batch after batch until all are in, so the sale's batch_size and max_active
+    must allow them. At most `chunk` calls run at once, like the API's concurrent requests;
+    the crowd reads the room through a cached view of its own, as an API process does."""
 
     def crowd() -> WaitingRoom:
-        # the crowd's own process: its view of the room is cached, as in the API
         return WaitingRoom(
             room.redis, replace(room.settings, status_cache_ms=60_000), room.signer, clock=clock
         )
 
-    async def gather_chunked(calls: list[Awaitable[Any]]) -> list[Any]:
-        # at most 50 at a time: a bounded crowd, like the API's concurrent requests
+    async def gathered(calls: list[Awaitable[Any]], chunk: int) -> list[Any]:
         results: list[Any] = []
-        for first in range(0, len(calls), 50):
-            results += await asyncio.gather(*calls[first : first + 50])
+        for first in range(0, len(calls), chunk):
+            results += await asyncio.gather(*calls[first : first + chunk])
         return results
 
-    async def admit(sale: Sale, visitors: list[str]) -> list[Claims]:
+    async def admit(
+        sale: Sale, shoppers: int | list[str], *, prefix: str | None = None, chunk: int = 50
+    ) -> list[Claims]:
+        opens = sale.opens_at.timestamp()
+        if isinstance(shoppers, int):
+            prefix = prefix or f"shopper-{secrets.token_hex(3)}"
+            visitors = [f"{prefix}-{n:05d}" for n in range(shoppers)]
+            if clock() < opens:
+                clock.advance(opens - clock() + 1)
+        else:
+            visitors = shoppers
         joining = crowd()
-        joined = await gather_chunked([joining.join(sale.id, v, "198.51.100.1") for v in visitors])
+        joined = await gathered([joining.join(sale.id, v, "198.51.100.1") for v in visitors], chunk)
         bad = [(v, j.outcome) for v, j in zip(visitors, joined, strict=True) if j.outcome != "ok"]
         assert not bad, f"joins refused: {bad[:5]}"
         tickets: list[Claims] = [j.claims for j in joined]
-        opens = sale.opens_at.timestamp()
-        if clock() < opens:
+        if clock() < opens:  # they joined the pre-queue: open, and let each show presence
             clock.advance(opens - clock() + 1)
-            present = crowd()
-            await gather_chunked([present.poll(sale.id, t) for t in tickets])
-        for _ in range(10_000):
+            await gathered([crowd().poll(sale.id, t) for t in tickets], chunk)
+        for _ in range(2 * len(visitors) // sale.batch_size + 10_000):
             result = await room.admit_once(sale.id)
             if result.outcome == "opened" or (result.outcome == "ok" and result.admitted):
                 continue
             if result.outcome == "wait":
                 clock.advance(sale.batch_interval_ms / 1000)
                 continue
+            assert result.outcome in ("ok", "idle", "full"), f"admission stopped: {result}"
             break
-        # the claims each shopper's poll would hand out, read in one go from the active set
         active = dict(await room.redis.zrange(room.keys(sale.id).active, 0, -1, withscores=True))
         missing = [t.visitor for t in tickets if str(t.index) not in active]
-        assert not missing, f"{len(missing)} not admitted, e.g. {missing[:3]}"
-        claims = [
-            Claims(ADMISSION, sale.id, t.visitor, t.index, exp=active[str(t.index)] / 1000)
-            for t in tickets
-        ]
-        # ...and they are indeed what the poll hands out
+        assert not missing, f"{len(missing)} not admitted (is max_active too small?): {missing[:3]}"
+        # the admission each shopper's poll hands out
         told = crowd()
-        polls = await gather_chunked([told.poll(sale.id, t) for t in tickets[:50]])
-        for poll, expected in zip(polls, claims, strict=False):
-            assert poll.status.state is State.ADMITTED, poll.status
-            assert (
+        claims: list[Claims] = []
+        for poll in await gathered([told.poll(sale.id, t) for t in tickets], chunk):
+            assert poll.status.state is State.ADMITTED and poll.admission_token, poll.status
+            claims.append(
                 signer.verify(poll.admission_token, kind=ADMISSION, sale=sale.id, now=clock())
-                == expected
             )
+        assert [c.index for c in claims] == [t.index for t in tickets]
         return claims
 
     return admit
-
-
-AdmittedShoppers = Callable[..., Awaitable[list[Claims]]]
-
-
-@pytest.fixture
-def admitted_shoppers(room: WaitingRoom, clock: Clock, signer: Signer) -> AdmittedShoppers:
-    """`await admitted_shoppers(sale, n)`: n new shoppers, admitted, as their admission claims.
-
-    Moves the room clock past the opening (and opens the room) if needed, joins the shoppers,
-    admits them in as many batches as that takes and polls each for the admission token the
-    status endpoint hands out (`signer.sign(claims)` gives that token back). The sale's
-    batch_size and max_active must allow them. At most `chunk` calls run at once.
-    """
-
-    async def shoppers(
-        sale: Sale, count: int, *, prefix: str | None = None, chunk: int = 50
-    ) -> list[Claims]:
-        prefix = prefix or f"shopper-{secrets.token_hex(3)}"
-        opens = sale.opens_at.timestamp()
-        if clock() < opens:
-            clock.advance(opens - clock() + 1)
-        if not (await room.view(sale.id, fresh=True)).opened:
-            opened = await room.admit_once(sale.id)
-            assert opened.outcome == "opened", opened
-        visitors = [f"{prefix}-{n:05d}" for n in range(count)]
-        tickets: list[Claims] = []
-        for start in range(0, count, chunk):  # joined after the opening: present, in line
-            for joined in await asyncio.gather(
-                *(room.join(sale.id, v, "127.0.0.1") for v in visitors[start : start + chunk])
-            ):
-                assert joined.outcome == "ok" and joined.claims, joined
-                tickets.append(joined.claims)
-        admitted = 0
-        for _ in range(2 * count // sale.batch_size + 10):
-            result = await room.admit_once(sale.id)
-            if result.outcome == "ok":
-                admitted += result.admitted
-            elif result.outcome == "wait":
-                clock.advance(sale.batch_interval_ms / 1000)
-            elif result.outcome != "idle":
-                raise AssertionError(f"admission stopped: {result}")
-            if admitted >= count or result.outcome == "idle":
-                break
-        assert admitted == count, f"admitted {admitted} of {count}: is max_active too small?"
-        claims: list[Claims] = []
-        for start in range(0, count, chunk):
-            for poll in await asyncio.gather(
-                *(room.poll(sale.id, t) for t in tickets[start : start + chunk])
-            ):
-                assert poll.admission_token, poll.status
-                claims.append(
-                    signer.verify(poll.admission_token, kind=ADMISSION, sale=sale.id, now=clock())
-                )
-        return claims
-
-    return shoppers

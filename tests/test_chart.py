@@ -27,9 +27,9 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
-from flashsale_operator.rbac import rules as operator_rules
 
-from flashsale.settings import SETTINGS
+from flashsale.config import SETTINGS
+from flashsale.operator.rbac import rules as operator_rules
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "flashsale"
@@ -366,7 +366,7 @@ def test_restricted_security_context_everywhere(scenario: str) -> None:
 def test_flashsale_env_names_are_settings(scenario: str) -> None:
     """Every FLASHSALE_* variable the chart sets is a setting of flashsale/settings.py (or one
     the operator is about to read), and the literal values parse as settings."""
-    from flashsale.settings import Settings
+    from flashsale.config import Settings
 
     known = {s.env for s in SETTINGS}
     for workload, pod in pod_specs(scenario):

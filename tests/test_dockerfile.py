@@ -138,11 +138,17 @@ def test_final_image_runs_as_10001_and_writes_only_tmp() -> None:
 
 
 def test_build_context_holds_every_package() -> None:
-    """Every package pyproject installs is copied by the Dockerfile and let through by the
-    allow-list .dockerignore (a new package folder must be added to both)."""
+    """The package and every top-level folder its subpackages live in (flashsale/api ->
+    ../api, ...) are copied by the Dockerfile and let through by the allow-list .dockerignore
+    (a new subpackage folder must be added to both)."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
-    setuptools = project["tool"]["setuptools"]
-    folders = {setuptools.get("package-dir", {}).get(p, p) for p in setuptools["packages"]}
+    assert project["tool"]["setuptools"]["packages"]["find"]["include"][0] == "flashsale"
+    package = REPO / "flashsale"
+    folders = {"flashsale"} | {
+        link.resolve().relative_to(REPO).as_posix()
+        for link in package.iterdir()
+        if link.is_symlink()
+    }
     copied = {
         source.rstrip("/")
         for word, args in stages()[0]

@@ -14,9 +14,9 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from flashsale_operator import rbac, spec
 
-from waiting_room.sale import ADMISSION_BOUNDS, ADMISSION_DEFAULTS, Sale, ValidationError
+from flashsale.operator import rbac, spec
+from flashsale.waiting_room.sale import ADMISSION_BOUNDS, ADMISSION_DEFAULTS, Sale, ValidationError
 
 ROOT = Path(__file__).resolve().parent.parent
 CRD = ROOT / "charts" / "flashsale" / "crds" / "flashsales.flashsale.io.yaml"

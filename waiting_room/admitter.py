@@ -14,10 +14,10 @@ from datetime import UTC, datetime, timedelta
 
 from prometheus_client import Counter, Gauge
 
-from waiting_room.room import NoSuchRoom, WaitingRoom
-from waiting_room.sale import Sale
-from waiting_room.sales import Sales
-from waiting_room.stock import Stock
+from flashsale.waiting_room.room import NoSuchRoom, WaitingRoom
+from flashsale.waiting_room.sale import Sale
+from flashsale.waiting_room.sales import Sales
+from flashsale.waiting_room.stock import Stock
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import hashlib
 import ssl
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import hiredis
@@ -34,7 +34,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Arg = str | bytes | int | float
 
-_pack = hiredis.pack_command
+# hiredis's stub declares a 1-tuple; it packs a command of any length
+_pack = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
 
 
 def _reply_error(message: str) -> ResponseError:
@@ -291,7 +292,7 @@ def shared_for(redis: Redis, timeout: float) -> AutoPipeline:
     credentials and decoding: a connection belongs to one loop)."""
     per_loop = _shared.setdefault(asyncio.get_running_loop(), {})
     kwargs = redis.connection_pool.connection_kwargs
-    key = tuple(
+    key: tuple[object, ...] = tuple(
         str(kwargs.get(k))
         for k in (
             "host",

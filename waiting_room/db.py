@@ -9,13 +9,25 @@ from __future__ import annotations
 
 import logging
 from importlib import resources
+from typing import TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
-from flashsale.settings import Settings
+from flashsale.config import Settings
 
 log = logging.getLogger(__name__)
 MIGRATION_LOCK = 0x0F1A5A1E  # advisory lock id shared by every migrator
+
+# a connection of its own or one acquired from a pool: the queries take either
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+
+
+def one(row: asyncpg.Record | None) -> asyncpg.Record:
+    """The row a query cannot miss (RETURNING, or a row this transaction holds locked)."""
+    if row is None:
+        raise LookupError("a row that must exist is missing")
+    return row
 
 
 async def connect_pool(
@@ -32,7 +44,7 @@ async def connect_pool(
 
 def migration_files() -> list[tuple[str, str]]:
     folder = resources.files(__package__).joinpath("migrations")
-    files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
     return [(f.name.removesuffix(".sql"), f.read_text()) for f in files]
 
 

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from flashsale.waiting_room.db import Connection, one
+
 REFUSALS = {
     "inventory_never_oversold": "sold out: the database refused a hold beyond the stock",
     "shopper_within_limit": "the per-shopper limit is reached",
@@ -92,7 +94,7 @@ def _refusal(exc: asyncpg.PostgresError) -> str | None:
 
 
 async def _insert_holds(
-    conn: asyncpg.Connection, holds: list[HoldRecord], currency: str, label: Callable[[int], str]
+    conn: Connection, holds: list[HoldRecord], currency: str, label: Callable[[int], str]
 ) -> list[HoldRecord]:
     """Insert holds and count them against stock, limits and seats; returns those new."""
     rows = await conn.fetch(
@@ -164,9 +166,7 @@ async def _insert_holds(
     return new
 
 
-async def _insert_failed(
-    conn: asyncpg.Connection, hold: HoldRecord, currency: str, reason: str
-) -> None:
+async def _insert_failed(conn: Connection, hold: HoldRecord, currency: str, reason: str) -> None:
     idem = None if reason == REFUSALS["orders_idempotency_once"] else hold.idempotency_key
     inserted = await conn.fetchval(
         """
@@ -195,7 +195,7 @@ async def _insert_failed(
 
 
 async def record_holds(
-    conn: asyncpg.Connection,
+    conn: Connection,
     holds: list[HoldRecord],
     *,
     currency: str,
@@ -239,7 +239,7 @@ async def record_holds(
 
 
 async def release_orders(
-    conn: asyncpg.Connection, releases: Iterable[Release], *, from_status: str = "held"
+    conn: Connection, releases: Iterable[Release], *, from_status: str = "held"
 ) -> int:
     """End orders (held -> released/cancelled, or confirmed -> cancelled) and give their
     units back; orders not in `from_status` are left alone, which makes replays harmless."""
@@ -298,14 +298,14 @@ async def release_orders(
     return total
 
 
-async def lock_inventory(conn: asyncpg.Connection, sale_id: str) -> None:
+async def lock_inventory(conn: Connection, sale_id: str) -> None:
     """Take the sale's inventory row first in every transaction that writes orders: one lock
     order for the persister, confirmations and cancellations, so they queue, never deadlock."""
     await conn.execute("SELECT 1 FROM sale_inventory WHERE sale_id = $1 FOR UPDATE", sale_id)
 
 
 async def confirm_order(
-    conn: asyncpg.Connection,
+    conn: Connection,
     hold: HoldRecord,
     payment_ref: str,
     *,
@@ -324,8 +324,10 @@ async def confirm_order(
         )
         if row is None:
             await record_holds(conn, [hold], currency=currency, label=label)
-            row = await conn.fetchrow(
-                "SELECT status, reason FROM orders WHERE id = $1 FOR UPDATE", hold.order_id
+            row = one(
+                await conn.fetchrow(
+                    "SELECT status, reason FROM orders WHERE id = $1 FOR UPDATE", hold.order_id
+                )
             )
         if row["status"] != "held":
             return row["status"], row["reason"] or ""

@@ -16,6 +16,8 @@ from typing import Protocol, TypeVar
 
 from redis.asyncio import Redis
 
+from flashsale.waiting_room.redis_client import text
+
 T = TypeVar("T")
 
 
@@ -108,7 +110,7 @@ class SimulatedProvider:
         await self.redis.hsetnx(record, "status", status.value)
         await self.redis.hsetnx(record, "amount", amount_cents)
         await self.redis.expire(record, 7 * 86400)
-        stored = PaymentStatus(await self.redis.hget(record, "status"))
+        stored = PaymentStatus(text(await self.redis.hget(record, "status") or ""))
         if token == "tok_timeout":
             await asyncio.sleep(self.slow_s)
         if stored is PaymentStatus.PAID:
@@ -120,7 +122,7 @@ class SimulatedProvider:
     async def status(self, order_id: str) -> PaymentStatus:
         await self._check_up()
         value = await self.redis.hget(self._record(order_id), "status")
-        return PaymentStatus(value) if value else PaymentStatus.NONE
+        return PaymentStatus(text(value)) if value else PaymentStatus.NONE
 
     async def refund(self, order_id: str) -> None:
         await self._check_up()

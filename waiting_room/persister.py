@@ -22,13 +22,15 @@ import asyncpg
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+from redis.typing import EncodableT, FieldT
 
-from waiting_room import ledger
-from waiting_room.ledger import HoldRecord, MalformedEntry, Release
-from waiting_room.purchase import Purchases, label_for
-from waiting_room.sale import Sale
-from waiting_room.sales import Sales
-from waiting_room.stock import PERSISTER_GROUP
+from flashsale.waiting_room import ledger
+from flashsale.waiting_room.ledger import HoldRecord, MalformedEntry, Release
+from flashsale.waiting_room.purchase import Purchases, label_for
+from flashsale.waiting_room.redis_client import text, text_map
+from flashsale.waiting_room.sale import Sale
+from flashsale.waiting_room.sales import Sales
+from flashsale.waiting_room.stock import PERSISTER_GROUP
 
 log = logging.getLogger(__name__)
 
@@ -194,14 +196,17 @@ class Persister:
 
     async def _read(self, sale: Sale, count: int) -> list[Entry]:
         try:
-            reply = await self.redis.xreadgroup(
+            # redis-py types the reply as every shape RESP2 and RESP3 could give
+            reply: Any = await self.redis.xreadgroup(
                 PERSISTER_GROUP, self.consumer, {self.stream(sale.id): ">"}, count=count
             )
         except ResponseError as exc:  # NOGROUP: the stream was removed; recreate next time
             self._groups.discard(sale.id)
             log.warning("stream read failed", extra={"sale": sale.id, "error": str(exc)})
             return []
-        return reply[0][1] if reply else []
+        if not reply:
+            return []
+        return [(text(entry_id), text_map(fields)) for entry_id, fields in reply[0][1]]
 
     async def take_over(self, sale: Sale) -> int:
         """Claim entries a silent consumer (dead, or this one before a crash) left unacked."""
@@ -295,11 +300,16 @@ class Persister:
                 records = [step[2] for step in run]
                 if is_hold:
                     applied = await ledger.record_holds(
-                        conn, records, currency=sale.currency, label=label_for(sale)
+                        conn,
+                        [r for r in records if isinstance(r, HoldRecord)],
+                        currency=sale.currency,
+                        label=label_for(sale),
                     )
                     refused.update(applied.refused)
                 else:
-                    await ledger.release_orders(conn, records)
+                    await ledger.release_orders(
+                        conn, [r for r in records if isinstance(r, Release)]
+                    )
         # committed: only now may Redis forget the entries
         for order_id, reason in refused.items():
             REFUSED.labels(sale.id, reason).inc()
@@ -337,9 +347,9 @@ class Persister:
         self, sale: Sale, entry_id: str, fields: dict[str, Any], reason: str
     ) -> None:
         keys = self.purchases.keys(sale.id)
-        await self.redis.xadd(
-            keys.dead_letters, {**fields, "dead_reason": reason, "dead_entry": entry_id}
-        )
+        letter: dict[FieldT, EncodableT] = {name: value for name, value in fields.items()}
+        letter.update({"dead_reason": reason, "dead_entry": entry_id})
+        await self.redis.xadd(keys.dead_letters, letter)
         await self.redis.xack(self.stream(sale.id), PERSISTER_GROUP, entry_id)
         DEAD.labels(sale.id).inc()
         log.error(

@@ -9,6 +9,7 @@ Redis wrongly believed existed): then the payment is refunded and the order ends
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import time
 import uuid
@@ -21,21 +22,23 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from waiting_room import ledger
-from waiting_room.keys import SaleKeys
-from waiting_room.ledger import HoldRecord, Release
-from waiting_room.payments import (
+from flashsale.waiting_room import ledger
+from flashsale.waiting_room.autopipeline import Arg
+from flashsale.waiting_room.keys import SaleKeys
+from flashsale.waiting_room.ledger import HoldRecord, Release
+from flashsale.waiting_room.payments import (
     GuardedProvider,
     Outcome,
     PaymentStatus,
     ProviderError,
     ProviderUnavailable,
 )
-from waiting_room.room import WaitingRoom
-from waiting_room.sale import Sale
-from waiting_room.seating import Layout, choose_seats, taken_from_bitmap
-from waiting_room.stock import PERSISTER_GROUP, Stock
-from waiting_room.tokens import Claims
+from flashsale.waiting_room.redis_client import binary, text, text_map, texts
+from flashsale.waiting_room.room import WaitingRoom
+from flashsale.waiting_room.sale import Sale
+from flashsale.waiting_room.seating import Layout, choose_seats, taken_from_bitmap
+from flashsale.waiting_room.stock import PERSISTER_GROUP, Stock
+from flashsale.waiting_room.tokens import Claims
 
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 SEAT_RETRIES = 8
@@ -48,12 +51,25 @@ PERSIST_WAIT_S = 5.0
 PERSISTER_ALIVE_MS = 15_000
 
 
+class Refusal(enum.Enum):
+    """What kind of refusal a purchase met; the API chooses the HTTP status for each."""
+
+    INVALID = "invalid"  # the request cannot be carried out as asked
+    FORBIDDEN = "forbidden"  # the shopper may not buy now (no active admission)
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"  # the sale's or the order's state does not allow it now
+    GONE = "gone"  # it has ended for good (an expired hold, a released order)
+    DECLINED = "declined"  # the payment provider said no
+    UNAVAILABLE = "unavailable"  # try again later (Retry-After)
+
+
 class PurchaseRefused(Exception):
-    """The purchase cannot go ahead; `code` is stable for clients, `status` the HTTP status."""
+    """The purchase cannot go ahead; `code` is stable for clients, `kind` says what sort of
+    refusal it is."""
 
     def __init__(
         self,
-        status: int,
+        kind: Refusal,
         code: str,
         message: str,
         *,
@@ -62,7 +78,7 @@ class PurchaseRefused(Exception):
         **extra: Any,
     ) -> None:
         super().__init__(message)
-        self.status = status
+        self.kind = kind
         self.code = code
         self.message = message
         self.retry_after = retry_after
@@ -154,16 +170,21 @@ class Purchases:
         if seats is not None:
             if not sale.seated:
                 raise PurchaseRefused(
-                    422, "invalid", "this sale sells quantities, not seats", field="seats"
+                    Refusal.INVALID,
+                    "invalid",
+                    "this sale sells quantities, not seats",
+                    field="seats",
                 )
             layout = layout_of(sale)
             if any(s < 0 or s >= layout.size for s in seats) or len(set(seats)) != len(seats):
-                raise PurchaseRefused(422, "invalid", "unknown or repeated seat ids", field="seats")
+                raise PurchaseRefused(
+                    Refusal.INVALID, "invalid", "unknown or repeated seat ids", field="seats"
+                )
             quantity = len(seats)
         quantity = quantity or 1
         if quantity > sale.per_shopper_limit:
             raise PurchaseRefused(
-                409,
+                Refusal.CONFLICT,
                 "limit_reached",
                 f"at most {sale.per_shopper_limit} per shopper",
                 remaining=sale.per_shopper_limit,
@@ -176,9 +197,14 @@ class Purchases:
                 choices, free = await self._choices(sale, quantity)
                 if not choices:
                     if free == 0:
-                        raise PurchaseRefused(409, "sold_out", "every seat has been sold")
+                        raise PurchaseRefused(
+                            Refusal.CONFLICT, "sold_out", "every seat has been sold"
+                        )
                     raise PurchaseRefused(
-                        409, "insufficient_stock", f"only {free} seats are left", available=free
+                        Refusal.CONFLICT,
+                        "insufficient_stock",
+                        f"only {free} seats are left",
+                        available=free,
                     )
             else:
                 choices = []
@@ -188,7 +214,7 @@ class Purchases:
                 continue  # lost a race for those seats: choose again from a fresh map
             return await self._held(sale, admission, result, quantity)
         raise PurchaseRefused(
-            409,
+            Refusal.CONFLICT,
             "seats_taken",
             "the seats went to other shoppers while choosing; try again",
             retry_after=1,
@@ -197,7 +223,7 @@ class Purchases:
     async def _choices(self, sale: Sale, party: int) -> tuple[list[list[int]], int]:
         """Seat choices from a fresh copy of the seat map, and how many seats are free."""
         layout = layout_of(sale)
-        bitmap = await self.raw_redis.get(self.keys(sale.id).seats)
+        bitmap = binary(await self.raw_redis.get(self.keys(sale.id).seats))
         taken = taken_from_bitmap(bitmap, layout.size)
         return choose_seats(layout, taken, party), layout.size - len(taken)
 
@@ -224,7 +250,7 @@ class Purchases:
             keys.shopper_orders(visitor),
             keys.orders_stream,
         ]
-        args = [
+        args: list[Arg] = [
             self.now_ms(),
             admission.index,
             visitor,
@@ -239,7 +265,7 @@ class Purchases:
             *(",".join(map(str, c)) for c in choices),
         ]
         for _ in range(2):
-            result = await self.room.scripts.hold(keys=script_keys, args=args)
+            result: list[Any] = await self.room.scripts.hold(keys=script_keys, args=args)
             status = result[0]
             if status == "no_sale":
                 await self.room.install(sale)
@@ -272,27 +298,35 @@ class Purchases:
             order = await self.order(sale, admission.visitor, result[1])
             return Held(order, created=False)
         refusals = {
-            "closed": (409, "closed", "the sale has closed"),
+            "closed": (Refusal.CONFLICT, "closed", "the sale has closed"),
             "not_admitted": (
-                403,
+                Refusal.FORBIDDEN,
                 "not_admitted",
                 "your admission is not active: it expired, was used, or was never "
                 "granted; rejoin the waiting room",
             ),
-            "not_warm": (503, "not_ready", "the sale's stock is being prepared"),
-            "sold_out": (409, "sold_out", "everything has been sold"),
-            "limit": (409, "limit_reached", "that would exceed the per-shopper limit"),
-            "insufficient": (409, "insufficient_stock", "not enough stock left for that"),
-            "seats_taken": (409, "seats_taken", "one of those seats is no longer free"),
+            "not_warm": (Refusal.UNAVAILABLE, "not_ready", "the sale's stock is being prepared"),
+            "sold_out": (Refusal.CONFLICT, "sold_out", "everything has been sold"),
+            "limit": (Refusal.CONFLICT, "limit_reached", "that would exceed the per-shopper limit"),
+            "insufficient": (
+                Refusal.CONFLICT,
+                "insufficient_stock",
+                "not enough stock left for that",
+            ),
+            "seats_taken": (
+                Refusal.CONFLICT,
+                "seats_taken",
+                "one of those seats is no longer free",
+            ),
         }
-        http, code, message = refusals.get(status, (409, status, status))
+        kind, code, message = refusals.get(status, (Refusal.CONFLICT, status, status))
         extra: dict[str, Any] = {}
         if status == "limit":
             extra["remaining"] = int(result[1])
         if status == "insufficient":
             extra["available"] = int(result[1])
         raise PurchaseRefused(
-            http, code, message, retry_after=2 if status == "not_warm" else None, **extra
+            kind, code, message, retry_after=2 if status == "not_warm" else None, **extra
         )
 
     # -- reading orders --------------------------------------------------------------------
@@ -348,7 +382,7 @@ class Purchases:
         return found
 
     async def _hold_fields(self, sale_id: str, order_id: str) -> dict[str, str]:
-        return await self.redis.hgetall(self.keys(sale_id).hold(order_id))
+        return text_map(await self.redis.hgetall(self.keys(sale_id).hold(order_id)))
 
     async def replayed(
         self, sale: Sale, visitor: str, idempotency_key: str
@@ -358,7 +392,7 @@ class Purchases:
         order_id = await self.redis.get(
             self.keys(sale.id).idempotency(visitor, idempotency_digest(idempotency_key))
         )
-        return None if order_id is None else await self.order(sale, visitor, order_id)
+        return None if order_id is None else await self.order(sale, visitor, text(order_id))
 
     async def order(self, sale: Sale, visitor: str, order_id: str) -> dict[str, Any]:
         """One of the shopper's orders; 404 for anyone else's."""
@@ -368,22 +402,23 @@ class Purchases:
         try:
             uuid.UUID(order_id)
         except ValueError:
-            raise PurchaseRefused(404, "unknown_order", "no such order") from None
+            raise PurchaseRefused(Refusal.NOT_FOUND, "unknown_order", "no such order") from None
         found = await self._from_db(sale, [order_id], visitor)
         if order_id not in found:
-            raise PurchaseRefused(404, "unknown_order", "no such order")
+            raise PurchaseRefused(Refusal.NOT_FOUND, "unknown_order", "no such order")
         return found[order_id]
 
     async def orders(self, sale: Sale, visitor: str) -> list[dict[str, Any]]:
         """The shopper's orders, oldest first: PostgreSQL's record, overlaid with Redis's
         fresher view of holds the persister has not written yet."""
         found = await self._from_db(sale, None, visitor)
-        ids = await self.redis.lrange(self.keys(sale.id).shopper_orders(visitor), 0, -1)
+        ids = texts(await self.redis.lrange(self.keys(sale.id).shopper_orders(visitor), 0, -1))
         if ids:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for order_id in ids:
                     pipe.hgetall(self.keys(sale.id).hold(order_id))
                 for order_id, fields in zip(ids, await pipe.execute(), strict=True):
+                    fields = text_map(fields)
                     if fields and fields.get("visitor") == visitor:
                         found[order_id] = self._present(sale, fields)
         return list(found.values())
@@ -403,7 +438,7 @@ class Purchases:
             keys=[keys.hold(order_id), keys.holds], args=[self.now_ms(), "begin", 0]
         )
         if began[0] == "expired":
-            raise PurchaseRefused(410, "hold_expired", "the hold expired before payment")
+            raise PurchaseRefused(Refusal.GONE, "hold_expired", "the hold expired before payment")
         if began[0] != "ok":
             return self._settled(await self.order(sale, visitor, order_id))
         try:
@@ -421,7 +456,7 @@ class Purchases:
                 args=[self.now_ms(), "abort", int(retry * 1000) + HOLD_GRACE_MS],
             )
             raise PurchaseRefused(
-                503,
+                Refusal.UNAVAILABLE,
                 "payment_unavailable",
                 "the payment provider is not answering; your hold is kept, try again shortly",
                 retry_after=retry,
@@ -437,7 +472,7 @@ class Purchases:
                 emit=True,
             )
             raise PurchaseRefused(
-                402,
+                Refusal.DECLINED,
                 "payment_declined",
                 "the payment was declined; the hold was released",
                 order=await self.order(sale, visitor, order_id),
@@ -453,7 +488,7 @@ class Purchases:
             return order
         if status == "paying":
             raise PurchaseRefused(
-                409,
+                Refusal.CONFLICT,
                 "payment_in_progress",
                 "a payment for this order is under way",
                 retry_after=2,
@@ -461,9 +496,11 @@ class Purchases:
             )
         if status == "failed":
             raise PurchaseRefused(
-                409, "order_failed", order.get("reason") or "order failed", order=order
+                Refusal.CONFLICT, "order_failed", order.get("reason") or "order failed", order=order
             )
-        raise PurchaseRefused(410, f"order_{status}", f"the order is {status}", order=order)
+        raise PurchaseRefused(
+            Refusal.GONE, f"order_{status}", f"the order is {status}", order=order
+        )
 
     async def settle_paid(self, sale: Sale, hold: HoldRecord, reference: str) -> dict[str, Any]:
         """Confirm a paid hold in PostgreSQL first, then in Redis; refund if the database
@@ -495,7 +532,7 @@ class Purchases:
         )
         order = await self.order(sale, hold.visitor, hold.order_id)
         raise PurchaseRefused(
-            409,
+            Refusal.CONFLICT,
             "order_failed",
             f"{order.get('reason') or 'the order failed'}; the payment was refunded",
             order=order,
@@ -540,7 +577,7 @@ class Purchases:
             return await self.order(sale, visitor, order_id)
         if order["status"] != "confirmed":
             raise PurchaseRefused(
-                409,
+                Refusal.CONFLICT,
                 f"order_{order['status']}",
                 f"an order that is {order['status']} cannot be cancelled",
                 order=order,
@@ -550,7 +587,7 @@ class Purchases:
         except ProviderError as exc:
             retry = getattr(exc, "retry_after", None) or 5.0
             raise PurchaseRefused(
-                503,
+                Refusal.UNAVAILABLE,
                 "payment_unavailable",
                 "the refund could not be made now; try again shortly",
                 retry_after=retry,
@@ -601,7 +638,7 @@ class Purchases:
         restock: bool = True,
     ) -> str:
         keys = self.keys(sale.id)
-        visitor = await self.redis.hget(keys.hold(order_id), "visitor") or ""
+        visitor = text(await self.redis.hget(keys.hold(order_id), "visitor") or "")
         result = await self.room.scripts.release(
             keys=[
                 keys.meta,
@@ -624,7 +661,7 @@ class Purchases:
             ],
         )
         self.room.forget(sale.id)
-        return result[0]
+        return text(result[0])
 
     # -- expiry ----------------------------------------------------------------------------
 
@@ -633,7 +670,7 @@ class Purchases:
         confirm them). While the provider cannot be asked, holds that tried to pay are kept."""
         keys = self.keys(sale.id)
         now = self.now_ms()
-        due = await self.redis.zrangebyscore(keys.holds, "-inf", now, start=0, num=limit)
+        due = texts(await self.redis.zrangebyscore(keys.holds, "-inf", now, start=0, num=limit))
         counts = {"expired": 0, "confirmed": 0, "kept": 0}
         payment_window = int(self.payments.timeout_s * 2000)
         for order_id in due:

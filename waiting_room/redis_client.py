@@ -6,9 +6,12 @@ under a flash-sale spike the right behaviour is to wait briefly for a free conne
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from flashsale.settings import Settings
+from flashsale.config import Settings
 
 
 def connect_redis(settings: Settings, *, decode: bool = True) -> Redis:
@@ -21,3 +24,29 @@ def connect_redis(settings: Settings, *, decode: bool = True) -> Redis:
         health_check_interval=30,
     )
     return Redis(connection_pool=pool)
+
+
+# redis-py types every reply as `bytes | str`, whether or not the client decodes; these give
+# the replies of a decoding client the type they have (and decode, should bytes come anyway).
+
+
+def text(value: bytes | str) -> str:
+    """One reply as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def texts(values: Iterable[Any]) -> list[str]:
+    """A list reply as text."""
+    return [text(v) for v in values]
+
+
+def text_map(values: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+    """A hash reply (HGETALL) as text."""
+    return {text(k): text(v) for k, v in values.items()}
+
+
+def binary(value: bytes | str | None) -> bytes | None:
+    """A binary value (a bitmap) read with a client that does not decode."""
+    if isinstance(value, str):
+        raise TypeError("a binary value was read with a decoding Redis client")
+    return value

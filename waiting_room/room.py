@@ -17,16 +17,22 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
-from flashsale.settings import Settings
-from waiting_room.keys import HEARTBEAT_SLICES, SaleKeys, heartbeat_slice, heartbeat_slices
-from waiting_room.scripts import Scripts
-from waiting_room.shuffle import Permutation
-from waiting_room.status import Outcome, RoomView, State, Status, decide
-from waiting_room.tokens import ADMISSION, TICKET, Claims, Signer
+from flashsale.config import Settings
+from flashsale.waiting_room.keys import (
+    HEARTBEAT_SLICES,
+    SaleKeys,
+    heartbeat_slice,
+    heartbeat_slices,
+)
+from flashsale.waiting_room.scripts import Scripts
+from flashsale.waiting_room.shuffle import Permutation
+from flashsale.waiting_room.status import Outcome, RoomView, State, Status, decide
+from flashsale.waiting_room.tokens import ADMISSION, TICKET, Claims, Signer
 
 if TYPE_CHECKING:
-    from waiting_room.sale import Sale
+    from flashsale.waiting_room.sale import Sale
 
 
 class NoSuchRoom(Exception):
@@ -118,7 +124,7 @@ class WaitingRoom:
         """Write the sale's admission settings into its room; counters are never touched, so
         this is safe on a live sale (admission settings change live)."""
         keys = self.keys(sale.id)
-        config = {
+        config: dict[FieldT, EncodableT] = {
             "opens_ms": int(sale.opens_at.timestamp() * 1000),
             "closes_ms": int(sale.closes_at.timestamp() * 1000),
             "batch_size": sale.batch_size,

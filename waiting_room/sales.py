@@ -6,6 +6,7 @@ both call it, so a rule enforced here holds everywhere.
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Callable
 from dataclasses import fields
@@ -14,8 +15,9 @@ from typing import Any
 
 import asyncpg
 
-from waiting_room.room import WaitingRoom
-from waiting_room.sale import Sale, ValidationError, parse_sale
+from flashsale.waiting_room.db import Connection, one
+from flashsale.waiting_room.room import WaitingRoom
+from flashsale.waiting_room.sale import Sale, ValidationError, parse_sale
 
 
 class SaleNotFound(LookupError):
@@ -60,13 +62,13 @@ class Sales:
             raise SaleNotFound(sale_id)
         return _sale(row)
 
-    async def list(self, *, include_closed: bool = True) -> list[Sale]:
+    async def list(self, *, include_closed: bool = True) -> builtins.list[Sale]:
         query = "SELECT * FROM sales"
         if not include_closed:
             query += " WHERE closed_at IS NULL AND closes_at > now()"
         return [_sale(r) for r in await self.pool.fetch(query + " ORDER BY opens_at, id")]
 
-    async def live(self, horizon_seconds: int = 86_400) -> list[Sale]:
+    async def live(self, horizon_seconds: int = 86_400) -> builtins.list[Sale]:
         """Sales not closed whose opening is within the horizon (the admitter's work list)."""
         rows = await self.pool.fetch(
             "SELECT * FROM sales WHERE closed_at IS NULL AND closes_at > now()"
@@ -75,7 +77,7 @@ class Sales:
         )
         return [_sale(r) for r in rows]
 
-    async def recent(self, closed_within_seconds: int) -> list[Sale]:
+    async def recent(self, closed_within_seconds: int) -> builtins.list[Sale]:
         """Sales opening within a day or running, or closed less than the given time ago (the
         persister's work list: orders of a closed sale still drain)."""
         rows = await self.pool.fetch(
@@ -91,9 +93,11 @@ class Sales:
         slots = ", ".join(f"${i}" for i in range(1, len(_WRITABLE) + 1))
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                row = await conn.fetchrow(
-                    f"INSERT INTO sales ({', '.join(_WRITABLE)}) VALUES ({slots}) RETURNING *",
-                    *_params(sale),
+                row = one(
+                    await conn.fetchrow(
+                        f"INSERT INTO sales ({', '.join(_WRITABLE)}) VALUES ({slots}) RETURNING *",
+                        *_params(sale),
+                    )
                 )
                 await conn.execute(
                     "INSERT INTO sale_inventory (sale_id, stock) VALUES ($1, $2)",
@@ -123,9 +127,11 @@ class Sales:
             if current.seated and sale.seat_map != current.seat_map and now >= current.opens_at:
                 raise ValidationError("seat_map", "cannot change once the sale has opened")
             assignments = ", ".join(f"{c} = ${i}" for i, c in enumerate(_WRITABLE, start=1))
-            row = await conn.fetchrow(
-                f"UPDATE sales SET {assignments}, updated_at = now() WHERE id = $1 RETURNING *",
-                *_params(sale),
+            row = one(
+                await conn.fetchrow(
+                    f"UPDATE sales SET {assignments}, updated_at = now() WHERE id = $1 RETURNING *",
+                    *_params(sale),
+                )
             )
             if sale.stock != current.stock:
                 await self._restock(conn, current, sale.stock)
@@ -133,7 +139,7 @@ class Sales:
         await self.room.install(sale)
         return sale
 
-    async def _restock(self, conn: asyncpg.Connection, current: Sale, stock: int) -> None:
+    async def _restock(self, conn: Connection, current: Sale, stock: int) -> None:
         """Change stock in both stores, inside the caller's transaction: the database refuses
         stock below held + sold, Redis refuses a cut larger than what is available."""
         try:
@@ -142,8 +148,10 @@ class Sales:
                     "UPDATE sale_inventory SET stock = $2 WHERE sale_id = $1", current.id, stock
                 )
         except asyncpg.CheckViolationError:
-            figures = await conn.fetchrow(
-                "SELECT held, sold FROM sale_inventory WHERE sale_id = $1", current.id
+            figures = one(
+                await conn.fetchrow(
+                    "SELECT held, sold FROM sale_inventory WHERE sale_id = $1", current.id
+                )
             )
             raise ValidationError(
                 "stock",

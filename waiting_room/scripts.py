@@ -11,7 +11,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from waiting_room.autopipeline import Arg, AutoPipeline, shared_for
+from flashsale.waiting_room.autopipeline import Arg, AutoPipeline, shared_for
 
 
 @cache

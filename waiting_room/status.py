@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from waiting_room.keys import HEARTBEAT_SLICES
+from flashsale.waiting_room.keys import HEARTBEAT_SLICES
 
 
 class State(StrEnum):

@@ -16,11 +16,13 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
-from waiting_room.ledger import Release, release_orders
-from waiting_room.payments import GuardedProvider, PaymentStatus, ProviderError
-from waiting_room.room import WaitingRoom
-from waiting_room.sale import Sale
-from waiting_room.seating import taken_from_bitmap
+from flashsale.waiting_room.db import one
+from flashsale.waiting_room.ledger import Release, release_orders
+from flashsale.waiting_room.payments import GuardedProvider, PaymentStatus, ProviderError
+from flashsale.waiting_room.redis_client import binary
+from flashsale.waiting_room.room import WaitingRoom
+from flashsale.waiting_room.sale import Sale
+from flashsale.waiting_room.seating import taken_from_bitmap
 
 PERSISTER_GROUP = "persisters"
 
@@ -68,8 +70,10 @@ class Stock:
         unless `force` (a repair), so a running sale's counters are never clobbered."""
         await self.room.install(sale)
         async with self.pool.acquire() as conn:
-            inv = await conn.fetchrow(
-                "SELECT stock, held, sold FROM sale_inventory WHERE sale_id = $1", sale.id
+            inv = one(
+                await conn.fetchrow(
+                    "SELECT stock, held, sold FROM sale_inventory WHERE sale_id = $1", sale.id
+                )
             )
             taken = [
                 r["seat"]
@@ -137,14 +141,18 @@ class Stock:
         inv = {k: (int(raw[k]) if k in raw else None) for k in ("stock", "avail", "held", "sold")}
         open_holds = await self.redis.zcard(keys.holds)
         async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT stock, held, sold FROM sale_inventory WHERE sale_id = $1", sale.id
+            row = one(
+                await conn.fetchrow(
+                    "SELECT stock, held, sold FROM sale_inventory WHERE sale_id = $1", sale.id
+                )
             )
-            counted = await conn.fetchrow(
-                """SELECT coalesce(sum(quantity) FILTER (WHERE status = 'held'), 0) AS held,
+            counted = one(
+                await conn.fetchrow(
+                    """SELECT coalesce(sum(quantity) FILTER (WHERE status = 'held'), 0) AS held,
                           coalesce(sum(quantity) FILTER (WHERE status = 'confirmed'), 0) AS sold
                    FROM orders WHERE sale_id = $1""",
-                sale.id,
+                    sale.id,
+                )
             )
             seats = {
                 r["seat"]
@@ -181,7 +189,7 @@ class Stock:
             if (inv["avail"] or 0) > pg["stock"] - pg["sold"] - pg["held"] and drained:
                 diffs.append("redis offers more stock than postgres allows")
             if sale.seated and drained:
-                bitmap = await self.raw_redis.get(keys.seats)
+                bitmap = binary(await self.raw_redis.get(keys.seats))
                 redis_seats = taken_from_bitmap(bitmap, sale.stock)
                 if redis_seats != seats:
                     diffs.append(f"seats: {len(redis_seats ^ seats)} differ")

@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 import orjson
 
-TICKET = "ticket"
-ADMISSION = "admission"
 Kind = Literal["ticket", "admission"]
+TICKET: Kind = "ticket"
+ADMISSION: Kind = "admission"
 
 
 class TokenError(Exception):

@@ -1,0 +1,188 @@
+"""The auto-pipeline (waiting_room/autopipeline.py) against a real Redis: replies reach the
+right callers, concurrent commands share writes, errors stay with their command, and a dead or
+silent connection fails what it holds and is replaced."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from flashsale.config import Settings
+from flashsale.waiting_room import autopipeline
+from flashsale.waiting_room.autopipeline import AutoPipeline, shared_for
+
+
+@pytest.fixture
+async def pipe(redis: Redis) -> AsyncIterator[AutoPipeline]:
+    pipeline = AutoPipeline.like(redis, timeout=5)
+    yield pipeline
+    await pipeline.aclose()
+
+
+def key(settings: Settings, name: str) -> str:
+    return f"{settings.redis_prefix}:{{ap-{secrets.token_hex(4)}}}:{name}"
+
+
+async def test_replies_reach_their_callers_and_commands_share_writes(
+    pipe: AutoPipeline, redis: Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counter, values = key(settings, "n"), key(settings, "h")
+    writes = []
+    real_flush = autopipeline._Connection.flush
+
+    def flush(self: autopipeline._Connection) -> None:
+        writes.append(len(self.outgoing))
+        real_flush(self)
+
+    assert await pipe.execute("PING") == "PONG"  # connected (and the database selected)
+    monkeypatch.setattr(autopipeline._Connection, "flush", flush)
+    n = 2000
+    results = await asyncio.gather(
+        *(pipe.execute("INCR", counter) for _ in range(n)),
+        *(pipe.execute("HSET", values, f"f{i}", i) for i in range(n)),
+    )
+    assert sorted(results[:n]) == list(range(1, n + 1))  # each caller got its own reply
+    assert results[n:] == [1] * n
+    assert await redis.hget(values, "f1234") == "1234"
+    assert sum(writes) == 2 * n
+    assert len(writes) < n / 10, writes  # in a handful of writes, not one per command
+    # decoding follows the client it was made like: text here, bytes without decoding
+    assert await pipe.execute("HGET", values, "f7") == "7"
+    raw = AutoPipeline.like(Redis.from_url(settings.redis_url), timeout=5)
+    try:
+        assert await raw.execute("HGET", values, "f7") == b"7"
+    finally:
+        await raw.aclose()
+    await redis.delete(counter, values)
+
+
+async def test_an_error_stays_with_its_command(
+    pipe: AutoPipeline, settings: Settings, redis: Redis
+) -> None:
+    text = key(settings, "text")
+    await pipe.execute("SET", text, "not a number")
+    bad, good = await asyncio.gather(
+        pipe.execute("INCR", text), pipe.execute("GET", text), return_exceptions=True
+    )
+    assert isinstance(bad, ResponseError) and good == "not a number"
+    with pytest.raises(ResponseError, match="not an integer"):
+        await pipe.execute_many([("GET", text), ("INCR", text), ("STRLEN", text)])
+    assert await pipe.execute_many([("GET", text), ("STRLEN", text)]) == ["not a number", 12]
+    await redis.delete(text)
+
+
+async def test_scripts_load_themselves_on_a_redis_that_forgot_them(
+    pipe: AutoPipeline, redis: Redis
+) -> None:
+    source = f"-- {secrets.token_hex(8)}\nreturn {{KEYS[1], ARGV[1] + 1}}"
+    assert await pipe.evalsha(source, ["k"], [41]) == ["k", 42]
+    await redis.script_flush()
+    assert await pipe.evalsha(source, ["k"], [1]) == ["k", 2]
+
+
+async def test_a_killed_connection_fails_what_it_holds_and_is_replaced(
+    pipe: AutoPipeline, redis: Redis, settings: Settings
+) -> None:
+    queue = key(settings, "q")
+    client_id = await pipe.execute("CLIENT", "ID")
+    # a blocking command holds the connection; what is queued behind it waits for it
+    blocked = asyncio.ensure_future(pipe.execute("BLPOP", queue, 10))
+    behind = asyncio.ensure_future(pipe.execute("PING"))
+    await asyncio.sleep(0.1)
+    assert await redis.client_kill_filter(_id=client_id) == 1
+    for waiting in (blocked, behind):
+        with pytest.raises(RedisConnectionError):
+            await waiting
+    assert await pipe.execute("PING") == "PONG"  # a new connection
+    assert await pipe.execute("CLIENT", "ID") != client_id
+
+
+async def test_a_cancelled_caller_does_not_shift_the_replies(
+    pipe: AutoPipeline, redis: Redis, settings: Settings
+) -> None:
+    queue, name = key(settings, "q"), key(settings, "name")
+    await pipe.execute("SET", name, "kept")
+    blocked = asyncio.ensure_future(pipe.execute("BLPOP", queue, 0.3))
+    impatient = asyncio.ensure_future(pipe.execute("ECHO", "never read"))
+    after = asyncio.ensure_future(pipe.execute("GET", name))
+    await asyncio.sleep(0.05)
+    impatient.cancel()
+    assert await blocked is None
+    assert await after == "kept"
+    with contextlib.suppress(asyncio.CancelledError):
+        await impatient
+    assert impatient.cancelled()
+    await redis.delete(name)
+
+
+async def test_a_silent_server_times_out_and_the_next_command_reconnects() -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # reads nothing, answers nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pipe = AutoPipeline(host="127.0.0.1", port=port, timeout=0.2)
+    try:
+        async with asyncio.timeout(10):
+            with pytest.raises(RedisTimeoutError, match="answered nothing"):
+                await pipe.execute("PING")
+            with pytest.raises(RedisTimeoutError):
+                await pipe.execute("PING")
+        assert len(accepted) == 2  # the silent connection was dropped and another opened
+    finally:
+        await pipe.aclose()
+        server.close()
+        for writer in accepted:
+            writer.close()
+
+
+async def test_nothing_listening_is_a_connection_error() -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    pipe = AutoPipeline(host="127.0.0.1", port=port, timeout=2)
+    with pytest.raises(RedisConnectionError, match="could not connect"):
+        await pipe.execute("PING")
+
+
+async def test_a_database_and_a_password_in_the_url_are_used(
+    redis: Redis, settings: Settings
+) -> None:
+    other_db = Redis.from_url(
+        urlsplit(settings.redis_url)._replace(path="/9").geturl(), decode_responses=True
+    )
+    name = key(settings, "db9")
+    pipe = AutoPipeline.like(other_db, timeout=5)
+    try:
+        await pipe.execute("SET", name, "nine")
+        assert await other_db.get(name) == "nine"
+        assert await redis.get(name) is None
+    finally:
+        await other_db.delete(name)
+        await other_db.aclose()
+        await pipe.aclose()
+    wrong = AutoPipeline.like(Redis.from_url(settings.redis_url, password="not-the-password"))
+    for _ in range(2):  # AUTH refused (no password set, or a wrong one), every time:
+        with pytest.raises(ResponseError):  # the refused connection is not kept
+            await wrong.execute("PING")
+    assert wrong._connection is None
+    await wrong.aclose()
+
+
+async def test_one_shared_pipeline_per_server_and_loop(redis: Redis, settings: Settings) -> None:
+    again = Redis.from_url(settings.redis_url, decode_responses=True)
+    assert shared_for(redis, 5) is shared_for(again, 5)
+    assert shared_for(redis, 5) is not shared_for(Redis.from_url(settings.redis_url), 5)
+    await again.aclose()
