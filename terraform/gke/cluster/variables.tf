@@ -199,11 +199,22 @@ variable "node_spot" {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Memorystore for Redis
+# Memorystore: a single-primary instance, or Memorystore for Redis Cluster
 # ---------------------------------------------------------------------------------------------
 
+variable "redis_topology" {
+  description = "single-primary: Memorystore for Redis STANDARD_HA (a primary and a replica, AUTH and TLS); cluster: Memorystore for Redis Cluster (sharded, TLS, Private Service Connect), and FlashSale is told to use Redis Cluster."
+  type        = string
+  default     = "single-primary"
+
+  validation {
+    condition     = contains(["single-primary", "cluster"], var.redis_topology)
+    error_message = "redis_topology must be single-primary or cluster."
+  }
+}
+
 variable "redis_memory_size_gb" {
-  description = "Memorystore capacity in GB (waiting rooms, stock, holds and order streams)."
+  description = "Capacity of the single-primary Memorystore instance in GB (waiting rooms, stock, holds and order streams)."
   type        = number
   default     = 5
 
@@ -214,7 +225,7 @@ variable "redis_memory_size_gb" {
 }
 
 variable "redis_version" {
-  description = "Memorystore Redis version."
+  description = "Redis version of the single-primary Memorystore instance."
   type        = string
   default     = "REDIS_7_2"
 
@@ -222,6 +233,67 @@ variable "redis_version" {
     condition     = can(regex("^REDIS_[0-9]+(_[0-9]+)?$", var.redis_version))
     error_message = "redis_version must look like REDIS_7_2."
   }
+}
+
+variable "redis_cluster_shard_count" {
+  description = "Shards of Memorystore for Redis Cluster (each a primary node, holding part of the key space)."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.redis_cluster_shard_count >= 1 && var.redis_cluster_shard_count <= 250 && floor(var.redis_cluster_shard_count) == var.redis_cluster_shard_count
+    error_message = "redis_cluster_shard_count must be a whole number between 1 and 250."
+  }
+}
+
+variable "redis_cluster_replica_count" {
+  description = "Replicas of each shard of Memorystore for Redis Cluster, in other zones (1 or 2: a shard without a replica has no failover)."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = contains([1, 2], var.redis_cluster_replica_count)
+    error_message = "redis_cluster_replica_count must be 1 or 2."
+  }
+}
+
+variable "redis_cluster_node_type" {
+  description = "Node type of Memorystore for Redis Cluster."
+  type        = string
+  default     = "REDIS_HIGHMEM_MEDIUM"
+
+  validation {
+    condition     = contains(["REDIS_SHARED_CORE_NANO", "REDIS_STANDARD_SMALL", "REDIS_HIGHMEM_MEDIUM", "REDIS_HIGHMEM_XLARGE"], var.redis_cluster_node_type)
+    error_message = "redis_cluster_node_type must be REDIS_SHARED_CORE_NANO, REDIS_STANDARD_SMALL, REDIS_HIGHMEM_MEDIUM or REDIS_HIGHMEM_XLARGE."
+  }
+}
+
+variable "redis_cluster_psc_subnet_cidr" {
+  description = "Range of the subnet that receives the Private Service Connect endpoints of Memorystore for Redis Cluster (must not overlap the other ranges)."
+  type        = string
+  default     = "10.10.16.0/26"
+
+  validation {
+    condition     = can(cidrhost(var.redis_cluster_psc_subnet_cidr, 0)) && tonumber(split("/", var.redis_cluster_psc_subnet_cidr)[1]) <= 29
+    error_message = "redis_cluster_psc_subnet_cidr must be a CIDR block of /29 or larger."
+  }
+
+  # Two blocks overlap when the first address of either lies inside the other.
+  validation {
+    condition = !can(cidrhost(var.redis_cluster_psc_subnet_cidr, 0)) || alltrue([
+      for other in [var.subnet_cidr, var.pods_cidr, var.services_cidr] : !(
+        cidrhost("${cidrhost(var.redis_cluster_psc_subnet_cidr, 0)}/${split("/", other)[1]}", 0) == cidrhost(other, 0) ||
+        cidrhost("${cidrhost(other, 0)}/${split("/", var.redis_cluster_psc_subnet_cidr)[1]}", 0) == cidrhost(var.redis_cluster_psc_subnet_cidr, 0)
+      )
+    ])
+    error_message = "redis_cluster_psc_subnet_cidr must not overlap subnet_cidr, pods_cidr or services_cidr."
+  }
+}
+
+variable "redis_cluster_deletion_protection" {
+  description = "Refuse to delete Memorystore for Redis Cluster (set false, apply, then destroy to tear down)."
+  type        = bool
+  default     = true
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -279,7 +351,7 @@ variable "db_deletion_protection" {
 }
 
 # ---------------------------------------------------------------------------------------------
-# The application
+# The application's identity (the app stage installs FlashSale under these names)
 # ---------------------------------------------------------------------------------------------
 
 variable "app_namespace" {
@@ -302,71 +374,4 @@ variable "app_service_account" {
     condition     = can(regex("^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", var.app_service_account))
     error_message = "app_service_account must be a DNS-1123 label."
   }
-}
-
-variable "chart_path" {
-  description = "Path of the FlashSale chart; null: the repository's charts/flashsale."
-  type        = string
-  default     = null
-}
-
-variable "image_repository" {
-  description = "FlashSale container image repository (for example an Artifact Registry path); null: the chart's default."
-  type        = string
-  default     = null
-}
-
-variable "image_tag" {
-  description = "FlashSale container image tag; null: the chart's default."
-  type        = string
-  default     = null
-}
-
-variable "api_min_replicas" {
-  description = "API pods kept running before a sale."
-  type        = number
-  default     = 3
-
-  validation {
-    condition     = var.api_min_replicas >= 1
-    error_message = "api_min_replicas must be at least 1."
-  }
-}
-
-variable "api_max_replicas" {
-  description = "Most API pods during a spike."
-  type        = number
-  default     = 30
-
-  validation {
-    condition     = var.api_max_replicas >= var.api_min_replicas
-    error_message = "api_max_replicas must be at least api_min_replicas."
-  }
-}
-
-variable "ingress_host" {
-  description = "Host name shoppers use; empty: any host at the load balancer's IP."
-  type        = string
-  default     = ""
-}
-
-variable "token_key" {
-  description = "FLASHSALE_TOKEN_KEY (at least 32 characters); null: generated and kept in the state."
-  type        = string
-  default     = null
-  sensitive   = true
-}
-
-variable "admin_token" {
-  description = "FLASHSALE_ADMIN_TOKEN; null: generated and kept in the state (see the admin_token output)."
-  type        = string
-  default     = null
-  sensitive   = true
-}
-
-variable "token_key_previous" {
-  description = "FLASHSALE_TOKEN_KEY_PREVIOUS: the key before a rotation, still accepted; empty: none."
-  type        = string
-  default     = ""
-  sensitive   = true
 }

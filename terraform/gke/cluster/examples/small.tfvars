@@ -18,6 +18,3 @@ redis_memory_size_gb = 5
 
 db_tier         = "db-custom-2-7680"
 db_disk_size_gb = 50
-
-api_min_replicas = 2
-api_max_replicas = 10

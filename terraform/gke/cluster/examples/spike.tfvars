@@ -1,6 +1,6 @@
 # Sized for a large flash sale: hundreds of thousands of shoppers arriving within minutes.
-# Raise node_min_count / api_min_replicas before the opening (or let the FlashSale operator
-# pre-scale the API), and lower them again afterwards.
+# Raise node_min_count (here) and api_min_replicas (the app stage) before the opening (or let
+# the FlashSale operator pre-scale the API), and lower them again afterwards.
 # terraform plan -var-file=examples/spike.tfvars   (rough cost: terraform/README.md)
 
 project_id = "your-project-id"
@@ -20,6 +20,3 @@ redis_memory_size_gb = 25
 db_tier                  = "db-custom-8-30720"
 db_disk_size_gb          = 200
 db_backup_retained_count = 30
-
-api_min_replicas = 10
-api_max_replicas = 150

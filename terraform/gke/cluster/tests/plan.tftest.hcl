@@ -1,28 +1,29 @@
-# terraform test (offline, mocked providers): run from terraform/gke with
+# terraform test (mocked providers): run from terraform/gke/cluster with
 #   terraform init -backend=false && terraform test
+# (init downloads the providers once; the plans below run against mocks, no cloud account)
 
 mock_provider "google" {
-  mock_data "google_client_config" {
-    defaults = {
-      access_token = "mock-access-token"
-    }
-  }
-
-  mock_resource "google_container_cluster" {
-    defaults = {
-      endpoint = "203.0.113.10"
-      master_auth = [{
-        cluster_ca_certificate = "bW9jay1jYQ==" # base64("mock-ca")
-      }]
-    }
-  }
-
   mock_resource "google_redis_instance" {
     defaults = {
       host = "10.100.0.3"
       port = 6378
       server_ca_certs = [{
         cert = "-----BEGIN CERTIFICATE-----\nMOCK\n-----END CERTIFICATE-----\n"
+      }]
+    }
+  }
+
+  mock_resource "google_redis_cluster" {
+    defaults = {
+      discovery_endpoints = [{
+        address    = "10.10.16.3"
+        port       = 6379
+        psc_config = [{ network = "projects/flashsale-test/global/networks/flashsale-vpc" }]
+      }]
+      managed_server_ca = [{
+        ca_certs = [{
+          certificates = ["-----BEGIN CERTIFICATE-----\nMOCK\n-----END CERTIFICATE-----\n"]
+        }]
       }]
     }
   }
@@ -35,8 +36,6 @@ mock_provider "google" {
   }
 }
 
-mock_provider "helm" {}
-mock_provider "kubernetes" {}
 mock_provider "random" {}
 
 variables {
@@ -95,17 +94,17 @@ run "data_stores_are_private_encrypted_and_backed_up" {
   command = plan
 
   assert {
-    condition     = google_redis_instance.this.tier == "STANDARD_HA" && google_redis_instance.this.auth_enabled
+    condition     = google_redis_instance.this[0].tier == "STANDARD_HA" && google_redis_instance.this[0].auth_enabled
     error_message = "Memorystore must be STANDARD_HA with AUTH."
   }
 
   assert {
-    condition     = google_redis_instance.this.transit_encryption_mode == "SERVER_AUTHENTICATION"
+    condition     = google_redis_instance.this[0].transit_encryption_mode == "SERVER_AUTHENTICATION"
     error_message = "Memorystore must encrypt in transit."
   }
 
   assert {
-    condition     = google_redis_instance.this.connect_mode == "PRIVATE_SERVICE_ACCESS"
+    condition     = google_redis_instance.this[0].connect_mode == "PRIVATE_SERVICE_ACCESS"
     error_message = "Memorystore must be reached through private service access."
   }
 
@@ -138,14 +137,112 @@ run "data_stores_are_private_encrypted_and_backed_up" {
   }
 }
 
+run "single_primary_redis_is_the_default" {
+  command = plan
+
+  assert {
+    condition     = length(google_redis_instance.this) == 1 && length(google_redis_cluster.this) == 0
+    error_message = "Without redis_topology the single-primary Memorystore instance must be created, and no cluster."
+  }
+
+  assert {
+    condition     = output.redis_node_port_range == null && output.redis_topology == "single-primary"
+    error_message = "The single-primary instance needs no node port range."
+  }
+
+  assert {
+    condition     = nonsensitive(startswith(output.redis_url, "rediss://:"))
+    error_message = "REDIS_URL must use TLS and carry the AUTH string."
+  }
+}
+
+run "redis_cluster_is_sharded_replicated_encrypted_and_private" {
+  command = plan
+
+  variables {
+    redis_topology            = "cluster"
+    redis_cluster_shard_count = 6
+  }
+
+  assert {
+    condition     = length(google_redis_instance.this) == 0 && length(google_redis_cluster.this) == 1
+    error_message = "redis_topology = cluster must create Memorystore for Redis Cluster instead of the instance."
+  }
+
+  assert {
+    condition     = google_redis_cluster.this[0].shard_count == 6 && google_redis_cluster.this[0].replica_count == 1
+    error_message = "The cluster must have redis_cluster_shard_count shards with a replica each."
+  }
+
+  assert {
+    condition     = google_redis_cluster.this[0].transit_encryption_mode == "TRANSIT_ENCRYPTION_MODE_SERVER_AUTHENTICATION"
+    error_message = "The cluster must encrypt in transit."
+  }
+
+  assert {
+    condition     = google_redis_cluster.this[0].zone_distribution_config[0].mode == "MULTI_ZONE"
+    error_message = "The cluster's nodes must spread over the region's zones."
+  }
+
+  assert {
+    condition     = google_network_connectivity_service_connection_policy.redis[0].service_class == "gcp-memorystore-redis"
+    error_message = "A service connection policy must let Memorystore create its Private Service Connect endpoints."
+  }
+
+  assert {
+    condition     = google_compute_subnetwork.redis_psc[0].ip_cidr_range == "10.10.16.0/26"
+    error_message = "The endpoints must land in their own subnet."
+  }
+
+  assert {
+    condition     = output.redis_node_port_range.from == 11000 && output.redis_node_port_range.to == 13047
+    error_message = "The app stage must learn the nodes' port range."
+  }
+
+  assert {
+    condition     = contains(output.data_store_cidrs, "10.10.16.0/26")
+    error_message = "The endpoint subnet must be among the data-store ranges."
+  }
+}
+
+run "unknown_redis_topology_is_refused" {
+  command = plan
+
+  variables {
+    redis_topology = "sentinel"
+  }
+
+  expect_failures = [var.redis_topology]
+}
+
+run "redis_cluster_without_replicas_is_refused" {
+  command = plan
+
+  variables {
+    redis_topology              = "cluster"
+    redis_cluster_replica_count = 0
+  }
+
+  expect_failures = [var.redis_cluster_replica_count]
+}
+
+run "overlapping_endpoint_subnet_is_refused" {
+  command = plan
+
+  variables {
+    redis_topology                = "cluster"
+    redis_cluster_psc_subnet_cidr = "10.10.4.0/26"
+  }
+
+  expect_failures = [var.redis_cluster_psc_subnet_cidr]
+}
+
 run "spike_example_scales_further" {
   command = plan
 
   variables {
-    node_min_count   = 6
-    node_max_count   = 60
-    api_min_replicas = 10
-    api_max_replicas = 150
+    node_min_count = 6
+    node_max_count = 60
   }
 
   assert {
