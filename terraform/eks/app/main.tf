@@ -1,18 +1,21 @@
+# FlashSale on the cluster the cluster stage created: its Secrets, the HAProxy ingress
+# controller and the chart, pointed at ElastiCache and RDS.
+
 module "flashsale" {
-  source = "../modules/flashsale"
+  source = "../../modules/flashsale"
 
   namespace        = var.app_namespace
   chart_path       = var.chart_path
   image_repository = var.image_repository
   image_tag        = var.image_tag
 
-  redis_url    = local.redis_url
-  database_url = local.database_url
-  redis_port   = aws_elasticache_replication_group.this.port
-  data_store_cidrs = concat(
-    module.vpc.elasticache_subnets_cidr_blocks,
-    module.vpc.database_subnets_cidr_blocks,
-  )
+  redis_url    = local.cluster.redis_url
+  database_url = local.cluster.database_url
+  redis_port   = local.cluster.redis_port
+  # ElastiCache cluster mode: FlashSale speaks Redis Cluster (every node listens on redis_port).
+  redis_cluster    = local.cluster.redis_topology == "cluster"
+  data_store_cidrs = local.cluster.data_store_cidrs
+
   token_key          = var.token_key
   token_key_previous = var.token_key_previous
   admin_token        = var.admin_token
@@ -29,6 +32,4 @@ module "flashsale" {
     "service.beta.kubernetes.io/aws-load-balancer-type"                              = "nlb"
     "service.beta.kubernetes.io/aws-load-balancer-cross-zone-load-balancing-enabled" = "true"
   }
-
-  depends_on = [module.eks]
 }

@@ -1,10 +1,12 @@
-# Managed node groups do not grow by themselves: the Kubernetes Cluster Autoscaler adds nodes
-# when API pods (scaled by their HPA) cannot be scheduled, between node_min_count and
-# node_max_count, and removes them after the sale. It finds the groups through the tags EKS puts
-# on their Auto Scaling groups and acts through EKS Pod Identity (no static credentials).
+# Managed node groups do not grow by themselves: the Kubernetes Cluster Autoscaler (installed by
+# the app stage, ../app/autoscaler.tf) adds nodes when API pods (scaled by their HPA) cannot be
+# scheduled, between node_min_count and node_max_count, and removes them after the sale. It
+# finds the groups through the tags EKS puts on their Auto Scaling groups and acts through EKS
+# Pod Identity (no static credentials): its AWS identity is made here, with the cluster.
 
 locals {
-  cluster_autoscaler_sa = "cluster-autoscaler"
+  cluster_autoscaler_namespace = "kube-system"
+  cluster_autoscaler_sa        = "cluster-autoscaler"
 }
 
 data "aws_iam_policy_document" "cluster_autoscaler_assume" {
@@ -72,48 +74,9 @@ resource "aws_iam_role_policy" "cluster_autoscaler" {
 
 resource "aws_eks_pod_identity_association" "cluster_autoscaler" {
   cluster_name    = module.eks.cluster_name
-  namespace       = "kube-system"
+  namespace       = local.cluster_autoscaler_namespace
   service_account = local.cluster_autoscaler_sa
   role_arn        = aws_iam_role.cluster_autoscaler.arn
-}
 
-resource "helm_release" "cluster_autoscaler" {
-  name        = "cluster-autoscaler"
-  repository  = "https://kubernetes.github.io/autoscaler"
-  chart       = "cluster-autoscaler"
-  version     = var.cluster_autoscaler_chart_version
-  namespace   = "kube-system"
-  atomic      = true
-  wait        = true
-  max_history = 10
-
-  values = [yamlencode({
-    cloudProvider = "aws"
-    awsRegion     = var.region
-    autoDiscovery = {
-      clusterName = module.eks.cluster_name
-    }
-    # The autoscaler's minor version must match the cluster's.
-    image = {
-      tag = "v${var.kubernetes_version}.0"
-    }
-    rbac = {
-      serviceAccount = {
-        create = true
-        name   = local.cluster_autoscaler_sa
-      }
-    }
-    extraArgs = {
-      balance-similar-node-groups   = true
-      expander                      = "least-waste"
-      skip-nodes-with-system-pods   = false
-      scale-down-unneeded-time      = "10m"
-      scale-down-delay-after-add    = "10m"
-      max-node-provision-time       = "10m"
-      new-pod-scale-up-delay        = "0s"
-      skip-nodes-with-local-storage = false
-    }
-  })]
-
-  depends_on = [aws_eks_pod_identity_association.cluster_autoscaler, aws_iam_role_policy.cluster_autoscaler]
+  depends_on = [aws_iam_role_policy.cluster_autoscaler]
 }

@@ -1,17 +1,19 @@
 # EKS with one managed node group in the private subnets. The API endpoint is private inside the
 # VPC and, when cluster_endpoint_public_access is on, public only to the listed CIDR blocks.
+# terraform-aws-modules/eks 21 dropped the cluster_ prefix of its inputs (docs/UPGRADE-21.0.md):
+# name, kubernetes_version, endpoint_*, enabled_log_types, addons.
 
 module "eks" {
   #checkov:skip=CKV_TF_1:Registry module, pinned by the version constraint below; a commit hash applies only to git sources
   source  = "terraform-aws-modules/eks/aws"
-  version = "~> 20.37"
+  version = "~> 21.9"
 
-  cluster_name    = var.name
-  cluster_version = var.kubernetes_version
+  name               = var.name
+  kubernetes_version = var.kubernetes_version
 
-  cluster_endpoint_private_access      = true
-  cluster_endpoint_public_access       = var.cluster_endpoint_public_access
-  cluster_endpoint_public_access_cidrs = var.cluster_endpoint_public_access_cidrs
+  endpoint_private_access      = true
+  endpoint_public_access       = var.cluster_endpoint_public_access
+  endpoint_public_access_cidrs = var.cluster_endpoint_public_access_cidrs
 
   vpc_id                   = module.vpc.vpc_id
   subnet_ids               = module.vpc.private_subnets
@@ -23,11 +25,11 @@ module "eks" {
   enable_irsa                              = true
 
   # Secrets are envelope-encrypted with a key the module creates; control-plane logs kept a year.
-  cluster_enabled_log_types              = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
+  enabled_log_types                      = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
   cloudwatch_log_group_retention_in_days = 365
   cloudwatch_log_group_kms_key_id        = aws_kms_key.this.arn
 
-  cluster_addons = {
+  addons = {
     coredns    = {}
     kube-proxy = {}
     vpc-cni = {

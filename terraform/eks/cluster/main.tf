@@ -4,8 +4,13 @@ locals {
     ManagedBy = "terraform"
   })
 
-  azs      = var.availability_zones
+  # The named zones, in the order given, once the lookup below has proved each of them exists.
+  azs      = [for z in var.availability_zones : z if contains(data.aws_availability_zones.available.names, z)]
   az_count = length(var.availability_zones)
+
+  # ElastiCache with cluster mode enabled (redis_topology = "cluster") instead of a
+  # single-primary replication group.
+  redis_cluster = var.redis_topology == "cluster"
 }
 
 # The zones are named, not "the first N the region lists", so a zone AWS adds later never moves

@@ -160,20 +160,37 @@ variable "node_disk_size_gb" {
   }
 }
 
-variable "cluster_autoscaler_chart_version" {
-  description = "Pinned version of the kubernetes/autoscaler cluster-autoscaler chart (its image follows kubernetes_version)."
+# ---------------------------------------------------------------------------------------------
+# ElastiCache for Redis: a single-primary replication group, or cluster mode enabled
+# ---------------------------------------------------------------------------------------------
+
+variable "redis_topology" {
+  description = "single-primary: one primary and redis_replicas replicas (cluster mode disabled); cluster: cluster mode enabled, redis_shards shards of one primary and redis_replicas replicas each, and FlashSale is told to use Redis Cluster."
   type        = string
-  default     = "9.46.3"
+  default     = "single-primary"
 
   validation {
-    condition     = can(regex("^[0-9]+\\.[0-9]+\\.[0-9]+$", var.cluster_autoscaler_chart_version))
-    error_message = "cluster_autoscaler_chart_version must be an exact version (x.y.z), not a range."
+    condition     = contains(["single-primary", "cluster"], var.redis_topology)
+    error_message = "redis_topology must be single-primary or cluster."
   }
 }
 
-# ---------------------------------------------------------------------------------------------
-# ElastiCache for Redis
-# ---------------------------------------------------------------------------------------------
+variable "redis_shards" {
+  description = "Shards (node groups) of the replication group in cluster mode: each holds part of the key space on a primary and its replicas."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.redis_shards >= 1 && var.redis_shards <= 500 && floor(var.redis_shards) == var.redis_shards
+    error_message = "redis_shards must be a whole number between 1 and 500."
+  }
+
+  # ElastiCache allows at most 500 nodes in one cluster-mode replication group.
+  validation {
+    condition     = var.redis_topology != "cluster" || var.redis_shards * (1 + var.redis_replicas) <= 500
+    error_message = "redis_shards * (1 + redis_replicas) must be at most 500 nodes."
+  }
+}
 
 variable "redis_node_type" {
   description = "ElastiCache node type."
@@ -187,7 +204,7 @@ variable "redis_node_type" {
 }
 
 variable "redis_engine_version" {
-  description = "Redis engine version of the replication group."
+  description = "Redis engine version of the replication group (its major version names the parameter group family)."
   type        = string
   default     = "7.1"
 
@@ -198,7 +215,7 @@ variable "redis_engine_version" {
 }
 
 variable "redis_replicas" {
-  description = "Read replicas beside the primary (at least 1 for automatic failover)."
+  description = "Replicas of the primary (single-primary) or of each shard's primary (cluster), in other zones (at least 1 for automatic failover)."
   type        = number
   default     = 1
 
@@ -288,86 +305,4 @@ variable "db_performance_insights" {
   description = "Turn on Performance Insights (7 days free, encrypted with the stack's KMS key)."
   type        = bool
   default     = true
-}
-
-# ---------------------------------------------------------------------------------------------
-# The application
-# ---------------------------------------------------------------------------------------------
-
-variable "app_namespace" {
-  description = "Kubernetes namespace of FlashSale."
-  type        = string
-  default     = "flashsale"
-
-  validation {
-    condition     = can(regex("^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", var.app_namespace))
-    error_message = "app_namespace must be a DNS-1123 label."
-  }
-}
-
-variable "chart_path" {
-  description = "Path of the FlashSale chart; null: the repository's charts/flashsale."
-  type        = string
-  default     = null
-}
-
-variable "image_repository" {
-  description = "FlashSale container image repository (for example an ECR repository URL); null: the chart's default."
-  type        = string
-  default     = null
-}
-
-variable "image_tag" {
-  description = "FlashSale container image tag; null: the chart's default."
-  type        = string
-  default     = null
-}
-
-variable "api_min_replicas" {
-  description = "API pods kept running before a sale."
-  type        = number
-  default     = 3
-
-  validation {
-    condition     = var.api_min_replicas >= 1
-    error_message = "api_min_replicas must be at least 1."
-  }
-}
-
-variable "api_max_replicas" {
-  description = "Most API pods during a spike."
-  type        = number
-  default     = 30
-
-  validation {
-    condition     = var.api_max_replicas >= var.api_min_replicas
-    error_message = "api_max_replicas must be at least api_min_replicas."
-  }
-}
-
-variable "ingress_host" {
-  description = "Host name shoppers use; empty: any host at the load balancer's name."
-  type        = string
-  default     = ""
-}
-
-variable "token_key" {
-  description = "FLASHSALE_TOKEN_KEY (at least 32 characters); null: generated and kept in the state."
-  type        = string
-  default     = null
-  sensitive   = true
-}
-
-variable "admin_token" {
-  description = "FLASHSALE_ADMIN_TOKEN; null: generated and kept in the state (see the admin_token output)."
-  type        = string
-  default     = null
-  sensitive   = true
-}
-
-variable "token_key_previous" {
-  description = "FLASHSALE_TOKEN_KEY_PREVIOUS: the key before a rotation, still accepted; empty: none."
-  type        = string
-  default     = ""
-  sensitive   = true
 }

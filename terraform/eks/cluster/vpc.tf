@@ -4,7 +4,7 @@
 module "vpc" {
   #checkov:skip=CKV_TF_1:Registry module, pinned by the version constraint below; a commit hash applies only to git sources
   source  = "terraform-aws-modules/vpc/aws"
-  version = "~> 5.21"
+  version = "~> 6.4"
 
   name = var.name
   cidr = var.vpc_cidr

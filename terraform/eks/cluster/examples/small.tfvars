@@ -20,6 +20,3 @@ redis_replicas  = 1
 
 db_instance_class       = "db.t4g.medium"
 db_allocated_storage_gb = 50
-
-api_min_replicas = 2
-api_max_replicas = 10

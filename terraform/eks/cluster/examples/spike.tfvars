@@ -1,6 +1,6 @@
 # Sized for a large flash sale: hundreds of thousands of shoppers arriving within minutes.
-# Raise node_min_count / api_min_replicas before the opening (or let the FlashSale operator
-# pre-scale the API), and lower them again afterwards.
+# Raise node_min_count (here) and api_min_replicas (the app stage) before the opening (or let
+# the FlashSale operator pre-scale the API), and lower them again afterwards.
 # terraform plan -var-file=examples/spike.tfvars   (rough cost: terraform/README.md)
 
 region             = "us-east-1"
@@ -22,6 +22,3 @@ db_instance_class           = "db.m7g.2xlarge"
 db_allocated_storage_gb     = 200
 db_max_allocated_storage_gb = 1000
 db_backup_retention_days    = 30
-
-api_min_replicas = 10
-api_max_replicas = 150
