@@ -8,10 +8,10 @@
 #                   and redis_cluster_replica_count replicas spread over the region's zones,
 #                   reached through Private Service Connect endpoints in a subnet of this VPC,
 #                   with TLS (the cluster's own certificate authority travels inside REDIS_URL).
-#                   Memorystore for Redis Cluster authenticates clients with IAM access tokens
-#                   only (AUTH_MODE_IAM_AUTH), which FlashSale does not mint; the cluster is
-#                   therefore created without AUTH and is reachable only from this VPC, and the
-#                   chart's NetworkPolicy lets only FlashSale pods reach its endpoints.
+#                   The provider's authorization modes are IAM access tokens (AUTH_MODE_IAM_AUTH),
+#                   which FlashSale does not mint, or none; the cluster is therefore created
+#                   without AUTH and is reachable only from this VPC, and the chart's
+#                   NetworkPolicy lets only FlashSale pods reach its endpoints.
 
 # -- single-primary -----------------------------------------------------------------------------
 
