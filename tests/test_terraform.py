@@ -1150,7 +1150,9 @@ def test_redis_cluster_reaches_the_chart_only_when_chosen() -> None:
         call = labelled(stage, "module")["flashsale"]
         assert expression(call["redis_cluster"]) == 'local.cluster.redis_topology == "cluster"'
     gke = labelled("gke/app", "module")["flashsale"]
-    assert expression(gke["redis_node_port_range"]) == "try(local.cluster.redis_node_port_range, null)"
+    assert (
+        expression(gke["redis_node_port_range"]) == "try(local.cluster.redis_node_port_range, null)"
+    )
 
 
 def test_redis_cluster_value_is_one_the_chart_accepts() -> None:
