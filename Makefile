@@ -25,7 +25,7 @@ CHECKOV_VERSION := 3.3.30
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: help venv checkov packages services test demo lint clean
+.PHONY: help venv checkov packages services envtest test demo lint clean
 
 help: ## List targets
 	@echo "FlashSale make targets:"
@@ -74,7 +74,10 @@ packages: ## Install the Debian packages the tests need (Chromium, CJK fonts, HA
 services: ## Ensure Redis + PostgreSQL run; write .run/services.env
 	@scripts/ensure-services.sh
 
-test: $(STAMP) $(CHECKOV_STAMP) packages services ## Run ruff check and pytest (PYTEST_ARGS=... passed to pytest)
+envtest: ## Build kube-apiserver and etcd from source for the Kubernetes tests (cached in .cache/envtest/)
+	@scripts/envtest/build.sh >/dev/null
+
+test: $(STAMP) $(CHECKOV_STAMP) packages services envtest ## Run ruff check and pytest (PYTEST_ARGS=... passed to pytest)
 	. $(SERVICES_ENV) && $(VENV)/bin/ruff check . && $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP) services ## Migrate the database and run the demo
