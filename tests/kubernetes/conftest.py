@@ -39,4 +39,3 @@ def admin(kube: ControlPlane) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="module")
 def flashsale_crd(admin: httpx.Client) -> dict[str, Any]:
     return install_crd(admin)
-

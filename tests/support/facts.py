@@ -23,14 +23,13 @@ DEFAULT_FILE = REPO / ".run" / "cluster-facts.json"
 
 class Facts:
     """A JSON object on disk, rewritten on every change (a crashed session keeps what it had
-    shown)."""
+    shown until then)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.values: dict[str, Any] = {}
-        if path.exists():
-            self.values = json.loads(path.read_text() or "{}")
+        self._save()  # a new session starts from nothing: no fact of an earlier run survives
 
     def record(self, name: str, value: Any) -> None:
         self.values[name] = value

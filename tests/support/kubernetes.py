@@ -14,8 +14,8 @@ deleted namespace stays Terminating (nothing finalizes it).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -197,9 +197,7 @@ class ControlPlane:
             timeout=timeout,
         )
 
-    def service_account_token(
-        self, namespace: str, name: str, *, seconds: int = 3600
-    ) -> str:
+    def service_account_token(self, namespace: str, name: str, *, seconds: int = 3600) -> str:
         """A token of ServiceAccount `namespace/name` from the TokenRequest API, as a pod of
         that ServiceAccount would get: the API server then sees the user
         `system:serviceaccount:NAMESPACE:NAME` in groups `system:serviceaccounts` and
@@ -222,13 +220,17 @@ class ControlPlane:
         token = self.service_account_token(namespace, name)
         path.write_text(
             yaml.safe_dump(
-                _kubeconfig(self.url, self.ca_file, f"{namespace}-{name}", {"token": token}, namespace)
+                _kubeconfig(
+                    self.url, self.ca_file, f"{namespace}-{name}", {"token": token}, namespace
+                )
             )
         )
         path.chmod(0o600)
         return path
 
-    def kubectl(self, *args: str, kubeconfig: Path | None = None) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, kubeconfig: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run /usr/bin/kubectl (or the one on PATH) against this API server."""
         binary = shutil.which("kubectl") or "/usr/bin/kubectl"
         return subprocess.run(
@@ -472,7 +474,9 @@ def install_crd(client: httpx.Client) -> dict[str, Any]:
     """The FlashSale CRD from its file, applied as `kubectl apply --server-side` would, once
     Established (a test of the chart may have replaced it: this puts the file's back)."""
     crd = yaml.safe_load(CRD_FILE.read_text())
-    answer = apply(client, f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}", crd)
+    answer = apply(
+        client, f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}", crd
+    )
     assert answer.status_code in (200, 201), answer.text
     return wait_for("Established", lambda: established(client, CRD_NAME))
 
