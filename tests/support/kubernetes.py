@@ -24,6 +24,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -478,7 +479,114 @@ def install_crd(client: httpx.Client) -> dict[str, Any]:
         client, f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}", crd
     )
     assert answer.status_code in (200, 201), answer.text
-    return wait_for("Established", lambda: established(client, CRD_NAME))
+    crd = wait_for("Established", lambda: established(client, CRD_NAME))
+    # Established comes before the storage serves: a list answers 429 "storage is
+    # (re)initializing" for a moment (clients retry it); wait until it answers
+    wait_for(
+        "served",
+        lambda: client.get("/apis/flashsale.io/v1alpha1/flashsales").status_code == 200,
+    )
+    return crd
+
+
+class Resources:
+    """Where each kind lives on this server (from its discovery documents): the path of an
+    object, and whether its kind is namespaced."""
+
+    def __init__(self, client: httpx.Client) -> None:
+        self.client = client
+        self._found: dict[str, dict[str, tuple[str, bool]]] = {}
+
+    def _discover(self, api_version: str) -> dict[str, tuple[str, bool]]:
+        if api_version not in self._found:
+            base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+            answer = self.client.get(base)
+            answer.raise_for_status()
+            self._found[api_version] = {
+                r["kind"]: (r["name"], r["namespaced"])
+                for r in answer.json()["resources"]
+                if "/" not in r["name"]
+            }
+        return self._found[api_version]
+
+    def path(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> str:
+        plural, namespaced = self._discover(api_version)[kind]
+        base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        where = f"/namespaces/{namespace}" if namespaced else ""
+        return f"{base}{where}/{plural}/{name}"
+
+    def of(self, obj: dict[str, Any], namespace: str | None = None) -> str:
+        meta = obj["metadata"]
+        return self.path(
+            obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace", namespace)
+        )
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@contextmanager
+def jobs_completed(plane: ControlPlane, namespace: str) -> Iterator[list[str]]:
+    """Stand in for the Job controller, which this control plane lacks: every Job created in
+    `namespace` meanwhile is marked succeeded (its status as the controller writes it, through
+    the status subresource the server validates). Helm waits for a hook Job to complete, so
+    without this a chart's migration hook would hold `helm install` until its timeout. Yields
+    the names of the Jobs it completed."""
+    done: list[str] = []
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with plane.client() as client:
+                while not stop.is_set():
+                    jobs = client.get(f"/apis/batch/v1/namespaces/{namespace}/jobs")
+                    jobs.raise_for_status()
+                    for job in jobs.json()["items"]:
+                        if (job.get("status") or {}).get("conditions"):
+                            continue
+                        now = _now()
+                        finished = {
+                            "status": "True",
+                            "lastProbeTime": now,
+                            "lastTransitionTime": now,
+                            "reason": "CompletionsReached",
+                            "message": "Reached expected number of succeeded pods",
+                        }
+                        status = {
+                            "startTime": now,
+                            "completionTime": now,
+                            "succeeded": 1,
+                            "active": 0,
+                            "ready": 0,
+                            "uncountedTerminatedPods": {},
+                            "conditions": [
+                                {"type": "SuccessCriteriaMet", **finished},
+                                {"type": "Complete", **finished},
+                            ],
+                        }
+                        name = job["metadata"]["name"]
+                        answer = client.patch(
+                            f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}/status",
+                            content=json.dumps({"status": status}),
+                            headers={"Content-Type": "application/merge-patch+json"},
+                        )
+                        answer.raise_for_status()
+                        done.append(name)
+                    stop.wait(0.1)
+        except BaseException as error:  # reported by the caller, not lost in the thread
+            failure.append(error)
+
+    thread = threading.Thread(target=run, name=f"jobs-{namespace}", daemon=True)
+    thread.start()
+    try:
+        yield done
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    if failure:
+        raise failure[0]
 
 
 def create_namespace(client: httpx.Client, name: str) -> str:
