@@ -25,7 +25,7 @@ CHECKOV_VERSION := 3.3.30
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: help venv checkov packages services envtest test demo lint clean
+.PHONY: help venv checkov packages services envtest test cluster-check demo lint clean
 
 help: ## List targets
 	@echo "FlashSale make targets:"
@@ -79,6 +79,9 @@ envtest: ## Build kube-apiserver and etcd from source for the Kubernetes tests (
 
 test: $(STAMP) $(CHECKOV_STAMP) packages services envtest ## Run ruff check and pytest (PYTEST_ARGS=... passed to pytest)
 	. $(SERVICES_ENV) && $(VENV)/bin/ruff check . && $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+cluster-check: $(STAMP) envtest ## Tests against a real kube-apiserver (-m kubernetes); ends with one JSON line of facts
+	$(VENV)/bin/python scripts/cluster_check.py $(PYTEST_ARGS)
 
 demo: $(STAMP) services ## Migrate the database and run the demo
 	. $(SERVICES_ENV) && $(VENV)/bin/flashsale migrate && $(VENV)/bin/flashsale demo

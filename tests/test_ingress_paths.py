@@ -1,7 +1,7 @@
 """What the public edge lets through: the chart's Ingress and the spike's HAProxy
 (loadtest/haproxy.cfg, which mirrors it) expose the same paths, the shopper pages and the API,
 and nothing else. HAProxy is Debian's, run for real in front of a backend that answers every
-path; the Ingress is rendered by helm-python-sdk (tests/kubernetes/ installs it for real).
+path; the Ingress is rendered by helm-python-sdk (tests/cluster/ installs it for real).
 """
 
 from __future__ import annotations

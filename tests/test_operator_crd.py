@@ -2,7 +2,7 @@
 
 The CRD itself (structural schema, CEL rules within their cost budget, defaults, the examples
 accepted, bad manifests refused with the server's own messages, printer columns) is checked
-against a real kube-apiserver in tests/kubernetes/test_crd_server.py. Here: the CRD's bounds
+against a real kube-apiserver in tests/cluster/test_crd_server.py. Here: the CRD's bounds
 and defaults are the sale model's, the operator accepts the examples and refuses bad specs
 with a reason to act on (the Accepted condition's message), and its RBAC data and doc agree."""
 
@@ -98,7 +98,7 @@ def example_manifest() -> dict[str, Any]:
     return load(ROOT / "examples" / "quantity-sale.yaml")
 
 
-# Bad specs (the API server refuses them too: tests/kubernetes/test_crd_server.py), and the
+# Bad specs (the API server refuses them too: tests/cluster/test_crd_server.py), and the
 # operator's own message for each, in the manifest's words.
 BAD = {
     "closes before it opens": (
@@ -156,7 +156,7 @@ def test_bad_manifests_are_refused_with_a_reason_to_act_on(case: str) -> None:
 
 def test_the_operator_needs_no_defaults_from_the_server() -> None:
     """The same sale with or without the defaults the API server fills in (as
-    tests/kubernetes/test_crd_server.py reads them back): the operator does not depend on
+    tests/cluster/test_crd_server.py reads them back): the operator does not depend on
     them."""
     minimal = {
         "product": {"name": "Tiny"},

@@ -4,6 +4,7 @@ nothing left behind when it stops, even after a failure."""
 from __future__ import annotations
 
 import re
+import ssl
 from pathlib import Path
 
 import httpx
@@ -24,7 +25,9 @@ def test_the_api_server_is_the_pinned_release(kube: ControlPlane, cluster_facts:
 def test_anonymous_requests_are_not_authorized(kube: ControlPlane) -> None:
     with kube.client() as admin:
         assert admin.get("/api/v1/namespaces").status_code == 200
-    with httpx.Client(base_url=kube.url, verify=str(kube.ca_file)) as anonymous:
+    with httpx.Client(
+        base_url=kube.url, verify=ssl.create_default_context(cafile=str(kube.ca_file))
+    ) as anonymous:
         answer = anonymous.get("/api/v1/namespaces")
     assert answer.status_code == 403
     assert 'User "system:anonymous" cannot list resource "namespaces"' in answer.json()["message"]
