@@ -25,7 +25,7 @@ CHECKOV_VERSION := 3.3.30
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: help venv checkov terraform-tools terraform-docs terraform-lock packages services check test demo clean
+.PHONY: help venv checkov terraform-tools terraform-docs terraform-lock packages services envtest check test cluster-check demo clean
 
 help: ## List targets
 	@echo "FlashSale make targets:"
@@ -65,7 +65,7 @@ $(CHECKOV_STAMP): $(STAMP)
 	$(CHECKOV_VENV)/bin/pip install -q 'checkov==$(CHECKOV_VERSION)'
 	@touch $@
 
-# Terraform tooling (terraform/, tested by tests/test_terraform.py). tflint and terraform-docs
+# Terraform tooling (terraform/, tested by tests/deploy/test_terraform.py). tflint and terraform-docs
 # are built from the Go module proxy at the versions scripts/terraform-tools/*/go.mod pin, into
 # .cache/terraform-tools/ (reused while the version stays the same).
 TERRAFORM_ROOTS := terraform/gke/cluster terraform/gke/app terraform/eks/cluster terraform/eks/app
@@ -97,8 +97,14 @@ packages: ## Install the Debian packages the tests need (Chromium, CJK fonts, HA
 services: ## Ensure Redis + PostgreSQL run; write .run/services.env
 	@scripts/ensure-services.sh
 
-test: check $(CHECKOV_STAMP) terraform-tools packages services ## The static checks, then pytest (PYTEST_ARGS=... passed to pytest)
+envtest: ## Build kube-apiserver and etcd from source for the Kubernetes tests (cached in .cache/envtest/)
+	@scripts/envtest/build.sh >/dev/null
+
+test: check $(CHECKOV_STAMP) terraform-tools packages services envtest ## The static checks, then pytest (PYTEST_ARGS=... passed to pytest)
 	. $(SERVICES_ENV) && $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+cluster-check: $(STAMP) envtest ## Tests against a real kube-apiserver (-m kubernetes); ends with one JSON line of facts
+	$(VENV)/bin/python scripts/cluster_check.py $(PYTEST_ARGS)
 
 demo: $(STAMP) services ## Migrate the database and run the demo
 	. $(SERVICES_ENV) && $(VENV)/bin/flashsale migrate && $(VENV)/bin/python -m loadtest.demo $(DEMO_ARGS)

@@ -64,8 +64,6 @@ locals {
         secretName = var.ingress_tls_secret_name
       }
     }
-    # HAProxy is installed below as a release of its own, not as the chart's subchart.
-    "haproxy-ingress" = { enabled = false }
     # FlashSale pods may reach the data stores only at these addresses and ports.
     networkPolicy = {
       enabled        = true
@@ -242,9 +240,6 @@ resource "helm_release" "flashsale" {
   wait        = true
   timeout     = var.helm_timeout_seconds
   max_history = 10
-  # A local chart declares the optional HAProxy controller subchart: Helm wants its archive
-  # even when it is disabled, so fetch it (the controller itself is its own release above).
-  dependency_update = var.chart_repository == null
 
   values = concat(
     [yamlencode(local.chart_values), yamlencode(local.image_values)],

@@ -27,7 +27,7 @@ import hcl2
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TERRAFORM = REPO / "terraform"
 CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
 

@@ -31,9 +31,9 @@ import yaml
 from flashsale.config import SETTINGS
 from flashsale.operator.rbac import rules as operator_rules
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "flashsale"
-CRD = CHART / "crds" / "flashsales.flashsale.io.yaml"
+CRD = CHART / "files" / "crds" / "flashsales.flashsale.io.yaml"
 SCENARIOS = sorted(
     p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml")
 )
@@ -44,7 +44,13 @@ CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
 
 # Kinds kubernetes-validate has no schema for (Prometheus Operator CRDs): checked structurally
 # by test_monitoring_objects instead.
-NO_SCHEMA_KINDS = {"ServiceMonitor", "PrometheusRule"}
+NO_SCHEMA_KINDS = {"ServiceMonitor", "PrometheusRule", "KopfPeering", "ClusterKopfPeering"}
+CLUSTER_KINDS = {
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "ClusterKopfPeering",
+}
 
 # Settings the chart passes that flashsale/settings.py does not define yet (the operator's
 # default scaling target: the chart's API HPA, or the API Deployment when the HPA is off).
@@ -157,14 +163,11 @@ def test_chart_metadata() -> None:
     assert chart["apiVersion"] == "v2"
     assert chart["version"] == "0.1.0"
     assert version and chart["appVersion"] == version.group(1)
-    # the optional HAProxy Kubernetes Ingress controller: declared, behind a toggle, off
-    (dependency,) = chart["dependencies"]
-    assert dependency["name"] == "kubernetes-ingress"
-    assert dependency["repository"] == "https://haproxytech.github.io/helm-charts"
-    assert dependency["alias"] == "haproxy-ingress"
-    assert dependency["condition"] == "haproxy-ingress.enabled"
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert values["haproxy-ingress"]["enabled"] is False
+    # `helm install flashsale ./charts/flashsale` from a clean clone: no dependency to fetch
+    # (the HAProxy ingress controller is installed on its own, README "HAProxy")
+    assert "dependencies" not in chart
+    assert not (CHART / "Chart.lock").exists() and not (CHART / "charts").exists()
+    assert helm.dependency_list(CHART) == []
     assert sorted(SCENARIOS) == ["defaults", "external", "hardened", "hpa-off", "in-cluster"]
 
 
@@ -178,26 +181,9 @@ def test_lint_strict(scenario: str, kube_version: str) -> None:
         namespace=NAMESPACE,
         kube_version=f"v{kube_version}.0",
     )
-    # Helm's lint wants the archive of every declared dependency in charts/, enabled or not;
-    # the HAProxy controller's is fetched by `helm dependency build`, which needs the network.
-    allowed = set()
-    statuses = {d["name"]: d["status"] for d in helm.dependency_list(CHART)}
-    if statuses.get("kubernetes-ingress") == "missing":
-        allowed.add("chart directory is missing these dependencies: kubernetes-ingress")
-    problems = [m for m in report["messages"] if m["severity"] >= 2 and m["error"] not in allowed]
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
     assert not problems, problems
     assert report["total_charts_linted"] == 1
-
-
-def test_render_needs_no_dependency_archive() -> None:
-    """The disabled subchart is not needed offline: nothing of it renders, and its values carry
-    the controller-wide timeouts (they cannot be Ingress annotations)."""
-    for scenario in SCENARIOS:
-        assert not [o for o in rendered(scenario) if "kubernetes-ingress" in o["_template"]], (
-            scenario
-        )
-    config = merged_values("defaults")["haproxy-ingress"]["controller"]["config"]
-    assert config["timeout-connect"] and config["timeout-queue"]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -206,7 +192,7 @@ def test_rendered_objects_are_valid_kubernetes(scenario: str) -> None:
     for obj in rendered(scenario):
         doc = {k: v for k, v in obj.items() if k != "_template"}
         kinds.add(doc["kind"])
-        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if doc["kind"] not in CLUSTER_KINDS:
             assert doc["metadata"].get("namespace"), f"{doc['kind']} {doc['metadata']['name']}"
         for version in KUBE_VERSIONS:
             try:
@@ -223,16 +209,45 @@ def test_rendered_objects_are_valid_kubernetes(scenario: str) -> None:
 
 
 def test_crd_ships_with_the_chart_and_is_valid() -> None:
-    assert CRD.is_file(), "the operator's CRD belongs in charts/flashsale/crds/"
-    with helm.Chart.load(CHART) as chart:
-        crds = [yaml.safe_load(c["data"]) for c in chart.crds]
-    assert [c["metadata"]["name"] for c in crds] == ["flashsales.flashsale.io"]
-    (crd,) = crds
-    assert crd["kind"] == "CustomResourceDefinition"
+    """The FlashSale CRD renders from its one file (templates/crds.yaml) with the keep policy,
+    and only with crds.install; kopf's peering CRDs are Helm's crds/ (installed when missing,
+    before the release's KopfPeering is built)."""
+    (crd,) = objects("defaults", "CustomResourceDefinition")
+    source = yaml.safe_load(CRD.read_text())
+    assert crd["metadata"]["name"] == "flashsales.flashsale.io"
+    assert crd["spec"] == source["spec"], "the rendered CRD is the file's"
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    doc = {k: v for k, v in crd.items() if k != "_template"}
     for version in KUBE_VERSIONS:
-        kubernetes_validate.validate(crd, version, strict=True)
+        kubernetes_validate.validate(doc, version, strict=True)
     plural = crd["spec"]["names"]["plural"]
     assert operator_rules()[0]["resources"] == [plural]
+    assert not [
+        o for o in render({"crds": {"install": False}}) if o["kind"] == "CustomResourceDefinition"
+    ]
+    with helm.Chart.load(CHART) as chart:
+        crds = [d for c in chart.crds for d in yaml.safe_load_all(c["data"]) if d]
+    assert sorted(c["metadata"]["name"] for c in crds) == [
+        "clusterkopfpeerings.kopf.dev",
+        "kopfpeerings.kopf.dev",
+    ]
+
+
+def test_peering_objects() -> None:
+    """operator.peering.enabled: the peering object kopf coordinates through, where it looks."""
+    assert not objects("defaults", "KopfPeering")
+    peerings = objects("hardened", "KopfPeering")
+    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["shop", "tickets"]
+    assert {p["metadata"]["name"] for p in peerings} == {RELEASE}
+    everywhere = render({"operator": {"watchAllNamespaces": True, "peering": {"enabled": True}}})
+    (cluster,) = [o for o in everywhere if o["kind"] == "ClusterKopfPeering"]
+    (operator,) = [
+        o
+        for o in everywhere
+        if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("operator")
+    ]
+    env = env_of(operator["spec"]["template"]["spec"]["containers"][0])
+    assert env["FLASHSALE_OPERATOR_PEERING"] == cluster["metadata"]["name"] == RELEASE
 
 
 def test_values_schema_refuses_typos_and_unsafe_values() -> None:
@@ -402,7 +417,14 @@ def test_ingress_speaks_haproxy(scenario: str) -> None:
     assert "haproxy.org/timeout-connect" not in annotations
     (rule,) = ingress["spec"]["rules"]
     paths = rule["http"]["paths"]
-    assert [p["path"] for p in paths] == ["/api"], "/admin and /metrics stay inside"
+    # the shopper pages and the API (api/app.py); /admin, /metrics, /openapi.json and the
+    # probes stay inside the cluster
+    assert [(p["path"], p["pathType"]) for p in paths] == [
+        ("/", "Exact"),
+        ("/sales", "Prefix"),
+        ("/static", "Prefix"),
+        ("/api", "Prefix"),
+    ]
     for path in paths:
         assert path["backend"]["service"] == {"name": api_name(), "port": {"name": "http"}}
     tls = values["tls"]["enabled"]
