@@ -468,25 +468,36 @@ class Purchases:
         if began[0] != "ok":
             return self._settled(await self.order(sale, visitor, order_id))
         try:
-            charge = await self.payments.charge(
-                order_id, int(fields.get("amount") or 0), sale.currency, token
-            )
+            return await self._charge(sale, visitor, order_id, fields, token)
         except ProviderError as exc:
             retry = (
                 exc.retry_after
                 if isinstance(exc, ProviderUnavailable)
                 else max(1.0, self.payments.breaker.retry_after())
             )
-            await self.room.scripts.pay(
-                keys=[keys.hold(order_id), keys.holds],
-                args=[self.now_ms(), "abort", int(retry * 1000) + HOLD_GRACE_MS],
-            )
+            await self._abort_payment(sale, order_id, int(retry * 1000) + HOLD_GRACE_MS)
             raise PurchaseRefused(
                 Refusal.UNAVAILABLE,
                 "payment_unavailable",
                 "the payment provider is not answering; your hold is kept, try again shortly",
                 retry_after=retry,
             ) from exc
+        except PurchaseRefused:
+            raise  # declined or failed: the order has ended, nothing is left paying
+        except BaseException:
+            # anything else (the database failing, the request cancelled) leaves the outcome
+            # unknown: the hold goes back to held rather than stay `paying` until it expires,
+            # so a retry can finish it (the provider answers a repeated charge with the first
+            # outcome) and the sweeper asks the provider before it releases anything
+            await asyncio.shield(self._abort_payment(sale, order_id, HOLD_GRACE_MS))
+            raise
+
+    async def _charge(
+        self, sale: Sale, visitor: str, order_id: str, fields: dict[str, str], token: str
+    ) -> dict[str, Any]:
+        charge = await self.payments.charge(
+            order_id, int(fields.get("amount") or 0), sale.currency, token
+        )
         if charge.outcome is Outcome.DECLINED:
             await self._release(
                 sale,
@@ -505,6 +516,14 @@ class Purchases:
             )
         return self._settled(
             await self.settle_paid(sale, HoldRecord.from_fields(fields), charge.reference)
+        )
+
+    async def _abort_payment(self, sale: Sale, order_id: str, keep_ms: int) -> None:
+        """A payment that did not finish: `paying` back to `held` (pay.lua; a no-op when the
+        order has moved on), kept at least `keep_ms` from now."""
+        keys = self.keys(sale.id)
+        await self.room.scripts.pay(
+            keys=[keys.hold(order_id), keys.holds], args=[self.now_ms(), "abort", keep_ms]
         )
 
     def _settled(self, order: dict[str, Any]) -> dict[str, Any]:
@@ -591,7 +610,7 @@ class Purchases:
         if order["status"] == "held":
             # the admission stays active: a shopper who cancels a hold (to choose other seats,
             # or while holding others) may still buy within the limit; leaving ends it
-            await self._release(
+            outcome = await self._release(
                 sale,
                 order_id,
                 status="cancelled",
@@ -600,7 +619,18 @@ class Purchases:
                 counter="held",
                 emit=True,
             )
-            return await self.order(sale, visitor, order_id)
+            order = await self.order(sale, visitor, order_id)
+            if outcome == "ok":
+                return order
+            # it moved on between the read and the release (a payment began, it expired)
+        if order["status"] == "paying":
+            raise PurchaseRefused(
+                Refusal.CONFLICT,
+                "payment_in_progress",
+                "a payment for this order is under way; it cannot be cancelled now",
+                retry_after=2,
+                order=order,
+            )
         if order["status"] != "confirmed":
             raise PurchaseRefused(
                 Refusal.CONFLICT,

@@ -635,12 +635,13 @@ async def test_sweeper_confirms_an_expired_hold_whose_late_payment_went_through(
     late, failing = await admit(sale, ["late-a", "late-b"])
     paid = (await purchases.hold(sale, late, quantity=2)).order["id"]
     unpaid = (await purchases.hold(sale, failing, quantity=1)).order["id"]
-    # money moves but the answer comes too late; a processing error moves none
-    for visitor, order_id, token in (
-        ("late-a", paid, "tok_timeout"),
-        ("late-b", unpaid, "tok_error"),
-    ):
-        exc = await refusal(purchases.pay(sale, visitor, order_id, token))
+    # a slow provider: money moves but the answer comes too late; an outage: none moves
+    for visitor, order_id, mode in (("late-a", paid, "slow"), ("late-b", unpaid, "error")):
+        await provider.set_mode(mode)
+        try:
+            exc = await refusal(purchases.pay(sale, visitor, order_id, "tok_approve"))
+        finally:
+            await provider.set_mode("up")
         assert (exc.kind, exc.code) == (Refusal.UNAVAILABLE, "payment_unavailable")
         assert (await purchases.order(sale, visitor, order_id))["status"] == "held"
     assert await provider.status(paid) is PaymentStatus.PAID
