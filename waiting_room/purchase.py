@@ -488,8 +488,10 @@ class Purchases:
             # anything else (the database failing, the request cancelled) leaves the outcome
             # unknown: the hold goes back to held rather than stay `paying` until it expires,
             # so a retry can finish it (the provider answers a repeated charge with the first
-            # outcome) and the sweeper asks the provider before it releases anything
-            await asyncio.shield(self._abort_payment(sale, order_id, HOLD_GRACE_MS))
+            # outcome). Its expiry is not pushed (a shopper who keeps cancelling payments must
+            # not keep the stock): one that passes meanwhile is settled by the sweeper, which
+            # asks the provider whether it was paid before releasing anything
+            await asyncio.shield(self._abort_payment(sale, order_id, 0))
             raise
 
     async def _charge(

@@ -592,6 +592,8 @@ async def test_a_cancelled_payment_leaves_the_hold_payable_and_charges_once(
     sale = await make_sale(stock=5, price_cents=800)
     [shopper] = await admit(sale, 1)
     order_id = (await purchases.hold(sale, shopper, quantity=1)).order["id"]
+    hold_key = room.keys(sale.id).hold(order_id)
+    expires = await redis.hget(hold_key, "expires_ms")
     paying = asyncio.ensure_future(purchases.pay(sale, shopper.visitor, order_id, "tok_approve"))
     await provider.waiting.wait()
     assert (await purchases.order(sale, shopper.visitor, order_id))["status"] == "paying"
@@ -604,8 +606,9 @@ async def test_a_cancelled_payment_leaves_the_hold_payable_and_charges_once(
     paying.cancel()
     with pytest.raises(asyncio.CancelledError):
         await paying
-    fields = await redis.hgetall(room.keys(sale.id).hold(order_id))
+    fields = await redis.hgetall(hold_key)
     assert (fields["status"], fields["pay_attempted"]) == ("held", "1")
+    assert fields["expires_ms"] == expires  # cancelling a payment does not lengthen a hold
     assert payments.breaker.state == "closed"  # threshold 1: a cancellation is no failure
     assert await provider.inner.status(order_id) is PaymentStatus.PAID  # the money moved
     provider.gate.set()
