@@ -18,12 +18,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
-LOCK = REPO / "requirements.lock"
 HADOLINT = Path(sys.executable).parent / "hadolint"
 CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
 BASE = "python:3.11-slim-bookworm"
@@ -157,29 +154,3 @@ def test_build_context_holds_every_package() -> None:
     assert copied <= allowed, copied - allowed
     for folder in folders:
         assert list((REPO / folder).glob("*.py")), folder
-
-
-def locked() -> dict[str, str]:
-    pins = {}
-    for line in LOCK.read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line:
-            name, _, version = line.partition("==")
-            assert version, f"not pinned exactly: {line}"
-            pins[canonicalize_name(name)] = version
-    return pins
-
-
-def test_lock_pins_the_runtime_dependencies() -> None:
-    pins = locked()
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    for spec in project["dependencies"]:
-        requirement = Requirement(spec)
-        name = canonicalize_name(requirement.name)
-        assert name in pins, f"{name} is a runtime dependency missing from requirements.lock"
-        assert requirement.specifier.contains(pins[name], prereleases=True), (spec, pins[name])
-    # uvicorn[standard]'s extras are what make it fast (uvloop, httptools)
-    assert {"uvloop", "httptools", "websockets", "watchfiles"} <= set(pins)
-    dev = {canonicalize_name(Requirement(s).name) for s in project["optional-dependencies"]["dev"]}
-    assert not dev & set(pins), f"dev-only packages in the image: {dev & set(pins)}"
-    assert not {"pip", "setuptools", "wheel", "flashsale"} & set(pins)
