@@ -25,7 +25,7 @@ CHECKOV_VERSION := 3.3.30
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: help venv lock checkov packages services test demo lint clean
+.PHONY: help venv lock checkov packages services test demo lint clean image
 
 help: ## List targets
 	@echo "FlashSale make targets:"
@@ -76,10 +76,11 @@ $(CHECKOV_STAMP): $(STAMP)
 	$(CHECKOV_VENV)/bin/pip install -q 'checkov==$(CHECKOV_VERSION)'
 	@touch $@
 
-# Debian packages the tests drive for real: the browser tests and the spike harness
-TEST_PACKAGES := chromium fonts-noto-cjk haproxy
+# Debian packages the tests drive for real: the browser tests, the spike harness, and the
+# image's daemonless build (buildah; debootstrap makes its base)
+TEST_PACKAGES := chromium fonts-noto-cjk haproxy buildah debootstrap
 
-packages: ## Install the Debian packages the tests need (Chromium, CJK fonts, HAProxy)
+packages: ## Install the Debian packages the tests need (Chromium, CJK fonts, HAProxy, buildah)
 	@scripts/ensure-packages.sh $(TEST_PACKAGES)
 
 services: ## Ensure Redis + PostgreSQL run; write .run/services.env
@@ -91,11 +92,16 @@ test: $(STAMP) $(CHECKOV_STAMP) packages services ## Run ruff check and pytest (
 demo: $(STAMP) services ## Migrate the database and run the demo
 	. $(SERVICES_ENV) && $(VENV)/bin/flashsale migrate && $(VENV)/bin/flashsale demo
 
+image: ## Build the image without Docker (buildah + a debootstrapped base; cached) and print its size
+	@scripts/image.sh build
+	@echo "image: $${FLASHSALE_IMAGE:-localhost/flashsale:dev}, $$(scripts/image.sh size) MB"
+
 lint: $(STAMP) ## ruff check + ruff format --check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-clean: ## Remove .venv, caches, egg-info and .run/services.env (stops no services)
+clean: ## Remove .venv, caches, egg-info, .run/services.env and the image's .cache (stops no services)
+	@if [ -d .cache/containers ]; then scripts/image.sh clean; fi
 	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .ruff_cache *.egg-info src/*.egg-info $(SERVICES_ENV)
 
 # -- load test and benchmarks (loadtest/; the `loadtest` extra: locust, py-spy, matplotlib) ----
