@@ -190,7 +190,7 @@ inputs() {
     local allowed
     mapfile -t allowed < <(sed -n 's#^!\(.*\)#\1#p' .dockerignore | sed 's#/$##')
     {
-        sha256sum Dockerfile .dockerignore "${BASH_SOURCE[0]}"
+        sha256sum Dockerfile .dockerignore scripts/image.sh
         find "${allowed[@]}" \( -name __pycache__ -o -name .pytest_cache -o -name .ruff_cache \) \
             -prune -o \( -type l -printf 'link %p %l\n' \) -o \
             \( -type f ! -name '*.py[cod]' -exec sha256sum {} + \) | LC_ALL=C sort
@@ -215,10 +215,14 @@ build() {
         log "$IMAGE is up to date ($(size) MB)"
         return
     fi
-    log "building $IMAGE (buildah, vfs, chroot isolation)"
-    local started=$SECONDS
-    "${buildah[@]}" build --pull=never --layers=false --force-rm --isolation chroot "${trust[@]}" \
-        --label io.flashsale.inputs="$digest" --tag "$IMAGE" --file Dockerfile . >&2
+    local started=$SECONDS build_log=$CACHE/image/build.log
+    log "building $IMAGE (buildah, vfs, chroot isolation; output in $build_log)"
+    if ! "${buildah[@]}" build --pull=never --layers=false --force-rm --isolation chroot \
+        "${trust[@]}" --label io.flashsale.inputs="$digest" --tag "$IMAGE" --file Dockerfile . \
+        >"$build_log" 2>&1; then
+        tail -n 40 "$build_log" >&2
+        die "buildah build failed, see $build_log"
+    fi
     # drop what the previous image left: its run containers and now untagged images
     local name
     for name in $("${buildah[@]}" containers --format '{{.ContainerName}}'); do
