@@ -13,12 +13,14 @@ import json
 import secrets
 import subprocess
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 from support import image
+from support.image import Mount
 
 from .conftest import ADMIN_TOKEN, RunImage, free_port
 
@@ -90,6 +92,33 @@ print(json.dumps(result))
     assert seen["/tmp"] == seen["/tmp/flashsale-metrics"] == "writable"
     assert "PROMETHEUS_MULTIPROC_DIR" in seen["env"] and "REDIS_URL" in seen["env"]
     assert not {"VIRTUAL_ENV", "PYTEST_CURRENT_TEST", "CI"} & set(seen["env"]), seen["env"]
+
+
+def test_mounts_reach_the_command_read_only(run_image: RunImage, tmp_path: Path) -> None:
+    """The hook for what needs more than Redis and PostgreSQL, e.g. a kubeconfig for the
+    operator: a host folder mounted read-only, a variable naming the file in it."""
+    (tmp_path / "config").write_text("apiVersion: v1\nkind: Config\n")
+    # readable by UID 10001, as a Secret volume's files are (pytest makes tmp_path 0700)
+    tmp_path.chmod(0o755)
+    (tmp_path / "config").chmod(0o644)
+    probe = """
+import os, pathlib
+path = pathlib.Path(os.environ["KUBECONFIG"])
+print(path.read_text().splitlines()[1])
+try:
+    (path.parent / "other").write_text("x")
+except OSError as error:
+    print(error.strerror)
+"""
+    container = run_image(
+        ["-c", probe],
+        entrypoint="python3",
+        env={"KUBECONFIG": "/etc/kube/config"},
+        mounts=[Mount(tmp_path, "/etc/kube")],
+    )
+    assert container.wait(60) == 0, container.output()
+    assert container.lines()[-2:] == ["kind: Config", "Read-only file system"]
+    assert not (tmp_path / "other").exists()
 
 
 def test_migrate_creates_the_schema_and_is_idempotent(

@@ -157,7 +157,9 @@ class Container:
                 self.process.kill()
                 self.wait(timeout)
                 raise
-        return self.poll()  # type: ignore[return-value]
+        code = self.poll()
+        assert code is not None
+        return code
 
 
 def run(
