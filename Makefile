@@ -25,16 +25,20 @@ CHECKOV_VERSION := 3.3.30
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: help venv checkov terraform-tools terraform-docs terraform-lock packages services envtest check test cluster-check demo clean
+.PHONY: help venv lock checkov terraform-tools terraform-docs terraform-lock packages services envtest check test cluster-check demo image clean
 
 help: ## List targets
 	@echo "FlashSale make targets:"
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-9s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 	@echo "Variables: PYTHON=$(PYTHON)  PYTEST_ARGS='...' (e.g. make test PYTEST_ARGS='-k tokens')"
 
-venv: $(STAMP) ## Create .venv and install the project with dev extras
+venv: $(STAMP) ## Create .venv: the hashed locks (dev + loadtest extras), then the project
 
-$(STAMP): pyproject.toml
+# Everything comes from the locks (`make lock` writes them): pip and setuptools pinned, every
+# dependency pinned with its hashes, the project itself installed editable without deps.
+LOCKS := requirements.lock requirements-dev.lock requirements-build.lock
+
+$(STAMP): pyproject.toml $(LOCKS)
 	@if ! command -v $(PYTHON) >/dev/null 2>&1; then \
 	    echo "make: $(PYTHON) not found; installing python3 and python3-venv with apt" >&2; \
 	    $(APT) update -qq && $(APT) install -y -qq --no-install-recommends python3 python3-venv; \
@@ -53,9 +57,16 @@ $(STAMP): pyproject.toml
 	        $(PYTHON) -m venv $(VENV); \
 	    fi; \
 	fi
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev,loadtest]'
+	$(VENV)/bin/pip install -q --require-hashes -r requirements-build.lock
+	$(VENV)/bin/pip install -q --require-hashes -r requirements-dev.lock
+	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
+
+UPGRADE ?= 0
+
+lock: $(STAMP) ## Rewrite the hashed locks from pyproject.toml, then update .venv (UPGRADE=1: newest versions)
+	UPGRADE=$(UPGRADE) scripts/lock.sh
+	@$(MAKE) --no-print-directory venv
 
 checkov: $(CHECKOV_STAMP) ## Install checkov into its own venv (used by the chart and Terraform tests)
 
@@ -88,10 +99,11 @@ terraform-lock: ## Write .terraform.lock.hcl of every Terraform root (needs regi
 	    terraform -chdir=$$d providers lock $(addprefix -platform=,$(TERRAFORM_LOCK_PLATFORMS)); \
 	done
 
-# Debian packages the tests drive for real: the browser tests and the spike harness
-TEST_PACKAGES := chromium fonts-noto-cjk haproxy
+# Debian packages the tests drive for real: the browser tests, the spike harness, and the
+# image's daemonless build (buildah; debootstrap makes its base)
+TEST_PACKAGES := chromium fonts-noto-cjk haproxy buildah debootstrap
 
-packages: ## Install the Debian packages the tests need (Chromium, CJK fonts, HAProxy)
+packages: ## Install the Debian packages the tests need (Chromium, CJK fonts, HAProxy, buildah)
 	@scripts/ensure-packages.sh $(TEST_PACKAGES)
 
 services: ## Ensure Redis + PostgreSQL run; write .run/services.env
@@ -109,27 +121,28 @@ cluster-check: $(STAMP) envtest ## Tests against a real kube-apiserver (-m kuber
 demo: $(STAMP) services ## Migrate the database and run the demo
 	. $(SERVICES_ENV) && $(VENV)/bin/flashsale migrate && $(VENV)/bin/python -m loadtest.demo $(DEMO_ARGS)
 
+image: ## Build the image without Docker (buildah + a debootstrapped base; cached) and print its size
+	@scripts/image.sh build
+	@echo "image: $${FLASHSALE_IMAGE:-localhost/flashsale:dev}, $$(scripts/image.sh size) MB"
+
 check: $(STAMP) ## Static checks: ruff check, ruff format --check, mypy, the import layers
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-clean: ## Remove .venv, caches, egg-info and .run/services.env (stops no services)
+clean: ## Remove .venv, caches, egg-info, .run/services.env and the image's .cache (stops no services)
+	@if [ -d .cache/containers ]; then scripts/image.sh clean; fi
 	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .ruff_cache *.egg-info src/*.egg-info $(SERVICES_ENV)
 
 # -- load test and benchmarks (loadtest/; the `loadtest` extra: locust, py-spy, matplotlib) ----
-LOADTEST_STAMP := $(VENV)/.installed-loadtest
+# (requirements-dev.lock holds the loadtest extra too: `make venv` installed it)
 LOADTEST_ARGS ?=
 BENCH_ARGS ?=
 .PHONY: loadtest bench
 
-$(LOADTEST_STAMP): $(STAMP) pyproject.toml
-	$(VENV)/bin/pip install -q -e '.[dev,loadtest]'
-	@touch $@
-
-loadtest: $(LOADTEST_STAMP) services ## Flash-sale spike via HAProxy + locust, invariants checked; report in reports/
+loadtest: $(STAMP) services ## Flash-sale spike via HAProxy + locust, invariants checked; report in reports/
 	. $(SERVICES_ENV) && $(VENV)/bin/python -m loadtest.spike $(LOADTEST_ARGS)
 
-bench: $(LOADTEST_STAMP) services ## Benchmarks (wrk) vs a bare endpoint and a row-lock purchase, with targets
+bench: $(STAMP) services ## Benchmarks (wrk) vs a bare endpoint and a row-lock purchase, with targets
 	. $(SERVICES_ENV) && $(VENV)/bin/python -m loadtest.bench $(BENCH_ARGS)
