@@ -236,10 +236,11 @@ class Procs:
                 out[name] = used
         return out
 
-    def check(self, *, but: Sequence[str] = ()) -> None:
-        """Raise if a child has exited (they all should run until stopped), `but` those."""
+    def check(self, *names: str, but: Sequence[str] = ()) -> None:
+        """Raise if a child (of `names`, or any) has exited: they all should run until
+        stopped, `but` those (a child killed on purpose)."""
         for name, proc in self.procs.items():
-            if name not in but and proc.poll() is not None:
+            if (not names or name in names) and name not in but and proc.poll() is not None:
                 raise RuntimeError(
                     f"{name} exited with status {proc.returncode}:\n{self.log_tail(name)}"
                 )
