@@ -23,6 +23,19 @@ MIGRATION_LOCK = 0x0F1A5A1E  # advisory lock id shared by every migrator
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 
+# what a query raises while PostgreSQL cannot be reached (down, restarting, a broken
+# connection, a stalled server timing out), as opposed to what it says about the data
+UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.InterfaceError,
+)
+
+
 def one(row: asyncpg.Record | None) -> asyncpg.Record:
     """The row a query cannot miss (RETURNING, or a row this transaction holds locked)."""
     if row is None:
