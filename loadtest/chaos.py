@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -436,6 +437,7 @@ class Outcome:
     dead_letters: int = 0
     confirmed_seen: int = 0
     settled: bool = False
+    errors: dict[str, int] = field(default_factory=dict)  # "kind status" -> count, 5xx or none
     repaired: str = ""
     error: str = ""
     steps: list[tuple[float, str]] = field(default_factory=list)
@@ -591,6 +593,13 @@ def make_outcome(
         dead_letters=len(facts.stream.dead),
         confirmed_seen=len(crowd.checkout.confirmed),
         settled=settled_at is not None,
+        errors=dict(
+            Counter(
+                f"{kind} {status or 'no answer'}"
+                for _, kind, status in crowd.events
+                if status >= 500 or status == 0
+            ).most_common()
+        ),
         repaired=repaired,
         steps=steps,
         probes=probes,
@@ -722,6 +731,11 @@ def write_report(
                 "answer no shopper got"
             )
             lines += [f"- PROBLEM: {p}" for p in o.verdict.problems]
+        if o.errors:
+            lines.append(
+                "- answers the shoppers retried: "
+                + ", ".join(f"{what} × {n}" for what, n in o.errors.items())
+            )
         image = plot_fault(folder, n, o)
         if image:
             lines += ["", f"![{o.fault.name}]({image})"]
@@ -828,6 +842,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "recovery_s": o.recovery_s,
                     "5xx_during": o.during_5xx,
                     "5xx_after": o.after_5xx,
+                    "retried": o.errors,
                     "problems": o.verdict.problems if o.verdict else [o.error],
                 }
                 for o in outcomes
