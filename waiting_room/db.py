@@ -43,14 +43,30 @@ def one(row: asyncpg.Record | None) -> asyncpg.Record:
     return row
 
 
+# A FlashSale transaction never waits on its client: a session idle inside a transaction this
+# long belongs to a process that stalled (SIGSTOP, a frozen VM, a partition) while holding row
+# locks, the sale's inventory row among them, which would stop every payment of the sale for as
+# long as the stall lasts. PostgreSQL ends such a session, its locks go, its work is rolled
+# back, and the process retries when it wakes (the persister from its pending entries).
+IDLE_IN_TRANSACTION_S = 10.0
+
+
 async def connect_pool(
-    settings: Settings, *, min_size: int = 1, max_size: int = 10
+    settings: Settings,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    idle_in_transaction_s: float = IDLE_IN_TRANSACTION_S,
 ) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         settings.database_url,
         min_size=min_size,
         max_size=max_size,
-        server_settings={"search_path": settings.database_schema, "application_name": "flashsale"},
+        server_settings={
+            "search_path": settings.database_schema,
+            "application_name": "flashsale",
+            "idle_in_transaction_session_timeout": str(int(idle_in_transaction_s * 1000)),
+        },
         command_timeout=30,
     )
 
