@@ -734,7 +734,7 @@ def write_report(
         if o.errors:
             lines.append(
                 "- answers the shoppers retried: "
-                + ", ".join(f"{what} × {n}" for what, n in o.errors.items())
+                + ", ".join(f"{what}: {n}" for what, n in o.errors.items())
             )
         image = plot_fault(folder, n, o)
         if image:
