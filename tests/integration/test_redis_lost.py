@@ -60,9 +60,7 @@ async def test_holds_redis_forgot_are_found_and_released_by_repair(
     statuses = await pool.fetch(
         "SELECT status, reason FROM orders WHERE sale_id = $1 ORDER BY id", sale.id
     )
-    assert {(r["status"], r["reason"]) for r in statuses} == {
-        ("released", "hold expired (repair)")
-    }
+    assert {(r["status"], r["reason"]) for r in statuses} == {("released", "hold expired (repair)")}
     inventory = await redis.hgetall(purchases.keys(sale.id).inventory)
     assert (int(inventory["avail"]), int(inventory["held"])) == (10, 0)  # the stock is back
     row = await pool.fetchrow("SELECT held, sold FROM sale_inventory WHERE sale_id = $1", sale.id)
@@ -86,3 +84,36 @@ async def test_an_open_hold_redis_knows_is_not_reported(
     report = await purchases.stock.reconcile(sale)
     assert report.ok, report.differences
     assert report.postgres["held"] == 2 and report.redis["open_holds"] == 1
+
+
+async def test_the_persister_drains_again_once_redis_lost_its_group(
+    make_sale: MakeSale,
+    admit: Admit,
+    purchases: Purchases,
+    services: Services,
+    redis: Redis,
+    pool: asyncpg.Pool,
+) -> None:
+    """Found by the chaos run too: after Redis lost the stream and its consumer group, the
+    persister's take-over (XAUTOCLAIM) failed with NOGROUP on every tick, before the read that
+    would have recreated the group, so nothing was ever written to PostgreSQL again."""
+    sale = await make_sale(stock=10, per_shopper_limit=3)
+    await purchases.stock.prewarm(sale)
+    a, b = await admit(sale, ["group-a", "group-b"])
+    await purchases.hold(sale, a, quantity=1)
+    persister = Persister(
+        services.redis, pool, services.sales, purchases, consumer="tests", claim_idle_ms=0
+    )
+    assert await persister.step() == 1  # the group exists now, and the persister knows it
+
+    await redis.unlink(purchases.keys(sale.id).orders_stream)  # Redis loses the stream
+    await purchases.hold(sale, b, quantity=2)  # a new stream, without the group
+    for _ in range(3):
+        await persister.step()
+    held = await pool.fetchval(
+        "SELECT coalesce(sum(quantity), 0) FROM orders WHERE sale_id = $1 AND status = 'held'",
+        sale.id,
+    )
+    assert held == 3
+    backlog = await purchases.stock.stream_backlog(sale.id)
+    assert (backlog["lag"], backlog["pending"]) == (0, 0)
