@@ -146,3 +146,10 @@ loadtest: $(STAMP) services ## Flash-sale spike via HAProxy + locust, invariants
 
 bench: $(STAMP) services ## Benchmarks (wrk) vs a bare endpoint and a row-lock purchase, with targets
 	. $(SERVICES_ENV) && $(VENV)/bin/python -m loadtest.bench $(BENCH_ARGS)
+
+CHAOS_ARGS ?=
+.PHONY: chaos
+
+# its own Redis and PostgreSQL: `services` only makes sure their Debian packages are there
+chaos: $(LOADTEST_STAMP) packages services ## Faults during sales (kill -9, outages, stalls, a partition), invariants checked; report in reports/
+	$(VENV)/bin/python -m loadtest.chaos $(CHAOS_ARGS)

@@ -47,8 +47,8 @@ class Settings:
     redis_command_timeout_seconds: float = _s(
         "FLASHSALE_REDIS_COMMAND_TIMEOUT_SECONDS",
         5.0,
-        "How long the hot path (scripts, polls) waits for Redis to answer anything before it "
-        "fails those requests and reconnects.",
+        "How long any Redis command (the hot path's scripts and polls, and every other) waits "
+        "for an answer, or a connection to open, before it fails.",
     )
     database_url: str = _s(
         "DATABASE_URL",

@@ -215,14 +215,19 @@ class Persister:
         moved = 0
         start = "0-0"
         while True:
-            reply = await self.redis.xautoclaim(
-                self.stream(sale.id),
-                PERSISTER_GROUP,
-                self.consumer,
-                self.claim_idle_ms,
-                start_id=start,
-                count=self.batch,
-            )
+            try:
+                reply = await self.redis.xautoclaim(
+                    self.stream(sale.id),
+                    PERSISTER_GROUP,
+                    self.consumer,
+                    self.claim_idle_ms,
+                    start_id=start,
+                    count=self.batch,
+                )
+            except ResponseError as exc:  # NOGROUP: Redis lost the group; recreate it next
+                self._groups.discard(sale.id)
+                log.warning("stream claim failed", extra={"sale": sale.id, "error": str(exc)})
+                return moved
             start, claimed = reply[0], [e for e in reply[1] if e[1]]
             if claimed:
                 log.info("took over entries", extra={"sale": sale.id, "count": len(claimed)})

@@ -25,6 +25,7 @@ from redis.exceptions import ResponseError
 
 from flashsale.waiting_room import ledger
 from flashsale.waiting_room.autopipeline import Arg
+from flashsale.waiting_room.db import UNAVAILABLE
 from flashsale.waiting_room.keys import SaleKeys
 from flashsale.waiting_room.ledger import HoldRecord, Release
 from flashsale.waiting_room.payments import (
@@ -44,6 +45,8 @@ from flashsale.waiting_room.tokens import Claims
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 # while the provider is failing a hold is kept at least this long after a refused attempt
 HOLD_GRACE_MS = 60_000
+# a payment taken while PostgreSQL cannot confirm it: the shopper is asked to come back then
+CONFIRM_RETRY_S = 2.0
 # a paid hold waits at most this long for a live persister to write it before confirming
 PERSIST_WAIT_S = 5.0
 # a persister that was handed entries this recently is live (Redis < 7.2 counts a consumer's
@@ -516,9 +519,17 @@ class Purchases:
                 "the payment was declined; the hold was released",
                 order=await self.order(sale, visitor, order_id),
             )
-        return self._settled(
-            await self.settle_paid(sale, HoldRecord.from_fields(fields), charge.reference)
-        )
+        try:
+            settled = await self.settle_paid(sale, HoldRecord.from_fields(fields), charge.reference)
+        except UNAVAILABLE as exc:  # charged, not yet confirmed: the expiry sweep confirms it
+            raise PurchaseRefused(
+                Refusal.UNAVAILABLE,
+                "confirmation_pending",
+                "the payment went through but the order cannot be confirmed right now; it "
+                "will be: ask again shortly",
+                retry_after=CONFIRM_RETRY_S,
+            ) from exc
+        return self._settled(settled)
 
     async def _abort_payment(self, sale: Sale, order_id: str, keep_ms: int) -> None:
         """A payment that did not finish: `paying` back to `held` (pay.lua; a no-op when the

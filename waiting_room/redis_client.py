@@ -15,13 +15,20 @@ from flashsale.config import Settings
 
 
 def connect_redis(settings: Settings, *, decode: bool = True) -> Redis:
-    """A client for `REDIS_URL`; `decode=False` for binary values (the seat bitmap)."""
+    """A client for `REDIS_URL`; `decode=False` for binary values (the seat bitmap).
+
+    Every command waits at most FLASHSALE_REDIS_COMMAND_TIMEOUT_SECONDS for its answer (and a
+    connection as long to open): without a socket timeout a command sent to a stalled Redis, or
+    across a partition, waits until TCP gives up, a quarter of an hour. FlashSale sends no
+    blocking command (no BLPOP, no XREADGROUP BLOCK), so no answer may rightly take longer."""
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_pool_timeout_seconds,
         decode_responses=decode,
         health_check_interval=30,
+        socket_timeout=settings.redis_command_timeout_seconds,
+        socket_connect_timeout=settings.redis_command_timeout_seconds,
     )
     return Redis(connection_pool=pool)
 
