@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import IO
 
 import asyncpg
-from redis.asyncio import Redis
 
 from flashsale.config import Settings
+from flashsale.waiting_room.redis_client import open_redis, remove_matching
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES_ENV = ROOT / ".run" / "services.env"
@@ -219,10 +219,9 @@ def install_env(base: dict[str, str], settings: Settings, **more: str) -> dict[s
 
 async def drop_install(settings: Settings) -> None:
     """Remove everything under a run's own Redis prefix and PostgreSQL schema."""
-    redis = Redis.from_url(settings.redis_url)
+    redis = await open_redis(settings)
     try:
-        async for key in redis.scan_iter(match=f"{settings.redis_prefix}:*", count=5000):
-            await redis.unlink(key)
+        await remove_matching(redis, f"{settings.redis_prefix}:*")
     finally:
         await redis.aclose()
     conn = await asyncpg.connect(settings.database_url)

@@ -51,7 +51,6 @@ from typing import Any
 import asyncpg
 import httpcore
 import httpx
-from redis.asyncio import Redis
 
 from flashsale.config import Settings, SettingsError
 from flashsale.logs import setup_logging
@@ -59,6 +58,7 @@ from flashsale.waiting_room.autopipeline import close_shared
 from flashsale.waiting_room.db import migrate
 from flashsale.waiting_room.keys import HEARTBEAT_SLICES
 from flashsale.waiting_room.payments import SimulatedProvider
+from flashsale.waiting_room.redis_client import node_of, open_redis, primaries
 from flashsale.waiting_room.room import Counters, NoSuchRoom, WaitingRoom, place_of
 from flashsale.waiting_room.tokens import TICKET, Signer
 
@@ -1011,7 +1011,7 @@ async def run_sale(
     assert task is not None
     with contextlib.suppress(NotImplementedError, RuntimeError):
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = await open_redis(settings)
     room = WaitingRoom(redis, settings, Signer(settings.signing_keys()))
     transport = KeepAliveTransport("127.0.0.1", port)
     # one client for the whole crowd: it must never keep cookies, or the visitor cookie of one
@@ -1031,7 +1031,7 @@ async def run_sale(
             demo.created_at = time.time()
             demo.opens_at = math.ceil(demo.created_at + plan.lead_seconds)
             stamp = datetime.fromtimestamp(demo.created_at, UTC).strftime("%Y%m%d-%H%M%S")
-            demo.sale_id = f"demo-{stamp}-{secrets.token_hex(2)}"
+            demo.sale_id = await off_first_shard(room, f"demo-{stamp}")
             made.append(demo.sale_id)
             response = await http.post(
                 "/admin/sales", headers=admin, json=sale_body(plan, demo.sale_id, demo.opens_at)
@@ -1089,6 +1089,16 @@ async def run_sale(
             await redis.aclose()
 
 
+async def off_first_shard(room: WaitingRoom, stem: str) -> str:
+    """A fresh sale id; on a Redis Cluster, one whose keys live on a primary other than the
+    first (the one serving slot 0), so the demo shows a sale on any shard working end to end."""
+    nodes = await primaries(room.redis)
+    while True:
+        sale_id = f"{stem}-{secrets.token_hex(2)}"
+        if len(nodes) == 1 or await node_of(room.redis, room.keys(sale_id).meta) != nodes[0]:
+            return sale_id
+
+
 async def remove_room(settings: Settings, sale_id: str) -> None:
     """Drop the sale's keys from Redis, and the simulated payment provider's records of its
     orders (they would stay a week), once the admitter and the persister are stopped (until
@@ -1098,7 +1108,7 @@ async def remove_room(settings: Settings, sale_id: str) -> None:
     A persister keeps draining closed sales for a day and re-creates their order stream,
     empty, when it is gone: this run's persister did so for the earlier demo sales, so their
     empty streams, left without a room, go too."""
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = await open_redis(settings)
     try:
         room = WaitingRoom(redis, settings, Signer(settings.signing_keys()))
         await room.remove(sale_id)
@@ -1121,9 +1131,7 @@ async def remove_room(settings: Settings, sale_id: str) -> None:
             ]
         finally:
             await conn.close()
-        provider = SimulatedProvider(redis, settings.redis_prefix)  # its key names, not a copy
-        for start in range(0, len(orders), 500):
-            await redis.unlink(*(provider._record(o) for o in orders[start : start + 500]))
+        await SimulatedProvider(redis, settings.redis_prefix).forget(orders)
         for old in earlier:
             keys = room.keys(old)
             if (

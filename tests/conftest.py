@@ -1,6 +1,10 @@
 """Shared fixtures: real Redis and real PostgreSQL (from REDIS_URL / DATABASE_URL), and the kind
 of each test (its folder: unit, integration, system, browser, ...) as a marker.
 
+REDIS_URL may name one node of a Redis Cluster: the clients are then cluster clients (the
+server is asked, as FLASHSALE_REDIS_CLUSTER=auto does), and the same tests run on a cluster;
+`make test` runs the room, purchase, persister, admitter and demo tests a second time so.
+
 Each test session works in its own PostgreSQL schema and under its own Redis key prefix, and
 removes both at the end, so tests never disturb other data on the same servers.
 """
@@ -18,11 +22,11 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from redis.asyncio import Redis
 
 from flashsale.config import Settings
 from flashsale.waiting_room.db import connect_pool, migrate
 from flashsale.waiting_room.purchase import Purchases
+from flashsale.waiting_room.redis_client import RedisClient, open_redis, remove_matching
 from flashsale.waiting_room.room import WaitingRoom
 from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.sales import Sales
@@ -77,18 +81,17 @@ async def pool(settings: Settings, database: None) -> AsyncIterator[asyncpg.Pool
 
 
 @pytest.fixture(scope="session")
-async def redis(settings: Settings) -> AsyncIterator[Redis]:
-    client = Redis.from_url(settings.redis_url, decode_responses=True)
+async def redis(settings: Settings) -> AsyncIterator[RedisClient]:
+    client = await open_redis(settings)
     yield client
-    async for key in client.scan_iter(match=f"{settings.redis_prefix}:*", count=1000):
-        await client.unlink(key)
+    await remove_matching(client, f"{settings.redis_prefix}:*")
     await client.aclose()
 
 
 @pytest.fixture(scope="session")
-async def raw_redis(settings: Settings) -> AsyncIterator[Redis]:
+async def raw_redis(settings: Settings) -> AsyncIterator[RedisClient]:
     """A client without response decoding, for binary values (the seat bitmap)."""
-    client = Redis.from_url(settings.redis_url)
+    client = await open_redis(settings, decode=False)
     yield client
     await client.aclose()
 
@@ -104,7 +107,7 @@ def signer(settings: Settings) -> Signer:
 
 
 @pytest.fixture
-def room(redis: Redis, settings: Settings, signer: Signer, clock: Clock) -> WaitingRoom:
+def room(redis: RedisClient, settings: Settings, signer: Signer, clock: Clock) -> WaitingRoom:
     return WaitingRoom(redis, settings, signer, clock=clock)
 
 
@@ -127,8 +130,8 @@ def make_sale(sales: Sales) -> Callable[..., Any]:
 @pytest.fixture
 def services(
     settings: Settings,
-    redis: Redis,
-    raw_redis: Redis,
+    redis: RedisClient,
+    raw_redis: RedisClient,
     pool: asyncpg.Pool,
     room: WaitingRoom,
     sales: Sales,

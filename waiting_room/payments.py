@@ -8,15 +8,16 @@ expiry sweeper can ask whether a hold it is about to release was in fact paid.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, TypeVar
 
-from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from flashsale.waiting_room.redis_client import text
+from flashsale.waiting_room.redis_client import RedisClient, text
 
 T = TypeVar("T")
 
@@ -70,33 +71,56 @@ class SimulatedProvider:
     `tok_decline` declines, `tok_timeout` approves but answers too late (the case where money
     moved but the shop never heard), `tok_error` fails without charging. Setting the
     `outage` key makes every call fail, as a provider outage would.
+
+    Each payment's record is a key of its own, hash-tagged by its order, so on a Redis Cluster
+    the records spread over every shard with the orders. The outage switch is one key, so it
+    is read at most every OUTAGE_CHECK_S by each process (and at once by the process that
+    flips it), never by every payment: no single key carries all the payments of all the
+    sales, and a shard that is down only takes its own payments' records with it.
     """
 
+    OUTAGE_CHECK_S = 0.5
+
     def __init__(
-        self, redis: Redis, prefix: str, *, latency_s: float = 0.0, slow_s: float = 30.0
+        self, redis: RedisClient, prefix: str, *, latency_s: float = 0.0, slow_s: float = 30.0
     ) -> None:
         self.redis = redis
         self.prefix = f"{prefix}:paysim"
         self.latency_s = latency_s
         self.slow_s = slow_s
+        self._down = False
+        self._checked = float("-inf")  # when the outage switch was last read
 
     @property
     def outage_key(self) -> str:
         return f"{self.prefix}:outage"
 
     def _record(self, order_id: str) -> str:
-        return f"{self.prefix}:pay:{order_id}"
+        return f"{self.prefix}:{{{order_id}}}"
 
     async def set_outage(self, down: bool) -> None:
         if down:
             await self.redis.set(self.outage_key, 1)
         else:
             await self.redis.delete(self.outage_key)
+        self._down, self._checked = down, time.monotonic()
+
+    async def forget(self, order_ids: Sequence[str]) -> int:
+        """Remove the records of these orders (a demo's clean-up); how many there were."""
+        removed = 0
+        for start in range(0, len(order_ids), 500):
+            chunk = order_ids[start : start + 500]
+            removed += await self.redis.unlink(*(self._record(o) for o in chunk))
+        return removed
 
     async def _check_up(self) -> None:
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        if await self.redis.exists(self.outage_key):
+        if time.monotonic() - self._checked >= self.OUTAGE_CHECK_S:
+            self._checked = time.monotonic()
+            with contextlib.suppress(RedisError):  # its shard unreachable: as last known
+                self._down = bool(await self.redis.exists(self.outage_key))
+        if self._down:
             raise ProviderError("simulated outage")
 
     async def charge(self, order_id: str, amount_cents: int, currency: str, token: str) -> Charge:
@@ -217,7 +241,9 @@ class GuardedProvider:
         await self._call(lambda: self.provider.refund(order_id))
 
 
-def make_provider(name: str, redis: Redis, prefix: str, *, latency_ms: int = 0) -> PaymentProvider:
+def make_provider(
+    name: str, redis: RedisClient, prefix: str, *, latency_ms: int = 0
+) -> PaymentProvider:
     """The provider named by FLASHSALE_PAYMENT_PROVIDER."""
     if name == "simulated":
         return SimulatedProvider(redis, prefix, latency_s=latency_ms / 1000)

@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from flashsale.waiting_room import ledger
@@ -33,7 +32,7 @@ from flashsale.waiting_room.payments import (
     ProviderError,
     ProviderUnavailable,
 )
-from flashsale.waiting_room.redis_client import binary, text, text_map, texts
+from flashsale.waiting_room.redis_client import RedisClient, binary, text, text_map, texts
 from flashsale.waiting_room.room import WaitingRoom
 from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.seating import Layout, choose_seats, taken_from_bitmap
@@ -132,8 +131,8 @@ def label_for(sale: Sale) -> Callable[[int], str]:
 class Purchases:
     def __init__(
         self,
-        redis: Redis,
-        raw_redis: Redis,
+        redis: RedisClient,
+        raw_redis: RedisClient,
         pool: asyncpg.Pool,
         room: WaitingRoom,
         stock: Stock,

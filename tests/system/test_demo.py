@@ -15,9 +15,9 @@ import subprocess
 import sys
 
 import asyncpg
-from redis.asyncio import Redis
 
 from flashsale.config import Settings
+from flashsale.waiting_room.redis_client import open_redis, remove_matching
 
 SHOPPERS = 150
 # ~30 s normally: 6 s to the opening, 10 s of arrivals, start-up, then the last unpaid holds
@@ -55,10 +55,9 @@ async def _clean_up(settings: Settings) -> None:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{settings.database_schema}" CASCADE')
     finally:
         await conn.close()
-    redis = Redis.from_url(settings.redis_url)
+    redis = await open_redis(settings)
     try:
-        async for key in redis.scan_iter(match=f"{settings.redis_prefix}:*", count=1000):
-            await redis.unlink(key)
+        await remove_matching(redis, f"{settings.redis_prefix}:*")
     finally:
         await redis.aclose()
 
