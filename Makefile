@@ -1,7 +1,8 @@
 # FlashSale — developer entry points.
 #
 #   make demo    set up everything (venv, Redis, PostgreSQL) and run the demo
-#   make test    set up everything, run the static checks and pytest
+#   make test    set up everything, run the static checks and pytest (then the Redis-backed
+#                core tests a second time, against a local Redis Cluster)
 #
 # Existing Redis (127.0.0.1:6379) / PostgreSQL (127.0.0.1:5432) are reused, as
 # are REDIS_URL / DATABASE_URL from the environment; see scripts/ensure-services.sh.
@@ -16,6 +17,15 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 SERVICES_ENV := .run/services.env
+# a local 3-primary Redis Cluster (scripts/redis-cluster.sh) beside the plain Redis
+CLUSTER_DIR := .run/redis-cluster
+CLUSTER_ENV := $(CLUSTER_DIR)/cluster.env
+# the tests `make test` runs a second time with REDIS_URL naming that cluster
+CLUSTER_TESTS := tests/integration/test_room_join.py tests/integration/test_room_admission.py \
+	tests/integration/test_room_prequeue.py tests/integration/test_purchase_smoke.py \
+	tests/integration/test_purchase_stock.py tests/integration/test_sold_out_for_now.py \
+	tests/integration/test_failure_modes.py tests/integration/test_persister.py \
+	tests/integration/test_admitter_concurrency.py tests/system/test_demo.py
 PYTEST_ARGS ?=
 # checkov pins an old `packaging`, so it lives in a venv of its own
 CHECKOV_VENV := .venv-checkov
@@ -25,11 +35,11 @@ CHECKOV_VERSION := 3.3.30
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: help venv checkov packages services check test demo clean
+.PHONY: help venv checkov packages services redis-cluster check test demo clean
 
 help: ## List targets
 	@echo "FlashSale make targets:"
-	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-9s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-13s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 	@echo "Variables: PYTHON=$(PYTHON)  PYTEST_ARGS='...' (e.g. make test PYTEST_ARGS='-k tokens')"
 
 venv: $(STAMP) ## Create .venv and install the project with dev extras
@@ -65,17 +75,25 @@ $(CHECKOV_STAMP): $(STAMP)
 	$(CHECKOV_VENV)/bin/pip install -q 'checkov==$(CHECKOV_VERSION)'
 	@touch $@
 
-# Debian packages the tests drive for real: the browser tests and the spike harness
-TEST_PACKAGES := chromium fonts-noto-cjk haproxy
+# Debian packages the tests drive for real: the browser tests, the spike harness, the Redis
+# Cluster (and the TLS Redis) the tests start
+TEST_PACKAGES := chromium fonts-noto-cjk haproxy redis-server
 
-packages: ## Install the Debian packages the tests need (Chromium, CJK fonts, HAProxy)
+packages: ## Install the Debian packages the tests need (Chromium, CJK fonts, HAProxy, Redis)
 	@scripts/ensure-packages.sh $(TEST_PACKAGES)
 
 services: ## Ensure Redis + PostgreSQL run; write .run/services.env
 	@scripts/ensure-services.sh
 
-test: check $(CHECKOV_STAMP) packages services ## The static checks, then pytest (PYTEST_ARGS=... passed to pytest)
-	. $(SERVICES_ENV) && $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+redis-cluster: ## Start (or reuse) a local 3-primary Redis Cluster on free ports; writes .run/redis-cluster/cluster.env
+	@scripts/ensure-packages.sh redis-server
+	@scripts/redis-cluster.sh start $(CLUSTER_DIR)
+
+# The second pass may select nothing (PYTEST_ARGS='-k tokens'): pytest's exit status 5.
+test: check $(CHECKOV_STAMP) packages services redis-cluster ## The static checks, then pytest (PYTEST_ARGS=... passed to pytest)
+	. $(SERVICES_ENV) && . $(CLUSTER_ENV) && $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	. $(SERVICES_ENV) && . $(CLUSTER_ENV) && REDIS_URL=$$REDIS_CLUSTER_URL \
+	    $(VENV)/bin/pytest -q $(PYTEST_ARGS) $(CLUSTER_TESTS) || [ $$? -eq 5 ]
 
 demo: $(STAMP) services ## Migrate the database and run the demo
 	. $(SERVICES_ENV) && $(VENV)/bin/flashsale migrate && $(VENV)/bin/python -m loadtest.demo $(DEMO_ARGS)

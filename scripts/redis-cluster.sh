@@ -8,8 +8,8 @@
 # MASTERS (default 3) primaries with REPLICAS (default 0) replicas each, daemonised, with their
 # configuration, logs and pid files in DIR, joins them with `redis-cli --cluster create`, waits
 # until every node says cluster_state:ok, and writes DIR/cluster.env (REDIS_CLUSTER_URL=...)
-# and DIR/ports (one port per line). Run again while those servers answer, it only prints the
-# URL. Nodes fail over fast (cluster-node-timeout 1000 ms) and the shards that still have a
+# and DIR/ports (one port per line) once every replica holds its primary's data. Run again
+# while those servers answer, it only prints the URL. Nodes fail over fast (cluster-node-timeout 1000 ms) and the shards that still have a
 # primary keep serving while another is down (cluster-require-full-coverage no). Nothing is
 # saved to disk. Only servers whose pid files are in DIR are ever stopped.
 set -euo pipefail
@@ -44,11 +44,16 @@ stop() {
     rm -f "$dir"/cluster.env "$dir"/ports "$dir"/nodes-*.conf
 }
 
+# every node says cluster_state:ok, and every replica has its primary's data (a replica that
+# never synchronised cannot be promoted)
 healthy() {
     local port
     [[ -s $dir/ports ]] || return 1
     while read -r port; do
         redis-cli -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || return 1
+        if redis-cli -p "$port" info replication | grep -q '^role:slave'; then
+            redis-cli -p "$port" info replication | grep -q '^master_link_status:up' || return 1
+        fi
     done <"$dir/ports"
 }
 
@@ -101,7 +106,7 @@ for port in "${ports[@]}"; do
         --dir "$dir" --pidfile "$dir/$port.pid" --logfile "$dir/$port.log" \
         --cluster-enabled yes --cluster-config-file "nodes-$port.conf" \
         --cluster-node-timeout 1000 --cluster-require-full-coverage no \
-        --save "" --appendonly no ||
+        --save "" --appendonly no --repl-diskless-sync-delay 0 ||
         die "redis-server failed on port $port (log: $dir/$port.log)"
 done
 for port in "${ports[@]}"; do

@@ -538,17 +538,20 @@ _IDENTITY = ("host", "port", "path", "db", "username", "password", "decode_respo
 
 
 def shared_for(redis: Redis | RedisCluster, timeout: float) -> Pipelined:
-    """This event loop's auto-pipeline to the server (or cluster) of `redis` (one per server,
-    database, credentials, TLS options and decoding: a connection belongs to one loop)."""
+    """This event loop's auto-pipeline to the server of `redis` (one per server, database,
+    credentials, TLS options and decoding: a connection belongs to one loop), or to the
+    cluster of that client."""
     per_loop = _shared.setdefault(asyncio.get_running_loop(), {})
     if isinstance(redis, RedisCluster):
-        kwargs = redis.get_connection_kwargs()
-        where: tuple[object, ...] = ("cluster", *sorted(redis.nodes_manager.startup_nodes))
-    else:
-        kwargs = redis.connection_pool.connection_kwargs
-        where = (redis.connection_pool.connection_class,)
+        # it follows that client's slot map: one per client
+        key: tuple[object, ...] = ("cluster", id(redis), timeout)
+        cluster = per_loop.get(key)
+        if not isinstance(cluster, ClusterAutoPipeline) or cluster.cluster is not redis:
+            cluster = per_loop[key] = ClusterAutoPipeline(redis, timeout=timeout)
+        return cluster
+    kwargs = redis.connection_pool.connection_kwargs
     key = (
-        *where,
+        redis.connection_pool.connection_class,
         timeout,
         *(
             (name, str(value))
@@ -558,11 +561,7 @@ def shared_for(redis: Redis | RedisCluster, timeout: float) -> Pipelined:
     )
     pipeline = per_loop.get(key)
     if pipeline is None:
-        pipeline = per_loop[key] = (
-            ClusterAutoPipeline(redis, timeout=timeout)
-            if isinstance(redis, RedisCluster)
-            else AutoPipeline.like(redis, timeout=timeout)
-        )
+        pipeline = per_loop[key] = AutoPipeline.like(redis, timeout=timeout)
     return pipeline
 
 

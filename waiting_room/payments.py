@@ -123,7 +123,19 @@ class SimulatedProvider:
         if self._down:
             raise ProviderError("simulated outage")
 
+    # The simulator's own records unreachable (their shard failing over) is the provider
+    # failing: the caller cannot know the outcome, as with a real provider that went silent.
+
     async def charge(self, order_id: str, amount_cents: int, currency: str, token: str) -> Charge:
+        return await _reached(self._charge(order_id, amount_cents, currency, token))
+
+    async def status(self, order_id: str) -> PaymentStatus:
+        return await _reached(self._status(order_id))
+
+    async def refund(self, order_id: str) -> None:
+        await _reached(self._refund(order_id))
+
+    async def _charge(self, order_id: str, amount_cents: int, currency: str, token: str) -> Charge:
         await self._check_up()
         if token == "tok_error":
             raise ProviderError("simulated processing error")
@@ -143,16 +155,23 @@ class SimulatedProvider:
             return Charge(Outcome.DECLINED, reference=f"sim-{order_id}", reason="refunded")
         return Charge(Outcome.DECLINED, reference=f"sim-{order_id}", reason="card declined")
 
-    async def status(self, order_id: str) -> PaymentStatus:
+    async def _status(self, order_id: str) -> PaymentStatus:
         await self._check_up()
         value = await self.redis.hget(self._record(order_id), "status")
         return PaymentStatus(text(value)) if value else PaymentStatus.NONE
 
-    async def refund(self, order_id: str) -> None:
+    async def _refund(self, order_id: str) -> None:
         await self._check_up()
         record = self._record(order_id)
         if await self.redis.hget(record, "status") == PaymentStatus.PAID.value:
             await self.redis.hset(record, "status", PaymentStatus.REFUNDED.value)
+
+
+async def _reached(call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except RedisError as exc:
+        raise ProviderError(f"simulated provider unreachable: {exc}") from exc
 
 
 class CircuitBreaker:

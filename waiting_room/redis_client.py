@@ -35,13 +35,16 @@ def connect_redis(settings: Settings, *, cluster: bool, decode: bool = True) -> 
     """A client for `REDIS_URL`; `decode=False` for binary values (the seat bitmap)."""
     if cluster:
         # A shard without a primary (mid-failover) must not keep the client from starting,
-        # nor fail commands for the other shards.
+        # nor fail commands for the other shards; a node that went silent costs a refresh of
+        # the slot map no more than it costs the hot path.
         return RedisCluster.from_url(
             settings.redis_url,
             decode_responses=decode,
             max_connections=settings.redis_max_connections,
             require_full_coverage=False,
             health_check_interval=30,
+            socket_timeout=settings.redis_command_timeout_seconds,
+            socket_connect_timeout=settings.redis_command_timeout_seconds,
         )
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
