@@ -10,26 +10,19 @@ import asyncio
 from typing import Any
 
 import asyncpg
-from redis.asyncio import Redis
 
 from flashsale.config import Settings
 from flashsale.waiting_room.persister import Persister
 from flashsale.waiting_room.redis_client import node_of, primaries
 from flashsale.waiting_room.tokens import Signer
 from tests.support import Clock, make_admit, only, sale_body
-from tests.support.cluster import LocalCluster, private_cluster, sale_id_on, services_on
-
-
-async def stat(node: str, command: str, field: str = "calls") -> int:
-    """How many times the node has run `command` (or refused it: `rejected_calls`, which
-    counts MOVED, ASK and TRYAGAIN), from INFO commandstats."""
-    host, port = node.rsplit(":", 1)
-    redis = Redis(host=host, port=int(port))
-    try:
-        stats = await redis.info("commandstats")
-    finally:
-        await redis.aclose()
-    return int(stats.get(f"cmdstat_{command}", {}).get(field, 0))
+from tests.support.cluster import (
+    LocalCluster,
+    command_stat,
+    private_cluster,
+    sale_id_on,
+    services_on,
+)
 
 
 def migrate(cluster: LocalCluster, slot: int, source: int, target: int, keys: list[str]) -> None:
@@ -58,8 +51,8 @@ async def test_a_slot_migrated_mid_sale_keeps_the_hot_path_working(
             shoppers = await make_admit(services.room, clock, signer)(sale, 60)
             for claims in shoppers[:20]:
                 await services.purchases.hold(sale, claims, quantity=1)
-            asked_before = await stat(target, "asking")
-            refused_before = await stat(source, "evalsha", "rejected_calls")
+            asked_before = await command_stat(target, "asking")
+            refused_before = await command_stat(source, "evalsha", "rejected_calls")
 
             src, dst = cluster.port_of(source), cluster.port_of(target)
             src_id, dst_id = cluster.node_id(src), cluster.node_id(dst)
@@ -87,8 +80,10 @@ async def test_a_slot_migrated_mid_sale_keeps_the_hot_path_working(
             assert len(results) == 2 * 40
             assert all(r.status.state.value == "admitted" for r in results[::2])
             assert all(r.created for r in results[1::2])
-            assert await stat(target, "asking") > asked_before
-            assert await stat(source, "evalsha", "rejected_calls") > refused_before  # TRYAGAIN
+            assert await command_stat(target, "asking") > asked_before
+            assert (
+                await command_stat(source, "evalsha", "rejected_calls") > refused_before
+            )  # TRYAGAIN
             assert await node_of(services.redis, keys.meta) == target
             # and the sale is whole on its new node: 60 holds, none lost, none doubled
             inventory = await services.redis.hgetall(keys.inventory)

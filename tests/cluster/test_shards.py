@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 from prometheus_client import REGISTRY
-from redis.asyncio import Redis
 
 from flashsale.config import Settings
 from flashsale.waiting_room.admitter import Admitter
@@ -22,18 +21,13 @@ from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.services import Services
 from flashsale.waiting_room.tokens import Signer
 from tests.support import Clock, make_admit, only, sale_body
-from tests.support.cluster import private_cluster, sale_id_on, services_on, shared_cluster_url
-
-
-async def scripts_run_on(node: str) -> int:
-    """How many EVALSHA the primary `node` has run so far."""
-    host, port = node.rsplit(":", 1)
-    redis = Redis(host=host, port=int(port))
-    try:
-        stats = await redis.info("commandstats")
-    finally:
-        await redis.aclose()
-    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+from tests.support.cluster import (
+    command_stat,
+    private_cluster,
+    sale_id_on,
+    services_on,
+    shared_cluster_url,
+)
 
 
 def failures(role: str, sale: Sale) -> float:
@@ -68,7 +62,7 @@ async def test_sales_on_every_primary_each_sell_on_their_own_node(
         keys = [services.room.keys(sale.id).meta for sale in sales]
         assert [await node_of(services.redis, key) for key in keys] == nodes
         assert len({services.redis.keyslot(key) for key in keys}) == 3
-        ran = {node: await scripts_run_on(node) for node in nodes}
+        ran = {node: await command_stat(node, "evalsha") for node in nodes}
 
         admit = make_admit(services.room, clock, signer)
         for sale in sales:
@@ -95,7 +89,7 @@ async def test_sales_on_every_primary_each_sell_on_their_own_node(
 
         # every sale's scripts ran on its own primary, over one connection per primary
         for node in nodes:
-            assert await scripts_run_on(node) > ran[node]
+            assert await command_stat(node, "evalsha") > ran[node]
         pipeline = services.room.scripts.pipeline()
         assert isinstance(pipeline, ClusterAutoPipeline)
         assert {f"{host}:{port}" for host, port in pipeline._nodes} == set(nodes)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from redis.asyncio import Redis
 
 from flashsale.config import Settings
 from flashsale.waiting_room.redis_client import connect_redis, node_of, remove_matching
@@ -145,3 +146,15 @@ async def sale_id_on(services: Services, node: str) -> str:
         sale_id = f"t-{secrets.token_hex(6)}"
         if await node_of(services.redis, services.room.keys(sale_id).meta) == node:
             return sale_id
+
+
+async def command_stat(node: str, command: str, field: str = "calls") -> int:
+    """How many times the node `host:port` ran `command`, from INFO commandstats (`field`
+    `rejected_calls`: how many it refused with MOVED, ASK or TRYAGAIN)."""
+    host, port = node.rsplit(":", 1)
+    redis = Redis(host=host, port=int(port))
+    try:
+        stats = await redis.info("commandstats")
+    finally:
+        await redis.aclose()
+    return int(stats.get(f"cmdstat_{command}", {}).get(field, 0))
