@@ -17,7 +17,8 @@ import sys
 import asyncpg
 
 from flashsale.config import Settings
-from flashsale.waiting_room.redis_client import open_redis, remove_matching
+from flashsale.waiting_room.keys import SaleKeys
+from flashsale.waiting_room.redis_client import node_of, open_redis, primaries, remove_matching
 
 SHOPPERS = 150
 # ~30 s normally: 6 s to the opening, 10 s of arrivals, start-up, then the last unpaid holds
@@ -95,3 +96,11 @@ async def test_demo_runs_a_small_sale() -> None:
     assert figures.get("reconcile_ok") is True, context
     assert figures.get("persister_drained") is True, context
     assert code == 0, context  # every check of the demo passed
+    # on a Redis Cluster (make test's second pass), the demo's sale lives off the first shard
+    redis = await open_redis(settings)
+    try:
+        nodes = await primaries(redis)
+        key = SaleKeys(settings.redis_prefix, figures["sale"], settings.join_buckets).meta
+        assert len(nodes) == 1 or await node_of(redis, key) != nodes[0], context
+    finally:
+        await redis.aclose()
