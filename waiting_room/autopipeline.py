@@ -460,8 +460,8 @@ class ClusterAutoPipeline:
             self._ready = True
         node: AutoPipeline | None = None
         asking = False
-        waited = 0.0
-        for _ in range(_MAX_REDIRECTS):
+        deadline: float | None = None  # retries of a shard without a primary end then
+        for tries in range(_MAX_REDIRECTS):
             if error is None:
                 try:
                     node = node or self._primary(slot)
@@ -471,24 +471,24 @@ class ClusterAutoPipeline:
                 except (RedisConnectionError, RedisTimeoutError):
                     self._stale()  # it may have run: not resent; the next command follows
                     raise
-            asking = False
-            if isinstance(error, AskError):  # MOVED as well
-                node = self._at(error.host or (node.host if node else ""), error.port)
-                if isinstance(error, MovedError):
+            met, error, asking = error, None, False
+            if isinstance(met, AskError):  # MOVED as well
+                node = self._at(met.host or (node.host if node else ""), met.port)
+                if isinstance(met, MovedError):
                     self._stale()
                 else:
                     asking = True
-            else:  # no primary for a moment (failover), a node gone, a migration's TRYAGAIN
-                if waited >= self.timeout:
-                    raise error
-                pause = min(0.05 * 2 ** min(int(waited * 10), 4), 0.5)
-                await asyncio.sleep(pause)
-                waited += pause
-                if not isinstance(error, TryAgainError):
-                    await self._refresh()
-                node = None
-            error = None
-        raise error or ClusterDownError(f"slot {slot}: redirected {_MAX_REDIRECTS} times")
+                continue
+            # no primary for a moment (a failover), a node gone, a migration's TRYAGAIN
+            if deadline is None:
+                deadline = time.monotonic() + self.timeout
+            if time.monotonic() >= deadline:
+                raise met
+            await asyncio.sleep(min(0.05 * 2**tries, 0.5))
+            if not isinstance(met, TryAgainError):
+                await self._refresh()
+            node = None
+        raise ClusterDownError(f"slot {slot}: still redirected after {_MAX_REDIRECTS} tries")
 
     def _primary(self, slot: int) -> AutoPipeline:
         owner: ClusterNode = self.cluster.nodes_manager.get_node_from_slot(slot)
