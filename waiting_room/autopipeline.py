@@ -218,28 +218,27 @@ class AutoPipeline:
             connection = await self._connect()
         return await self._queue(connection, _pack(args))
 
-    async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
-        """Several commands sent together (not a transaction); their replies in order. Like
-        a redis-py pipeline, raises the first command's error after every reply is in."""
-        replies = await self.replies(commands)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
-
-    async def replies(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
-        """Several commands sent together, one after the other on the connection; each one's
-        reply, or the exception of its error, in order."""
+    async def execute_many(
+        self, commands: Sequence[Sequence[Arg]], *, errors_in_place: bool = False
+    ) -> list[Any]:
+        """Several commands sent together, one after the other on the connection (not a
+        transaction); their replies in order. Like a redis-py pipeline, raises the first
+        command's error after every reply is in; `errors_in_place` returns each command's
+        error as its reply instead."""
         connection = self._connection
         if connection is None or connection.error is not None:
             connection = await self._connect()
         futures = [self._queue(connection, _pack(tuple(command))) for command in commands]
         replies: list[Any] = []
+        error: Exception | None = None
         for future in futures:  # every reply is awaited, so no error goes unretrieved
             try:
                 replies.append(await future)
             except Exception as exc:
                 replies.append(exc)
+                error = error or exc
+        if error is not None and not errors_in_place:
+            raise error
         return replies
 
     async def evalsha(self, source: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
@@ -395,7 +394,9 @@ class ClusterAutoPipeline:
         redirected on its own (its key already moved by a migration) follows its redirection
         alone, so nothing that ran is run again."""
         slot = self._slot(_key_of(commands[0]))
-        replies = await self._routed(slot, lambda node, _: node.replies(commands))
+        replies = await self._routed(
+            slot, lambda node, _: node.execute_many(commands, errors_in_place=True)
+        )
         for n, reply in enumerate(replies):
             if isinstance(reply, _REDIRECTED):
                 try:
