@@ -1,7 +1,8 @@
 # FlashSale — developer entry points.
 #
 #   make demo    set up everything (venv, Redis, PostgreSQL) and run the demo
-#   make test    set up everything, run the static checks and pytest
+#   make test    set up everything, run the static checks and pytest (then the Redis-backed
+#                core tests a second time, against a local Redis Cluster)
 #
 # Existing Redis (127.0.0.1:6379) / PostgreSQL (127.0.0.1:5432) are reused, as
 # are REDIS_URL / DATABASE_URL from the environment; see scripts/ensure-services.sh.
@@ -16,6 +17,15 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 SERVICES_ENV := .run/services.env
+# a local 3-primary Redis Cluster (scripts/redis-cluster.sh) beside the plain Redis
+CLUSTER_DIR := .run/redis-cluster
+CLUSTER_ENV := $(CLUSTER_DIR)/cluster.env
+# the tests `make test` runs a second time with REDIS_URL naming that cluster
+CLUSTER_TESTS := tests/integration/test_room_join.py tests/integration/test_room_admission.py \
+	tests/integration/test_room_prequeue.py tests/integration/test_purchase_smoke.py \
+	tests/integration/test_purchase_stock.py tests/integration/test_sold_out_for_now.py \
+	tests/integration/test_failure_modes.py tests/integration/test_persister.py \
+	tests/integration/test_admitter_concurrency.py tests/system/test_demo.py
 PYTEST_ARGS ?=
 # checkov pins an old `packaging`, so it lives in a venv of its own
 CHECKOV_VENV := .venv-checkov
@@ -25,11 +35,11 @@ CHECKOV_VERSION := 3.3.30
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: help venv lock checkov terraform-tools terraform-docs terraform-lock packages services envtest check test cluster-check demo image clean
+.PHONY: help venv lock checkov terraform-tools terraform-docs terraform-lock packages services redis-cluster envtest check test cluster-check demo chaos image clean
 
 help: ## List targets
 	@echo "FlashSale make targets:"
-	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-9s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-13s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 	@echo "Variables: PYTHON=$(PYTHON)  PYTEST_ARGS='...' (e.g. make test PYTEST_ARGS='-k tokens')"
 
 venv: $(STAMP) ## Create .venv: the hashed locks (dev + loadtest extras), then the project
@@ -99,11 +109,12 @@ terraform-lock: ## Write .terraform.lock.hcl of every Terraform root (needs regi
 	    terraform -chdir=$$d providers lock $(addprefix -platform=,$(TERRAFORM_LOCK_PLATFORMS)); \
 	done
 
-# Debian packages the tests drive for real: the browser tests, the spike harness, and the
-# image's daemonless build (buildah; debootstrap makes its base)
-TEST_PACKAGES := chromium fonts-noto-cjk haproxy buildah debootstrap
+# Debian packages the tests drive for real: the browser tests, the spike harness, the Redis
+# Cluster (and the TLS Redis) the tests start, and the image's daemonless build (buildah;
+# debootstrap makes its base)
+TEST_PACKAGES := chromium fonts-noto-cjk haproxy redis-server buildah debootstrap
 
-packages: ## Install the Debian packages the tests need (Chromium, CJK fonts, HAProxy, buildah)
+packages: ## Install the Debian packages the tests need (Chromium, CJK fonts, HAProxy, Redis, buildah)
 	@scripts/ensure-packages.sh $(TEST_PACKAGES)
 
 services: ## Ensure Redis + PostgreSQL run; write .run/services.env
@@ -112,8 +123,16 @@ services: ## Ensure Redis + PostgreSQL run; write .run/services.env
 envtest: ## Build kube-apiserver and etcd from source for the Kubernetes tests (cached in .cache/envtest/)
 	@scripts/envtest/build.sh >/dev/null
 
-test: check $(CHECKOV_STAMP) terraform-tools packages services envtest ## The static checks, then pytest (PYTEST_ARGS=... passed to pytest)
-	. $(SERVICES_ENV) && $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+redis-cluster: ## Start (or reuse) a local 3-primary Redis Cluster on free ports; writes .run/redis-cluster/cluster.env
+	@scripts/ensure-packages.sh redis-server
+	@scripts/redis-cluster.sh start $(CLUSTER_DIR)
+
+# The second pass (the same Redis-backed tests on the Redis Cluster) may select nothing
+# (PYTEST_ARGS='-k tokens'): pytest's exit status 5.
+test: check $(CHECKOV_STAMP) terraform-tools packages services redis-cluster envtest ## The static checks, then pytest on one Redis and on the Redis Cluster (PYTEST_ARGS=... passed to pytest)
+	. $(SERVICES_ENV) && . $(CLUSTER_ENV) && $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	. $(SERVICES_ENV) && . $(CLUSTER_ENV) && REDIS_URL=$$REDIS_CLUSTER_URL \
+	    $(VENV)/bin/pytest -q $(PYTEST_ARGS) $(CLUSTER_TESTS) || [ $$? -eq 5 ]
 
 cluster-check: $(STAMP) envtest ## Tests against a real kube-apiserver (-m kubernetes); ends with one JSON line of facts
 	$(VENV)/bin/python scripts/cluster_check.py $(PYTEST_ARGS)
@@ -139,7 +158,7 @@ clean: ## Remove .venv, caches, egg-info, .run/services.env and the image's .cac
 # (requirements-dev.lock holds the loadtest extra too: `make venv` installed it)
 LOADTEST_ARGS ?=
 BENCH_ARGS ?=
-.PHONY: loadtest bench
+.PHONY: loadtest bench chaos
 
 loadtest: $(STAMP) services ## Flash-sale spike via HAProxy + locust, invariants checked; report in reports/
 	. $(SERVICES_ENV) && $(VENV)/bin/python -m loadtest.spike $(LOADTEST_ARGS)
@@ -148,8 +167,7 @@ bench: $(STAMP) services ## Benchmarks (wrk) vs a bare endpoint and a row-lock p
 	. $(SERVICES_ENV) && $(VENV)/bin/python -m loadtest.bench $(BENCH_ARGS)
 
 CHAOS_ARGS ?=
-.PHONY: chaos
 
 # its own Redis and PostgreSQL: `services` only makes sure their Debian packages are there
-chaos: $(LOADTEST_STAMP) packages services ## Faults during sales (kill -9, outages, stalls, a partition), invariants checked; report in reports/
+chaos: $(STAMP) packages services ## Faults during sales (kill -9, outages, stalls, a partition), invariants checked; report in reports/
 	$(VENV)/bin/python -m loadtest.chaos $(CHAOS_ARGS)

@@ -167,7 +167,7 @@ async def run_sale(
             await wait_ready(demo.http, procs, within=30)
             demo.created_at = time.time()
             stamp = datetime.fromtimestamp(demo.created_at, UTC).strftime("%Y%m%d-%H%M%S")
-            sale_id = f"demo-{stamp}-{secrets.token_hex(2)}"
+            sale_id = await store.off_first_shard(settings, demo.room.redis, f"demo-{stamp}")
             made.append(sale_id)
             await create_sale(demo, admin, sale_id, math.ceil(demo.created_at + plan.lead_seconds))
             crowd = plan_shoppers(plan, shoppers, demo.rng, demo.created_at, demo.opens_at)

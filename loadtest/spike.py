@@ -63,12 +63,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from redis.asyncio import Redis
 
 from flashsale.config import Settings
 from flashsale.waiting_room.db import migrate
 from flashsale.waiting_room.keys import SaleKeys
-from flashsale.waiting_room.redis_client import binary
+from flashsale.waiting_room.redis_client import RedisClient, binary, open_redis
 from flashsale.waiting_room.room import place_of
 from flashsale.waiting_room.status import RoomView
 from loadtest.harness import haproxy as ingress
@@ -245,7 +244,7 @@ class Sampler:
     def keys(self, sale_id: str) -> SaleKeys:
         return store.keys_of(self.settings, sale_id)
 
-    async def sample(self, redis: Redis, conn: asyncpg.Connection) -> None:
+    async def sample(self, redis: RedisClient, conn: asyncpg.Connection) -> None:
         now = time.time()
         rows = await conn.fetch(
             "SELECT sale_id, status, count(*) AS n, sum(quantity) AS units"
@@ -299,7 +298,7 @@ class Sampler:
             )
 
     async def run(self) -> None:
-        redis = Redis.from_url(self.settings.redis_url, decode_responses=True)
+        redis = await open_redis(self.settings)
         conn = await asyncpg.connect(
             self.settings.database_url,
             server_settings={"search_path": self.settings.database_schema},
@@ -332,7 +331,7 @@ async def settle(
     """Wait until no hold is open anywhere and the persister has written every entry; the
     seconds it took, or None if that did not happen in time."""
     started = time.monotonic()
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = await open_redis(settings)
     conn = await store.connect(settings)
     try:
         while time.monotonic() - started < within:
@@ -395,7 +394,7 @@ async def check_sale(
     room = await store.read_room(settings, sale_id)
     seat_bits: set[int] = set()
     if sale["seated"]:
-        raw = Redis.from_url(settings.redis_url)
+        raw = await open_redis(settings, decode=False)
         try:
             seat_bits = store.bits(binary(await raw.get(store.keys_of(settings, sale_id).seats)))
         finally:

@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from flashsale.waiting_room import ledger
@@ -35,7 +34,7 @@ from flashsale.waiting_room.payments import (
     ProviderError,
     ProviderUnavailable,
 )
-from flashsale.waiting_room.redis_client import text, text_map, texts
+from flashsale.waiting_room.redis_client import RedisClient, text, text_map, texts
 from flashsale.waiting_room.room import WaitingRoom
 from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.seating import Layout
@@ -163,7 +162,7 @@ def label_for(sale: Sale) -> Callable[[int], str]:
 class Purchases:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         pool: asyncpg.Pool,
         room: WaitingRoom,
         stock: Stock,
@@ -521,7 +520,10 @@ class Purchases:
             )
         try:
             settled = await self.settle_paid(sale, HoldRecord.from_fields(fields), charge.reference)
-        except UNAVAILABLE as exc:  # charged, not yet confirmed: the expiry sweep confirms it
+        except UNAVAILABLE as exc:
+            # charged, not yet confirmed: held again, so the shopper's retry confirms it on
+            # this very charge (or the expiry sweep does, asking the provider first)
+            await asyncio.shield(self._abort_payment(sale, order_id, 0))
             raise PurchaseRefused(
                 Refusal.UNAVAILABLE,
                 "confirmation_pending",

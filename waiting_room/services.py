@@ -10,12 +10,12 @@ import time
 from dataclasses import dataclass, field
 
 import asyncpg
-from redis.asyncio import Redis
 
 from flashsale.config import Settings
 from flashsale.waiting_room.db import UNAVAILABLE
 from flashsale.waiting_room.payments import CircuitBreaker, GuardedProvider, make_provider
 from flashsale.waiting_room.purchase import Purchases
+from flashsale.waiting_room.redis_client import RedisClient
 from flashsale.waiting_room.room import WaitingRoom
 from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.sales import SaleNotFound, Sales
@@ -31,8 +31,8 @@ _CACHE_LIMIT = 10_000
 @dataclass
 class Services:
     settings: Settings
-    redis: Redis
-    raw_redis: Redis
+    redis: RedisClient
+    raw_redis: RedisClient
     pool: asyncpg.Pool
     signer: Signer
     room: WaitingRoom
@@ -46,8 +46,8 @@ class Services:
     def build(
         cls,
         settings: Settings,
-        redis: Redis,
-        raw_redis: Redis,
+        redis: RedisClient,
+        raw_redis: RedisClient,
         pool: asyncpg.Pool,
         *,
         room: WaitingRoom | None = None,

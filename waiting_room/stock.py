@@ -14,12 +14,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from redis.asyncio import Redis
 
 from flashsale.waiting_room.db import one
 from flashsale.waiting_room.ledger import Release, release_orders
 from flashsale.waiting_room.payments import GuardedProvider, PaymentStatus, ProviderError
-from flashsale.waiting_room.redis_client import binary, texts
+from flashsale.waiting_room.redis_client import RedisClient, binary, texts
 from flashsale.waiting_room.room import WaitingRoom
 from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.seating import taken_from_bitmap
@@ -48,8 +47,8 @@ class Report:
 class Stock:
     def __init__(
         self,
-        redis: Redis,
-        raw_redis: Redis,
+        redis: RedisClient,
+        raw_redis: RedisClient,
         pool: asyncpg.Pool,
         room: WaitingRoom,
         payments: GuardedProvider | None = None,

@@ -874,14 +874,11 @@ async def opened(
     plan: Plan, settings: Settings, port: int, seed: int, host: str = "127.0.0.1"
 ) -> AsyncIterator[Crowd]:
     """A crowd's client on the API at `host`:`port`, and a Redis client to watch the room."""
-    from redis.asyncio import Redis
-
     from flashsale.waiting_room.autopipeline import close_shared
+    from flashsale.waiting_room.redis_client import open_redis
     from flashsale.waiting_room.tokens import Signer
 
-    redis_client = Redis.from_url(
-        settings.redis_url, decode_responses=True, socket_timeout=5, socket_connect_timeout=3
-    )
+    redis_client = await open_redis(settings)
     room = WaitingRoom(redis_client, settings, Signer(settings.signing_keys()))
     # one client for the whole crowd: it must never keep cookies, or the visitor cookie of one
     # shopper would make the next one's join the same visitor

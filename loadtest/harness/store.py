@@ -5,15 +5,24 @@ that knows how to delete keys by pattern."""
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
-from redis.asyncio import Redis
 
 from flashsale.config import Settings
 from flashsale.waiting_room.keys import SaleKeys
-from flashsale.waiting_room.redis_client import binary, text_map, texts
+from flashsale.waiting_room.redis_client import (
+    RedisClient,
+    binary,
+    node_of,
+    open_redis,
+    primaries,
+    remove_matching,
+    text_map,
+    texts,
+)
 from flashsale.waiting_room.stock import PERSISTER_GROUP
 from loadtest.harness.invariants import Ledger, Order, RedisStock, Stream
 
@@ -66,7 +75,7 @@ async def read_ledger(conn: asyncpg.Connection, sale_id: str) -> Ledger:
     )
 
 
-async def read_stream(redis: Redis, keys: SaleKeys) -> Stream:
+async def read_stream(redis: RedisClient, keys: SaleKeys) -> Stream:
     """The order stream's backlog for the persisters' group, and the dead letters (a Redis
     client that decodes)."""
     length = await redis.xlen(keys.orders_stream)
@@ -81,7 +90,7 @@ async def read_stream(redis: Redis, keys: SaleKeys) -> Stream:
     return Stream(length, lag, pending, dead)
 
 
-async def read_redis_stock(redis: Redis, keys: SaleKeys) -> RedisStock:
+async def read_redis_stock(redis: RedisClient, keys: SaleKeys) -> RedisStock:
     raw = await redis.hgetall(keys.inventory)
 
     def number(name: str) -> int | None:
@@ -118,8 +127,8 @@ class Room:
 
 async def read_room(settings: Settings, sale_id: str) -> Room:
     keys = keys_of(settings, sale_id)
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
-    raw = Redis.from_url(settings.redis_url)
+    redis = await open_redis(settings)
+    raw = await open_redis(settings, decode=False)
     try:
         meta = text_map(await redis.hgetall(keys.meta))
         batches = texts(await redis.lrange(keys.batches, 0, -1))
@@ -150,7 +159,7 @@ class Facts:
 
 async def read_facts(settings: Settings, sale_id: str) -> Facts:
     keys = keys_of(settings, sale_id)
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = await open_redis(settings)
     conn = await connect(settings)
     try:
         return Facts(
@@ -166,21 +175,33 @@ async def read_facts(settings: Settings, sale_id: str) -> Facts:
 # -- clean-up --------------------------------------------------------------------------------
 
 
-async def remove_keys(redis: Redis, match: str | None = None, names: Sequence[str] = ()) -> int:
+async def remove_keys(
+    redis: RedisClient, match: str | None = None, names: Sequence[str] = ()
+) -> int:
     """Delete the keys matching the SCAN pattern `match`, and the keys `names`: every Redis
-    clean-up of the harness goes through here. Returns how many were deleted."""
+    clean-up of the harness goes through here (on every primary of a cluster). Returns how
+    many were deleted."""
     removed = 0
     if match is not None:
-        async for key in redis.scan_iter(match=match, count=5000):
-            removed += await redis.unlink(key)
+        removed += await remove_matching(redis, match)
     for start in range(0, len(names), 500):
         removed += await redis.unlink(*names[start : start + 500])
     return removed
 
 
+async def off_first_shard(settings: Settings, redis: RedisClient, stem: str) -> str:
+    """A fresh sale id; on a Redis Cluster, one whose keys live on a primary other than the
+    first (the one serving slot 0), so a run shows a sale on any shard working end to end."""
+    nodes = await primaries(redis)
+    while True:
+        sale_id = f"{stem}-{secrets.token_hex(2)}"
+        if len(nodes) == 1 or await node_of(redis, keys_of(settings, sale_id).meta) != nodes[0]:
+            return sale_id
+
+
 async def drop_install(settings: Settings) -> None:
     """Remove everything under a run's own Redis prefix and PostgreSQL schema."""
-    redis = Redis.from_url(settings.redis_url)
+    redis = await open_redis(settings, decode=False)
     try:
         await remove_keys(redis, f"{settings.redis_prefix}:*")
     finally:
@@ -203,7 +224,7 @@ async def remove_sale(settings: Settings, sale_id: str) -> None:
     install, so their empty streams, left without a room, go too."""
     from flashsale.waiting_room.payments import SimulatedProvider
 
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = await open_redis(settings)
     try:
         conn = await connect(settings)
         try:

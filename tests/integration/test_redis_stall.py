@@ -59,7 +59,8 @@ async def test_a_command_to_a_stalled_redis_times_out(settings: Settings) -> Non
     port = await relay.start()
     relayed = url._replace(netloc=f"127.0.0.1:{port}").geturl()
     client = connect_redis(
-        dataclasses.replace(settings, redis_url=relayed, redis_command_timeout_seconds=0.5)
+        dataclasses.replace(settings, redis_url=relayed, redis_command_timeout_seconds=0.5),
+        cluster=False,
     )
     try:
         assert await client.ping()

@@ -15,6 +15,8 @@ import subprocess
 import sys
 
 from flashsale.config import Settings
+from flashsale.waiting_room.keys import SaleKeys
+from flashsale.waiting_room.redis_client import node_of, open_redis, primaries
 from loadtest.harness.store import drop_install
 
 SHOPPERS = 150
@@ -80,3 +82,11 @@ async def test_demo_runs_a_small_sale() -> None:
     assert figures.get("reconcile_ok") is True, context
     assert figures.get("persister_drained") is True, context
     assert code == 0, context  # every check of the demo passed
+    # on a Redis Cluster (make test's second pass), the demo's sale lives off the first shard
+    redis = await open_redis(settings)
+    try:
+        nodes = await primaries(redis)
+        key = SaleKeys(settings.redis_prefix, figures["sale"], settings.join_buckets).meta
+        assert len(nodes) == 1 or await node_of(redis, key) != nodes[0], context
+    finally:
+        await redis.aclose()
