@@ -12,6 +12,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from asyncpg import PostgresConnectionError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 
 from flashsale.waiting_room.purchase import PurchaseRefused, Refusal
@@ -81,6 +84,17 @@ _ROUTER_MESSAGES = {
 }
 
 
+# a data store that does not answer, or a connection to it that broke: the request may well
+# succeed a moment later, so 503 and Retry-After, not a 500
+OUTAGES = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    PostgresConnectionError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
 def unknown_sale(sale_id: str) -> ApiError:
     return ApiError(404, f"no sale with id {sale_id!r}", code="unknown_sale")
 
@@ -116,4 +130,11 @@ def api_error(exc: Exception) -> ApiError | None:
     if isinstance(exc, HTTPException):
         message = _ROUTER_MESSAGES.get(exc.status_code, str(exc.detail))
         return ApiError(exc.status_code, message, headers=exc.headers)
+    if isinstance(exc, OUTAGES):
+        return ApiError(
+            503,
+            "a data store is not answering; try again shortly",
+            code="unavailable",
+            headers={"Retry-After": "1"},
+        )
     return None

@@ -175,6 +175,8 @@ class Front:
                     500,
                 )
             else:
+                if error.status >= 500:
+                    log.warning("answered %s: %s: %s", error.status, type(exc).__name__, exc)
                 reply = error_reply(error)
             await reply.send(scope, tagged)
         finally:

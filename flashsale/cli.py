@@ -25,14 +25,15 @@ log = logging.getLogger("flashsale")
 
 
 API_APP = "flashsale.wiring:api_app"
-SERVERS = ("granian", "uvicorn")
+SERVERS = ("uvicorn", "granian")  # the first is the default: README "Performance"
 GRACE_SECONDS = 20  # in-flight requests get this long to finish on SIGTERM
 BACKLOG = 4096
 
 
 def run_api(settings: Settings, args: argparse.Namespace) -> int:
     """Serve the API (or, for the benchmarks, another app: `--app`) with the HTTP server
-    chosen by `--server` (granian unless told; README "Performance" has the measurement).
+    chosen by `--server` (uvicorn unless told; granian, from the `loadtest` extra, is there
+    to be measured against it: README "Performance").
     Either way: HTTP/1.1, uvloop, the same backlog and workers, no access log of its own, the
     client's address as the peer (the app walks X-Forwarded-For itself: api/inputs.py)."""
     workers = args.workers or settings.workers
