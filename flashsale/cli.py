@@ -67,6 +67,8 @@ def run_api(settings: Settings, args: argparse.Namespace) -> int:
 def _uvicorn(target: str, host: str, port: int, workers: int) -> None:
     import uvicorn
 
+    from flashsale.api.http1 import JsonErrors
+
     uvicorn.run(
         target,
         factory=True,
@@ -74,7 +76,7 @@ def _uvicorn(target: str, host: str, port: int, workers: int) -> None:
         port=port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        http=JsonErrors,  # httptools, answering what it cannot parse with the API's JSON
         proxy_headers=False,
         access_log=False,
         log_config=None,
