@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from typing import Any
 
@@ -33,23 +34,16 @@ def settings_env(settings: Settings, **more: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def api(settings: Settings, database: None) -> Iterator[str]:
+@contextmanager
+def serving(settings: Settings, **env: str) -> Iterator[str]:
+    """`flashsale api --workers 2` on a free port with `settings` (and more FLASHSALE_*
+    variables): its URL once it is ready; stopped (SIGTERM) afterwards."""
     port = free_port()
-    env = {
-        **os.environ,
-        **settings_env(
-            settings,
-            FLASHSALE_JOIN_LIMIT_PER_ADDRESS=str(LIMIT),
-            FLASHSALE_RATE_WINDOW_SECONDS="60",
-            FLASHSALE_FORWARDED_ALLOW_IPS="127.0.0.1, 10.0.0.0/8",
-            FLASHSALE_LOG_LEVEL="ERROR",
-        ),
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    environ = {**os.environ, **settings_env(settings, FLASHSALE_LOG_LEVEL="ERROR", **env)}
+    environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     argv = [sys.executable, "-m", "flashsale.cli", "api", "--workers", "2", "--port", str(port)]
     process = subprocess.Popen(
-        argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        argv, cwd=REPO, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -71,6 +65,17 @@ def api(settings: Settings, database: None) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def api(settings: Settings, database: None) -> Iterator[str]:
+    with serving(
+        settings,
+        FLASHSALE_JOIN_LIMIT_PER_ADDRESS=str(LIMIT),
+        FLASHSALE_RATE_WINDOW_SECONDS="60",
+        FLASHSALE_FORWARDED_ALLOW_IPS="127.0.0.1, 10.0.0.0/8",
+    ) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
