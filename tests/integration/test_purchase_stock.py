@@ -447,17 +447,9 @@ async def test_per_shopper_limit(
     one = await purchases.hold(sale, a, quantity=1)
     await purchases.hold(sale, a, quantity=1)
     third = await refusal(purchases.hold(sale, a, quantity=1))
-    assert (third.kind, third.code, third.extra["remaining"]) == (
-        Refusal.CONFLICT,
-        "limit_reached",
-        0,
-    )
+    assert (third.kind, third.code, third.extra["remaining"]) == (Refusal.CONFLICT, "limit_reached", 0)
     at_once = await refusal(purchases.hold(sale, b, quantity=3))
-    assert (at_once.kind, at_once.code, at_once.extra["remaining"]) == (
-        Refusal.CONFLICT,
-        "limit_reached",
-        2,
-    )
+    assert (at_once.kind, at_once.code, at_once.extra["remaining"]) == (Refusal.CONFLICT, "limit_reached", 2)
     assert await inventory(redis, purchases, sale) == {
         "stock": 10,
         "avail": 8,
