@@ -396,7 +396,14 @@ class Incoming:
 
     async def body(self, limit: int) -> bytes:
         """The whole body, refused (413) past `limit` bytes, declared or sent."""
-        declared = self._all_headers().get(b"content-length")
+        headers = self._all_headers()
+        declared = headers.get(b"content-length")
+        if (
+            declared is None
+            and b"transfer-encoding" not in headers
+            and self.scope.get("http_version", "1.1") in ("1.1", "1.0")
+        ):
+            return b""  # HTTP/1: neither header, no body (RFC 9112, 6.3)
         if declared is not None:
             if b"content-length" in self._repeated:
                 raise ApiError(
