@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 from starlette.applications import Starlette
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from flashsale.api.errors import ApiError, api_error
@@ -218,6 +218,60 @@ async def _no_body() -> Message:
     return {"type": "http.disconnect"}
 
 
+class IndexedRouter(Router):
+    """Starlette's Router, trying only the routes that can match: a route whose template ends
+    in a literal segment (`.../status`) is tried only for paths ending in it. The order of the
+    candidates, and so the first full match and the 405s, are Starlette's; the saving is the
+    regex of every other route (measured: README "Performance")."""
+
+    _index: dict[str, list[BaseRoute]]
+    _others: list[BaseRoute]
+    _indexed = -1
+
+    def _candidates(self, path: str) -> list[BaseRoute]:
+        if self._indexed != len(self.routes):  # routes added since: index again
+            literal: dict[str, list[BaseRoute]] = {}
+            for route in self.routes:
+                last = route.path.rsplit("/", 1)[-1] if isinstance(route, Route) else "{"
+                if "{" not in last:
+                    literal.setdefault(last, [])
+            for route in self.routes:
+                last = route.path.rsplit("/", 1)[-1] if isinstance(route, Route) else "{"
+                for segment, routes in literal.items():
+                    if "{" in last or last == segment:
+                        routes.append(route)
+            self._index = literal
+            self._others = [
+                r
+                for r in self.routes
+                if not isinstance(r, Route) or "{" in r.path.rsplit("/", 1)[-1]
+            ]
+            self._indexed = len(self.routes)
+        return self._index.get(path.rsplit("/", 1)[-1], self._others)
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().app(scope, receive, send)
+            return
+        scope.setdefault("router", self)
+        partial = None
+        for route in self._candidates(scope["path"]):
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                scope["route"] = route
+                scope.update(child_scope)
+                await route.handle(scope, receive, send)
+                return
+            if match is Match.PARTIAL and partial is None:
+                partial, partial_scope = route, child_scope
+        if partial is not None:
+            scope["route"] = partial
+            scope.update(partial_scope)
+            await partial.handle(scope, receive, send)
+            return
+        await self.default(scope, receive, send)
+
+
 class App(Starlette):
     """Starlette's application with its middleware stack replaced by the front door:
     middleware added with `add_middleware` runs inside it, around the router, for every
@@ -226,8 +280,9 @@ class App(Starlette):
     def __init__(
         self, routes: Sequence[BaseRoute], *, lifespan: Lifespan[Any], access_log: bool
     ) -> None:
-        super().__init__(routes=routes, lifespan=lifespan)
-        self.router.redirect_slashes = False  # a trailing slash is a 404, not a redirect
+        super().__init__(lifespan=lifespan)
+        # a trailing slash is a 404, not a redirect
+        self.router = IndexedRouter(routes, redirect_slashes=False, lifespan=lifespan)
         self.access_log = access_log
 
     def build_middleware_stack(self) -> ASGIApp:
