@@ -250,7 +250,7 @@ class Incoming:
         self.receive = receive
         self.services: Services = scope["app"].state.services
         self._headers: dict[bytes, bytes] | None = None
-        self._repeated: set[bytes] = set()
+        self._repeated: frozenset[bytes] | set[bytes] = frozenset()
         self._cookies: dict[str, str] | None = None
         raw = scope["query_string"]
         self._query = query(raw, allowed) if raw else {}
@@ -259,13 +259,14 @@ class Incoming:
 
     def _all_headers(self) -> dict[bytes, bytes]:
         if self._headers is None:
-            self._headers = {}
+            found: dict[bytes, bytes] = {}
             for name, value in self.scope["headers"]:
-                if name in self._headers:
-                    self._repeated.add(name)
+                if name in found:
+                    self._repeated = {*self._repeated, name}
                     if name == b"cookie":  # several Cookie headers are one list (RFC 6265)
-                        value = self._headers[name] + b"; " + value
-                self._headers[name] = value
+                        value = found[name] + b"; " + value
+                found[name] = value
+            self._headers = found
         return self._headers
 
     def header(self, name: bytes) -> str | None:
