@@ -1,5 +1,10 @@
-"""The Starlette application: `create_app()` builds it; flashsale/wiring.py gives it the services
-(uvicorn runs `flashsale.wiring:api_app`)."""
+"""The application: `create_app()` builds it; flashsale/wiring.py gives it the services
+(the HTTP server runs `flashsale.wiring:api_app`).
+
+One router holds every route; the three a crowd calls (status, join, holds) come first, as
+Starlette's router tries the routes in order. Every request passes the front door
+(api/front.py) on its way in and out.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from flashsale.api import admin, health, pages, purchase, shopper
-from flashsale.api.errors import EXCEPTION_HANDLERS
-from flashsale.api.fastpath import FastPath
-from flashsale.api.metrics import MetricsMiddleware
+from flashsale.api.front import App, Reply, endpoint, json_reply
+from flashsale.api.inputs import Incoming, proxies
 from flashsale.api.openapi import openapi_document
-from flashsale.api.request_id import RequestIdMiddleware
 from flashsale.config import Settings
 from flashsale.waiting_room.services import Services
 
@@ -25,25 +25,27 @@ SALE = "/api/sales/{sale_id}"
 ADMIN_SALE = "/admin/sales/{sale_id}"
 
 
-async def openapi(request: Request) -> Response:
-    return JSONResponse(openapi_document(request.app.routes))
+@endpoint()
+async def openapi(req: Incoming) -> Reply:
+    return json_reply(openapi_document(req.scope["app"].routes))
 
 
 ROUTES = [
-    Route("/healthz", health.healthz, methods=["GET"]),
-    Route("/readyz", health.readyz, methods=["GET"]),
-    Route("/metrics", health.metrics, methods=["GET"]),
-    Route("/openapi.json", openapi, methods=["GET"]),
-    Route(SALE, shopper.sale_info, methods=["GET"]),
-    Route(f"{SALE}/join", shopper.join, methods=["POST"]),
+    # the hot three first: the router tries routes in this order
     Route(f"{SALE}/status", shopper.status, methods=["GET"]),
+    Route(f"{SALE}/join", shopper.join, methods=["POST"]),
+    Route(f"{SALE}/holds", purchase.create_hold, methods=["POST"]),
+    Route(SALE, shopper.sale_info, methods=["GET"]),
     Route(f"{SALE}/leave", shopper.leave, methods=["POST"]),
     Route(f"{SALE}/seats", purchase.seats, methods=["GET"]),
-    Route(f"{SALE}/holds", purchase.create_hold, methods=["POST"]),
     Route(f"{SALE}/orders", purchase.list_orders, methods=["GET"]),
     Route(f"{SALE}/orders/{{order_id}}", purchase.get_order, methods=["GET"]),
     Route(f"{SALE}/orders/{{order_id}}/pay", purchase.pay, methods=["POST"]),
     Route(f"{SALE}/orders/{{order_id}}/cancel", purchase.cancel, methods=["POST"]),
+    Route("/healthz", health.healthz, methods=["GET"]),
+    Route("/readyz", health.readyz, methods=["GET"]),
+    Route("/metrics", health.metrics, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
     Route("/admin/sales", admin.list_sales, methods=["GET"]),
     Route("/admin/sales", admin.create_sale, methods=["POST"]),
     Route(ADMIN_SALE, admin.get_sale, methods=["GET"]),
@@ -65,6 +67,7 @@ def create_app(
 ) -> Starlette:
     """The app; `open_services` opens what it serves from for as long as it runs (without it,
     the caller sets `app.state.services` itself, as the tests do)."""
+    proxies(settings.forwarded_allow_ips)  # a bad FLASHSALE_FORWARDED_ALLOW_IPS fails here
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -75,13 +78,4 @@ def create_app(
             app.state.services = services
             yield
 
-    return Starlette(
-        routes=ROUTES,
-        middleware=[
-            Middleware(FastPath),
-            Middleware(RequestIdMiddleware, access_log=settings.access_log),
-            Middleware(MetricsMiddleware),
-        ],
-        exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=lifespan,
-    )
+    return App(ROUTES, lifespan=lifespan, access_log=settings.access_log)

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import asyncio
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-
-from flashsale.api.metrics import render_metrics
-from flashsale.waiting_room.services import Services
+from flashsale.api.front import Reply, endpoint, json_reply
+from flashsale.api.inputs import Incoming
+from flashsale.api.metrics import metrics_text
 
 READY_TIMEOUT_S = 2.0
 
 
-async def healthz(request: Request) -> Response:
+@endpoint()
+async def healthz(req: Incoming) -> Reply:
     """The process is alive and serving; says nothing about its dependencies on purpose, so a
     Redis outage does not make Kubernetes restart every pod."""
-    return JSONResponse({"status": "ok"})
+    return json_reply({"status": "ok"})
 
 
-async def readyz(request: Request) -> Response:
-    services: Services = request.app.state.services
+@endpoint()
+async def readyz(req: Incoming) -> Reply:
+    services = req.services
     checks: dict[str, str] = {}
 
     async def redis_ok() -> None:
@@ -36,11 +36,13 @@ async def readyz(request: Request) -> Response:
         except Exception as exc:  # any failure means not ready; the reason is reported
             checks[name] = f"unavailable: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse(
+    return json_reply(
         {"status": "ready" if ready else "not_ready", "checks": checks},
-        status_code=200 if ready else 503,
+        200 if ready else 503,
     )
 
 
-async def metrics(request: Request) -> Response:
-    return render_metrics(request)
+@endpoint()
+async def metrics(req: Incoming) -> Reply:
+    body, content_type = metrics_text()
+    return Reply(200, body, [(b"content-type", content_type.encode())])

@@ -7,7 +7,6 @@ each worker then writes its samples there and `/metrics` sums them.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 from prometheus_client import (
@@ -19,9 +18,6 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_SECONDS = Histogram(
     "flashsale_http_request_duration_seconds",
@@ -47,40 +43,11 @@ def labelled(metric: Any, *values: str) -> Any:
     return child
 
 
-def render_metrics(request: Request) -> Response:
+def metrics_text() -> tuple[bytes, str]:
+    """The Prometheus exposition of every worker's samples (or this process's), and its
+    content type."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
-        data = generate_latest(registry)
-    else:
-        data = generate_latest(REGISTRY)
-    return Response(data, media_type=CONTENT_TYPE_LATEST)
-
-
-class MetricsMiddleware:
-    """Times every request, labelled by route template (not raw path: bounded cardinality)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            labelled(REQUEST_SECONDS, path, scope["method"], str(status)).observe(
-                time.perf_counter() - start
-            )
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -24,6 +24,7 @@ def _error(description: str) -> dict[str, Any]:
     return _json(_ref, description)
 
 
+VISITOR_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,64}$"}
 SALE_ID_PARAM = {
     "name": "sale_id",
     "in": "path",
@@ -41,7 +42,7 @@ TICKET_PARAMS = [
     {
         "name": "X-Visitor-Id",
         "in": "header",
-        "schema": {"type": "string"},
+        "schema": VISITOR_SCHEMA,
         "description": "Must match the ticket's visitor when given (or the fs_vid cookie).",
     },
 ]
@@ -243,7 +244,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "served.",
             "parameters": [
                 SALE_ID_PARAM,
-                {"name": "X-Visitor-Id", "in": "header", "schema": {"type": "string"}},
+                {"name": "X-Visitor-Id", "in": "header", "schema": VISITOR_SCHEMA},
             ],
             "responses": {
                 "201": _json({"$ref": "#/components/schemas/Joined"}, "A new place"),
@@ -267,7 +268,11 @@ PATHS: dict[str, dict[str, Any]] = {
             "parameters": [
                 SALE_ID_PARAM,
                 *TICKET_PARAMS,
-                {"name": "hb", "in": "query", "schema": {"type": "integer"}},
+                {
+                    "name": "hb",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 10**18 - 1},
+                },
             ],
             "responses": {
                 "200": _json({"$ref": "#/components/schemas/Status"}, "The waiter's status"),
@@ -406,11 +411,13 @@ ORDER_ID_PARAM = {
     "in": "path",
     "required": True,
     "schema": {"type": "string", "format": "uuid"},
+    "description": "Any usual spelling of the UUID (upper case, no hyphens, braces, urn:uuid:) "
+    "names the same order; anything else is no order (404 unknown_order).",
 }
 VISITOR_PARAM = {
     "name": "X-Visitor-Id",
     "in": "header",
-    "schema": {"type": "string"},
+    "schema": VISITOR_SCHEMA,
     "description": "The visitor id from join (or the fs_vid cookie).",
 }
 _ORDER = {"$ref": "#/components/schemas/Order"}
@@ -465,7 +472,7 @@ PATHS.update(
                     {
                         "name": "Idempotency-Key",
                         "in": "header",
-                        "schema": {"type": "string", "maxLength": 200},
+                        "schema": {"type": "string", "pattern": "^[!-~]{1,200}$"},
                     },
                 ],
                 "security": [{"admission": []}],
@@ -625,6 +632,86 @@ PATHS.update(
 
 PATHS.update(PAGE_PATHS)  # the shopper's pages
 
+HEADERS: dict[str, Any] = {
+    "X-Request-ID": {
+        "description": "The request's id: the caller's X-Request-ID when it is a sane token "
+        "(HAProxy's), else a new one; in every log line the request caused.",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+    },
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+    "Location": {
+        "description": "The created resource.",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "Set-Cookie": {
+        "description": "fs_vid, the visitor id (HttpOnly, SameSite=Lax), when the caller did "
+        "not send this visitor's cookie.",
+        "schema": {"type": "string"},
+    },
+}
+# no data store behind them: they cannot be unavailable
+_STORELESS = {"/healthz", "/metrics", "/openapi.json", "/static/{name}", "/readyz"}
+_BODY_METHODS = {"post", "put", "patch"}
+
+
+def _header(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/headers/{name}"}
+
+
+def _complete(paths: dict[str, dict[str, Any]]) -> None:
+    """What every operation can answer besides its own outcomes, from the rules every route
+    shares (api/inputs.py, api/errors.py): malformed input (400), bodies (413, 415, 422), a
+    data store not answering (503 with Retry-After), the request id on every answer."""
+    for path, item in paths.items():
+        for method, operation in item.items():
+            responses: dict[str, Any] = operation["responses"]
+            if not path.startswith(("/static", "/sales", "/healthz", "/metrics", "/openapi")) and (
+                path != "/"
+            ):
+                responses.setdefault(
+                    "400",
+                    _error(
+                        "Malformed input, `field` naming it: a query parameter this operation "
+                        "does not define or one given twice, a header given twice, a value "
+                        "of the wrong type"
+                    ),
+                )
+            if method in _BODY_METHODS:
+                responses.setdefault("413", _error("Body too large"))
+                responses.setdefault("415", _error("Not JSON"))
+                responses.setdefault(
+                    "422", _error("The body is not a JSON object of this operation's fields")
+                )
+            if path not in _STORELESS:
+                responses.setdefault(
+                    "503", _error("A data store is not answering; try again after Retry-After")
+                )
+            for status, response in responses.items():
+                headers = response.setdefault("headers", {})
+                headers["X-Request-ID"] = _header("X-Request-ID")
+                if status == "429" or (status == "503" and path != "/readyz"):
+                    headers["Retry-After"] = _header("Retry-After")
+
+
+_complete(PATHS)
+for _path, _status in (
+    ("/admin/sales", "201"),
+    ("/api/sales/{sale_id}/holds", "201"),
+    ("/api/sales/{sale_id}/holds", "200"),
+):
+    _operation = PATHS[_path]["post"]
+    _operation["responses"][_status]["headers"]["Location"] = _header("Location")
+for _status in ("200", "201"):
+    PATHS["/api/sales/{sale_id}/join"]["post"]["responses"][_status]["headers"]["Set-Cookie"] = (
+        _header("Set-Cookie")
+    )
+
 
 def openapi_document(routes: list[BaseRoute]) -> dict[str, Any]:
     documented = {
@@ -642,6 +729,7 @@ def openapi_document(routes: list[BaseRoute]) -> dict[str, Any]:
         "paths": documented,
         "components": {
             "schemas": SCHEMAS,
+            "headers": HEADERS,
             "securitySchemes": {
                 "bearer": {
                     "type": "http",

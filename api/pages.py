@@ -19,13 +19,11 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
-
 from flashsale.api.errors import ApiError
-from flashsale.waiting_room.sale import SALE_ID, Sale
+from flashsale.api.front import Reply, encode_headers, endpoint
+from flashsale.api.inputs import Incoming, sale_id
+from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.sales import SaleNotFound
-from flashsale.waiting_room.services import Services
 
 STATIC_DIR = Path(__file__).with_name("static")
 TEMPLATES = STATIC_DIR / "html"
@@ -90,10 +88,14 @@ def template(name: str) -> str:
     return (TEMPLATES / name).read_text(encoding="utf-8").replace("{{version}}", version())
 
 
-def page(body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(
-        body, status_code=status, headers={**SECURITY_HEADERS, "Cache-Control": PAGE_CACHE}
-    )
+PAGE_HEADERS = [
+    *encode_headers({**SECURITY_HEADERS, "Cache-Control": PAGE_CACHE}),
+    (b"content-type", b"text/html; charset=utf-8"),
+]
+
+
+def page(body: str, status: int = 200) -> Reply:
+    return Reply(status, body.encode(), PAGE_HEADERS)
 
 
 def _opens_text(sale: Sale) -> str:
@@ -123,21 +125,22 @@ def _sale_item(sale: Sale, now: datetime) -> str:
     )
 
 
-async def _live_sales(request: Request) -> list[Sale]:
+async def _live_sales(req: Incoming) -> list[Sale]:
     """Sales not closed, soonest first; read from PostgreSQL at most every LANDING_TTL_S per
     process (the landing page is what a crowd reloads)."""
-    services: Services = request.app.state.services
-    cached = getattr(request.app.state, "landing_sales", None)
+    state = req.scope["app"].state
+    cached = getattr(state, "landing_sales", None)
     if cached is not None and time.monotonic() - cached[0] < LANDING_TTL_S:
         return list(cached[1])
-    sales = (await services.sales.list(include_closed=False))[:LANDING_LIMIT]
-    request.app.state.landing_sales = (time.monotonic(), sales)
+    sales = (await req.services.sales.list(include_closed=False))[:LANDING_LIMIT]
+    state.landing_sales = (time.monotonic(), sales)
     return sales
 
 
-async def landing(request: Request) -> Response:
+@endpoint(query=None)
+async def landing(req: Incoming) -> Reply:
     now = datetime.now(UTC)
-    sales = await _live_sales(request)
+    sales = await _live_sales(req)
     if sales:
         items = "\n".join(_sale_item(s, now) for s in sales)
         listing = f'<ul class="sales" aria-labelledby="sales-title">\n{items}\n</ul>'
@@ -149,29 +152,27 @@ async def landing(request: Request) -> Response:
     return page(template("landing.html").replace("<!--sales-->", listing))
 
 
-async def sale_page(request: Request) -> Response:
+@endpoint(query=None)
+async def sale_page(req: Incoming) -> Reply:
     """The waiting room and purchase page; the script reads the sale id from the path.
 
     An unknown sale is a 404 like on every route naming a sale: an HTML page for a browser,
     the usual JSON error (`unknown_sale`) for any other client."""
-    services: Services = request.app.state.services
-    sale_id = request.path_params["sale_id"]
     try:
-        if not SALE_ID.match(sale_id):
-            raise SaleNotFound(sale_id)
-        await services.sale_cached(sale_id)
-    except SaleNotFound:
-        if "text/html" in request.headers.get("accept", ""):
+        await req.services.sale_cached(sale_id(req.path("sale_id")))
+    except (SaleNotFound, ApiError):
+        if "text/html" in (req.header(b"accept") or ""):
             return page(template("not-found.html"), status=404)
         raise
     return page(template("sale.html"))
 
 
-async def static(request: Request) -> Response:
-    asset = assets().get(request.path_params["name"])
+@endpoint(query=None)
+async def static(req: Incoming) -> Reply:
+    asset = assets().get(req.path("name"))
     if asset is None:
         raise ApiError(404, "no such file", code="not_found")
-    fresh = request.query_params.get("v") == version()
+    fresh = req.query("v") == version()
     headers = {
         "Cache-Control": IMMUTABLE if fresh else SHORT,
         "ETag": asset.etag,
@@ -179,9 +180,11 @@ async def static(request: Request) -> Response:
         "Content-Security-Policy": CSP,
         "Referrer-Policy": "no-referrer",
     }
-    if asset.etag in request.headers.get("if-none-match", ""):
-        return Response(status_code=304, headers=headers)
-    return Response(asset.body, media_type=asset.content_type, headers=headers)
+    if asset.etag in (req.header(b"if-none-match") or ""):
+        return Reply(304, b"", encode_headers(headers))
+    return Reply(
+        200, asset.body, [*encode_headers(headers), (b"content-type", asset.content_type.encode())]
+    )
 
 
 _HTML = {"text/html": {"schema": {"type": "string"}}}

@@ -2,88 +2,40 @@
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-
-from flashsale.api.answer import Answer
 from flashsale.api.errors import ApiError
-from flashsale.api.inputs import bearer_token, read_json, sale_id_from_path, visitor_of
+from flashsale.api.front import Reply, encode_headers, endpoint, json_reply
+from flashsale.api.inputs import Incoming
 from flashsale.api.metrics import HOLDS, PAYMENTS, labelled
 from flashsale.waiting_room.purchase import PurchaseRefused, layout_of
 from flashsale.waiting_room.redis_client import binary
 from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.seating import taken_from_bitmap
-from flashsale.waiting_room.services import Services
 from flashsale.waiting_room.tokens import ADMISSION, Claims, TokenExpired
 
-NO_STORE = {"Cache-Control": "no-store"}
-IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+NO_STORE = encode_headers({"Cache-Control": "no-store"})
+HOLD_FIELDS = frozenset({"quantity", "seats"})
+PAY_FIELDS = frozenset({"payment_token"})
 
 
-def _services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
-
-
-async def _replay_after_expiry(request: Request, services: Services, sale_id: str) -> Answer | None:
-    key = request.headers.get("idempotency-key")
-    if key is None or not IDEMPOTENCY_KEY.match(key):
-        return None
-    claims = _admission(request, services, sale_id, expired_ok=True)
-    body = await read_json(request, services.settings.max_body_bytes, required=False) or {}
-    sale, quantity, seats = await _hold_request(services, sale_id, body)
-    order = await services.purchases.replayed(
-        sale, claims.visitor, key, quantity=quantity, seats=seats
-    )
-    if order is None:
-        return None
-    labelled(HOLDS, "replayed").inc()
-    return _held_answer(sale_id, order, created=False)
-
-
-def _held_answer(sale_id: str, order: dict[str, Any], *, created: bool) -> Answer:
-    return Answer(
-        201 if created else 200,
+def _held(sale_id: str, order: dict[str, Any], *, created: bool) -> Reply:
+    return json_reply(
         order,
-        {**NO_STORE, "Location": f"/api/sales/{sale_id}/orders/{order['id']}"},
+        201 if created else 200,
+        [*NO_STORE, (b"location", f"/api/sales/{sale_id}/orders/{order['id']}".encode())],
     )
 
 
-def _admission(
-    request: Request, services: Services, sale_id: str, *, expired_ok: bool = False
-) -> Claims:
-    token = bearer_token(
-        request.headers.get("authorization"), request.headers.get("x-admission-token")
+def _admission(req: Incoming, sale_id: str, *, expired_ok: bool = False) -> Claims:
+    claims = req.services.signer.verify(
+        req.admission_token(), kind=ADMISSION, sale=sale_id, now=time.time(), expired_ok=expired_ok
     )
-    if not token:
-        raise ApiError(
-            401,
-            "an admission token is required: send the token from your status "
-            "as 'Authorization: Bearer <token>'",
-            code="missing_admission",
-        )
-    claims = services.signer.verify(
-        token, kind=ADMISSION, sale=sale_id, now=time.time(), expired_ok=expired_ok
-    )
-    presented = visitor_of(request)
+    presented = req.visitor()
     if presented is not None and presented != claims.visitor:
         raise ApiError(401, "this admission belongs to another visitor", code="invalid_token")
     return claims
-
-
-def _visitor(request: Request) -> str:
-    visitor = visitor_of(request)
-    if visitor is None:
-        raise ApiError(
-            401,
-            "identify yourself with the X-Visitor-Id header or the fs_vid cookie from join",
-            code="missing_visitor",
-        )
-    return visitor
 
 
 def _seat_ids(sale: Sale, raw: Any) -> list[int]:
@@ -104,108 +56,105 @@ def _seat_ids(sale: Sale, raw: Any) -> list[int]:
     return ids
 
 
-async def create_hold(request: Request) -> Response:
-    services = _services(request)
-    sale_id = sale_id_from_path(request)
-    try:
-        admission = _admission(request, services, sale_id)
-    except TokenExpired:
-        # a retry of a hold made before the admission ended gets that hold back
-        replay = await _replay_after_expiry(request, services, sale_id)
-        if replay is None:
-            raise
-        return replay.response()
-    key = idempotency_key(request.headers.get("idempotency-key"))
-    body = await read_json(request, services.settings.max_body_bytes, required=False) or {}
-    answer = await hold_answer(services, sale_id, admission, key, body)
-    return answer.response()
-
-
-def idempotency_key(raw: str | None) -> str | None:
-    if raw is not None and not IDEMPOTENCY_KEY.match(raw):
-        raise ApiError(
-            400, "Idempotency-Key must be 1-200 visible ASCII characters", field="Idempotency-Key"
-        )
-    return raw
-
-
-async def hold_answer(
-    services: Services, sale_id: str, admission: Claims, key: str | None, body: Any
-) -> Answer:
-    """Hold stock for an admitted shopper; `key` is a checked Idempotency-Key, `body` the
-    request's parsed JSON ({} if none)."""
-    sale, quantity, seats = await _hold_request(services, sale_id, body)
-    held = await services.purchases.hold(
-        sale, admission, quantity=quantity, seats=seats, idempotency_key=key
-    )
-    labelled(HOLDS, "created" if held.created else "replayed").inc()
-    return _held_answer(sale_id, held.order, created=held.created)
-
-
-async def _hold_request(
-    services: Services, sale_id: str, body: Any
-) -> tuple[Sale, int, list[int] | None]:
-    """The sale, quantity and seat ids a hold's body asks for (its Idempotency-Key is bound
-    to them, so a replay reads them the same way)."""
-    if not isinstance(body, dict):
-        raise ApiError(422, "the body must be a JSON object", field="body")
-    unknown = sorted(set(body) - {"quantity", "seats"})
-    if unknown:
-        raise ApiError(422, "unknown field; allowed: quantity, seats", field=unknown[0])
-    sale = await services.sale_cached(sale_id)
+async def _hold_request(req: Incoming) -> tuple[Sale, int, list[int] | None]:
+    """The sale, quantity and seat ids a hold's body asks for: read the same way for a hold
+    and for its replay, since the Idempotency-Key is bound to them."""
+    services = req.services
+    body = await req.json_object(services.settings.max_body_bytes, HOLD_FIELDS)
+    sale = await services.sale_cached(req.sale_id)
     quantity = body.get("quantity", 1)
-    if isinstance(quantity, bool) or not isinstance(quantity, int) or not 1 <= quantity <= 100:
+    if type(quantity) is not int or not 1 <= quantity <= 100:
         raise ApiError(422, "quantity must be a whole number from 1 to 100", field="quantity")
     seats = _seat_ids(sale, body["seats"]) if "seats" in body else None
     return sale, quantity, seats
 
 
-async def list_orders(request: Request) -> Response:
-    services = _services(request)
-    sale = await services.sale_cached(sale_id_from_path(request))
-    orders = await services.purchases.orders(sale, _visitor(request))
-    return JSONResponse({"orders": orders}, headers=NO_STORE)
+@endpoint()
+async def create_hold(req: Incoming) -> Reply:
+    """Hold stock for an admitted shopper. A retry (same Idempotency-Key, same request) of a
+    hold made before the admission ended gets that hold back."""
+    services = req.services
+    sale_id = req.sale_id
+    try:
+        admission = _admission(req, sale_id)
+    except TokenExpired:
+        try:
+            key = req.idempotency_key()
+        except ApiError:
+            key = None
+        if key is None:  # only a retry, under its key, gets anything after the admission
+            raise
+        claims = _admission(req, sale_id, expired_ok=True)
+        sale, quantity, seats = await _hold_request(req)
+        order = await services.purchases.replayed(
+            sale, claims.visitor, key, quantity=quantity, seats=seats
+        )
+        if order is None:
+            raise
+        labelled(HOLDS, "replayed").inc()
+        return _held(sale_id, order, created=False)
+    key = req.idempotency_key()
+    sale, quantity, seats = await _hold_request(req)
+    held = await services.purchases.hold(
+        sale, admission, quantity=quantity, seats=seats, idempotency_key=key
+    )
+    labelled(HOLDS, "created" if held.created else "replayed").inc()
+    return _held(sale_id, held.order, created=held.created)
 
 
-async def get_order(request: Request) -> Response:
-    services = _services(request)
-    sale = await services.sale_cached(sale_id_from_path(request))
-    order = await services.purchases.order(sale, _visitor(request), request.path_params["order_id"])
-    return JSONResponse(order, headers=NO_STORE)
+@endpoint()
+async def list_orders(req: Incoming) -> Reply:
+    services = req.services
+    sale = await services.sale_cached(req.sale_id)
+    orders = await services.purchases.orders(sale, req.known_visitor())
+    return json_reply({"orders": orders}, headers=NO_STORE)
 
 
-async def pay(request: Request) -> Response:
-    services = _services(request)
-    sale = await services.sale_cached(sale_id_from_path(request))
-    visitor = _visitor(request)
-    body = await read_json(request, services.settings.max_body_bytes, required=False) or {}
-    if not isinstance(body, dict):
-        raise ApiError(422, "the body must be a JSON object", field="body")
+@endpoint()
+async def get_order(req: Incoming) -> Reply:
+    services = req.services
+    sale = await services.sale_cached(req.sale_id)
+    order = await services.purchases.order(sale, req.known_visitor(), req.order_id)
+    return json_reply(order, headers=NO_STORE)
+
+
+@endpoint()
+async def pay(req: Incoming) -> Reply:
+    services = req.services
+    sale = await services.sale_cached(req.sale_id)
+    visitor = req.known_visitor()
+    order_id = req.order_id
+    body = await req.json_object(services.settings.max_body_bytes, PAY_FIELDS)
     token = body.get("payment_token", "tok_approve")
     if not isinstance(token, str) or not 1 <= len(token) <= 200:
-        raise ApiError(422, "payment_token must be a string", field="payment_token")
+        raise ApiError(
+            422, "payment_token must be a string of 1-200 characters", field="payment_token"
+        )
     try:
-        order = await services.purchases.pay(sale, visitor, request.path_params["order_id"], token)
+        order = await services.purchases.pay(sale, visitor, order_id, token)
     except PurchaseRefused as refused:
         labelled(PAYMENTS, refused.code).inc()
         raise
     labelled(PAYMENTS, "confirmed").inc()
-    return JSONResponse(order, headers=NO_STORE)
+    return json_reply(order, headers=NO_STORE)
 
 
-async def cancel(request: Request) -> Response:
-    services = _services(request)
-    sale = await services.sale_cached(sale_id_from_path(request))
-    order = await services.purchases.cancel(
-        sale, _visitor(request), request.path_params["order_id"]
-    )
-    return JSONResponse(order, headers=NO_STORE)
+@endpoint()
+async def cancel(req: Incoming) -> Reply:
+    services = req.services
+    sale = await services.sale_cached(req.sale_id)
+    visitor = req.known_visitor()
+    order_id = req.order_id
+    await req.json_object(services.settings.max_body_bytes)  # none, or {}
+    order = await services.purchases.cancel(sale, visitor, order_id)
+    return json_reply(order, headers=NO_STORE)
 
 
-async def seats(request: Request) -> Response:
+@endpoint()
+async def seats(req: Incoming) -> Reply:
     """The venue and which seats are free, for a seat picker."""
-    services = _services(request)
-    sale = await services.sale_cached(sale_id_from_path(request))
+    services = req.services
+    sale = await services.sale_cached(req.sale_id)
     if not sale.seated:
         raise ApiError(404, "this sale sells quantities, not seats", code="not_seated")
     layout = layout_of(sale)
@@ -222,7 +171,7 @@ async def seats(request: Request) -> Response:
                 ],
             }
         )
-    return JSONResponse(
+    return json_reply(
         {
             "sale": sale.id,
             "free": layout.size - len(taken),

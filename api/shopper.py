@@ -8,28 +8,17 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-
-from flashsale.api.answer import Answer, visitor_cookie
 from flashsale.api.errors import ApiError
-from flashsale.api.inputs import (
-    VISITOR_COOKIE,
-    client_address,
-    int_query,
-    new_visitor_id,
-    read_json,
-    sale_id_from_path,
-    ticket_of,
-    visitor_of,
-)
+from flashsale.api.front import Reply, encode_headers, endpoint, json_reply
+from flashsale.api.inputs import VISITOR_COOKIE, Incoming, new_visitor_id
 from flashsale.api.metrics import JOINS, POLLS, labelled
 from flashsale.waiting_room.room import NoSuchRoom, Poll
 from flashsale.waiting_room.services import Services
 from flashsale.waiting_room.tokens import TICKET, Claims
 
 T = TypeVar("T")
-NO_STORE = {"Cache-Control": "no-store"}
+NO_STORE = encode_headers({"Cache-Control": "no-store"})
+VISITOR_COOKIE_MAX_AGE = 30 * 86400
 
 
 async def with_room(services: Services, sale_id: str, action: Callable[[], Awaitable[T]]) -> T:
@@ -40,6 +29,16 @@ async def with_room(services: Services, sale_id: str, action: Callable[[], Await
     except NoSuchRoom:
         await services.ensure_room(sale_id)
         return await action()
+
+
+def visitor_cookie(visitor: str, secure: bool) -> str:
+    """The `Set-Cookie` value that keeps a visitor's place; the id is checked (VISITOR_ID)
+    before it gets here."""
+    cookie = (
+        f"{VISITOR_COOKIE}={visitor}; HttpOnly; Max-Age={VISITOR_COOKIE_MAX_AGE}; "
+        "Path=/; SameSite=lax"
+    )
+    return cookie + "; Secure" if secure else cookie
 
 
 def status_body(sale_id: str, poll: Poll) -> dict[str, Any]:
@@ -63,9 +62,10 @@ def status_body(sale_id: str, poll: Poll) -> dict[str, Any]:
     return body
 
 
-async def sale_info(request: Request) -> Response:
-    services: Services = request.app.state.services
-    sale_id = sale_id_from_path(request)
+@endpoint()
+async def sale_info(req: Incoming) -> Reply:
+    services = req.services
+    sale_id = req.sale_id
     sale = await services.sale_cached(sale_id)
     body = sale.public(datetime.now(UTC))
     try:
@@ -75,31 +75,19 @@ async def sale_info(request: Request) -> Response:
     except NoSuchRoom:
         body["waiting"] = 0
         body["sold_out"] = False
-    return JSONResponse(body, headers={"Cache-Control": "public, max-age=1"})
+    return json_reply(body, headers={"Cache-Control": "public, max-age=1"})
 
 
-async def join(request: Request) -> Response:
-    services: Services = request.app.state.services
-    sale_id = sale_id_from_path(request)
-    body = await read_json(request, services.settings.max_body_bytes, required=False)
-    if body is not None and not isinstance(body, dict):
-        raise ApiError(422, "the body, when given, must be a JSON object", field="body")
-    answer = await join_answer(
-        services,
-        sale_id,
-        visitor_of(request),
-        request.cookies.get(VISITOR_COOKIE),
-        client_address(request),
-    )
-    return answer.response()
-
-
-async def join_answer(
-    services: Services, sale_id: str, presented: str | None, cookie: str | None, address: str
-) -> Answer:
-    """Join `sale_id` as the visitor presented (checked), or as a new one; `cookie` is the
-    visitor cookie the caller sent, reset when it is not the visitor's."""
+@endpoint()
+async def join(req: Incoming) -> Reply:
+    """Join as the visitor presented (checked), or as a new one; the visitor cookie is set
+    unless the caller already sent this visitor's."""
+    services = req.services
+    sale_id = req.sale_id
+    presented = req.visitor()
+    await req.json_object(services.settings.max_body_bytes)  # none, or {}
     visitor = presented or new_visitor_id()
+    address = req.address()
     result = await with_room(
         services, sale_id, lambda: services.room.join(sale_id, visitor, address)
     )
@@ -118,35 +106,38 @@ async def join_answer(
     poll = await services.room.poll(sale_id, result.claims, result.heartbeat)
     body = status_body(sale_id, poll)
     body.update(visitor_id=visitor, ticket=result.ticket, existing=result.existing)
-    set_cookie = None
-    if presented is None or cookie != visitor:
-        set_cookie = visitor_cookie(visitor, services.settings.cookie_secure)
-    return Answer(200 if result.existing else 201, body, NO_STORE, set_cookie)
+    cookie = ""
+    if presented is None or req.cookie(VISITOR_COOKIE) != visitor:
+        cookie = visitor_cookie(visitor, services.settings.cookie_secure)
+    return json_reply(body, 200 if result.existing else 201, NO_STORE, cookie=cookie)
 
 
-def _ticket_claims(request: Request, services: Services, sale_id: str) -> Claims:
-    claims = services.signer.verify(ticket_of(request), kind=TICKET, sale=sale_id, now=time.time())
-    presented = visitor_of(request)
+def _ticket_claims(req: Incoming, sale_id: str) -> Claims:
+    claims = req.services.signer.verify(req.ticket(), kind=TICKET, sale=sale_id, now=time.time())
+    presented = req.visitor()
     if presented is not None and presented != claims.visitor:
         raise ApiError(401, "this ticket belongs to another visitor", code="invalid_token")
     return claims
 
 
-async def status(request: Request) -> Response:
-    services: Services = request.app.state.services
-    sale_id = sale_id_from_path(request)
-    claims = _ticket_claims(request, services, sale_id)
-    heartbeat = int_query(request, "hb")
+@endpoint(query=("hb", "ticket"))
+async def status(req: Incoming) -> Reply:
+    services = req.services
+    sale_id = req.sale_id
+    claims = _ticket_claims(req, sale_id)
+    heartbeat = req.query_int("hb")
     poll = await with_room(
         services, sale_id, lambda: services.room.poll(sale_id, claims, heartbeat)
     )
     labelled(POLLS, poll.status.state.value).inc()
-    return JSONResponse(status_body(sale_id, poll), headers=NO_STORE)
+    return json_reply(status_body(sale_id, poll), headers=NO_STORE)
 
 
-async def leave(request: Request) -> Response:
-    services: Services = request.app.state.services
-    sale_id = sale_id_from_path(request)
-    claims = _ticket_claims(request, services, sale_id)
+@endpoint(query=("ticket",))
+async def leave(req: Incoming) -> Reply:
+    services = req.services
+    sale_id = req.sale_id
+    claims = _ticket_claims(req, sale_id)
+    await req.json_object(services.settings.max_body_bytes)  # none, or {}
     await with_room(services, sale_id, lambda: services.room.leave(sale_id, claims))
-    return JSONResponse({"sale": sale_id, "state": "left"}, headers=NO_STORE)
+    return json_reply({"sale": sale_id, "state": "left"}, headers=NO_STORE)

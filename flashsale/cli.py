@@ -24,9 +24,18 @@ from flashsale.logs import setup_logging
 log = logging.getLogger("flashsale")
 
 
-def run_api(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
+API_APP = "flashsale.wiring:api_app"
+SERVERS = ("uvicorn", "granian")  # the first is the default: README "Performance"
+GRACE_SECONDS = 20  # in-flight requests get this long to finish on SIGTERM
+BACKLOG = 4096
 
+
+def run_api(settings: Settings, args: argparse.Namespace) -> int:
+    """Serve the API (or, for the benchmarks, another app: `--app`) with the HTTP server
+    chosen by `--server` (uvicorn unless told; granian, from the `loadtest` extra, is there
+    to be measured against it: README "Performance").
+    Either way: HTTP/1.1, uvloop, the same backlog and workers, no access log of its own, the
+    client's address as the peer (the app walks X-Forwarded-For itself: api/inputs.py)."""
     workers = args.workers or settings.workers
     if not settings.token_key:
         # every worker must sign with the same key, or a ticket from one fails on another
@@ -43,23 +52,73 @@ def run_api(settings: Settings, args: argparse.Namespace) -> int:
     for entry in os.listdir(metrics_dir):
         os.unlink(os.path.join(metrics_dir, entry))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    host, port = args.host or settings.host, args.port or settings.port
+    target = args.app or API_APP
     try:
-        uvicorn.run(
-            "flashsale.wiring:api_app",
-            factory=True,
-            host=args.host or settings.host,
-            port=args.port or settings.port,
-            workers=workers,
-            proxy_headers=True,
-            forwarded_allow_ips=settings.forwarded_allow_ips,
-            access_log=False,
-            log_config=None,
-            timeout_graceful_shutdown=20,
-            backlog=4096,
-        )
+        if (args.server or SERVERS[0]) == "uvicorn":
+            _uvicorn(target, host, port, workers)
+        else:
+            _granian(target, host, port, workers, settings)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def _uvicorn(target: str, host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    from flashsale.api.http1 import JsonErrors
+
+    uvicorn.run(
+        target,
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http=JsonErrors,  # httptools, answering what it cannot parse with the API's JSON
+        proxy_headers=False,
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=GRACE_SECONDS,
+        backlog=BACKLOG,
+    )
+
+
+def _granian(target: str, host: str, port: int, workers: int, settings: Settings) -> None:
+    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.log import LogLevels
+    from granian.server import Server
+
+    # granian's own lines (start, stop, worker deaths) in the same shape as ours
+    formatter = "flashsale.logs.JsonFormatter" if settings.log_json else "logging.Formatter"
+    logging_config = {
+        "formatters": {"flashsale": {"()": formatter}},
+        "handlers": {
+            "flashsale": {
+                "class": "logging.StreamHandler",
+                "formatter": "flashsale",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": {"_granian": {"handlers": ["flashsale"], "propagate": False}},
+    }
+    Server(
+        target,
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        workers=workers,
+        loop=Loops.uvloop,
+        http=HTTPModes.http1,
+        websockets=False,
+        backlog=BACKLOG,
+        log_level=LogLevels(settings.log_level.lower()),
+        log_dictconfig=logging_config,
+        log_access=False,
+        factory=True,
+        workers_kill_timeout=GRACE_SECONDS,
+    ).serve()
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -232,10 +291,12 @@ def run_operator(settings: Settings, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flashsale", description=__doc__)
     roles = parser.add_subparsers(dest="role", required=True)
-    api = roles.add_parser("api", help="serve the HTTP API (uvicorn)")
+    api = roles.add_parser("api", help="serve the HTTP API")
     api.add_argument("--host")
     api.add_argument("--port", type=int)
     api.add_argument("--workers", type=int)
+    api.add_argument("--server", choices=SERVERS, help=f"HTTP server (default: {SERVERS[0]})")
+    api.add_argument("--app", help=argparse.SUPPRESS)  # loadtest/serve.py: another app
     api.set_defaults(func=run_api)
     roles.add_parser("admitter", help="admit waiting shoppers in batches").set_defaults(
         func=run_admitter

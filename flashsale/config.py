@@ -89,8 +89,9 @@ class Settings:
     forwarded_allow_ips: str = _s(
         "FLASHSALE_FORWARDED_ALLOW_IPS",
         "127.0.0.1",
-        "Proxies (comma-separated, or `*`) trusted for `X-Forwarded-For`, so rate limits "
-        "see the shopper's address.",
+        "Proxies trusted to report the client's address in `X-Forwarded-For`: addresses or "
+        "networks, comma-separated (`*`: every hop, so the client's own first entry counts). "
+        "The API walks the header from the right past them.",
     )
     status_cache_ms: int = _s(
         "FLASHSALE_STATUS_CACHE_MS",

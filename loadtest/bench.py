@@ -5,7 +5,10 @@ Method (the machine is small, shared and noisy, so only ratios measured within o
 
 - Every HTTP server is started by `loadtest/serve.py`, which runs `flashsale api` itself with
   only the app swapped: FlashSale, a bare Starlette endpoint (`loadtest.apps:bare`) and a
-  row-lock purchase (`loadtest.apps:rowlock`) get the same uvicorn settings and workers.
+  row-lock purchase (`loadtest.apps:rowlock`) get the same server, settings and workers.
+  `--servers granian,uvicorn` measures FlashSale and the bare endpoint under each HTTP server
+  in the same rounds (the ratios of the first are the headline; each server's own ratios and
+  rates are printed beside them).
 - The load generator is `wrk` (C, one thread, keep-alive connections, Lua scripts in
   `loadtest/wrk/` for headers, bodies and rotating tickets or tokens). With two or more CPUs
   the servers are pinned to the last CPU and wrk to the first (`taskset`), so the client never
@@ -30,7 +33,8 @@ Method (the machine is small, shared and noisy, so only ratios measured within o
   redis-server CPU time is read from /proc.
 
 The last line of stdout is JSON: poll_ratio, join_ratio, purchase_ratio, purchase_vs_rowlock,
-drain_ratio, redis_bytes_per_waiter, cluster_ratio (and the raw figures).
+drain_ratio, redis_bytes_per_waiter, cluster_ratio (and the raw figures; those of a second
+server carry its name, e.g. `poll_rps@uvicorn`).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from flashsale.cli import SERVERS
 from flashsale.config import Settings
 from flashsale.waiting_room.autopipeline import close_shared
 from flashsale.waiting_room.db import connect_pool, migrate
@@ -116,7 +121,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=5, help="measured rounds (median taken)")
     p.add_argument("--seconds", type=float, default=5.0, help="length of one measurement")
     p.add_argument("--warmup", type=float, default=2.0, help="warm-up per kind, seconds")
-    p.add_argument("--workers", type=int, default=1, help="uvicorn workers of every server")
+    p.add_argument("--workers", type=int, default=1, help="worker processes of every server")
+    p.add_argument(
+        "--servers",
+        default=SERVERS[0],
+        help=f"HTTP servers to measure, comma-separated, the first one the headline "
+        f"(of {', '.join(SERVERS)}; default {SERVERS[0]})",
+    )
     p.add_argument("--connections", type=int, default=50, help="wrk keep-alive connections")
     p.add_argument(
         "--waiters", type=int, default=1_000_000, help="visitors joined for the Redis memory figure"
@@ -237,6 +248,16 @@ async def prepare(settings: Settings, data: Path, waiters: int, admitted: int) -
         await close_shared()
         await pool.close()
         await redis.aclose()
+
+
+def serving_process(pid: int) -> int:
+    """The process that answers: the server's own (uvicorn with one worker), or its only
+    child (granian runs its worker in a child process)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return pid
+    return int(children[0]) if len(children) == 1 else pid
 
 
 def redis_process(settings: Settings) -> int:
@@ -685,6 +706,64 @@ async def drop_cluster(settings: Settings) -> None:
         await redis.aclose()
 
 
+def start_servers(
+    args: argparse.Namespace,
+    servers: list[str],
+    sales: dict[str, Any],
+    data: Path,
+    procs: Any,
+    env: dict[str, str],
+) -> tuple[list[Kind], list[str]]:
+    """Start the bare endpoint and FlashSale under each server, and the row-lock purchase
+    under the first; the kinds of request to measure, and the names of the processes."""
+    server_cpus = None if args.no_pin else str((os.cpu_count() or 1) - 1)
+    poll, hold = sales["poll_sale"], sales["hold_sale"]
+    ports: dict[str, int] = {}
+    pids: dict[str, int] = {}
+    apps = [(server, app) for server in servers for app in ("loadtest.apps:bare", "flashsale")]
+    apps.append((servers[0], "loadtest.apps:rowlock"))
+    for server, app in apps:
+        name = f"{app.rsplit(':', 1)[-1]}@{server}"
+        port = ports[name] = free_port()
+        argv = [sys.executable, "-m", "loadtest.serve", app, "--server", server]
+        argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers)]
+        pids[name] = procs.start(name, pinned(argv, server_cpus), env).pid
+    for port in ports.values():
+        wait_port(port, 60, procs)
+    time.sleep(1)  # granian's worker starts after its port is bound
+    if args.workers > 1:  # the workers are the master's children: not measured
+        pids = dict.fromkeys(pids, 0)
+    else:
+        pids = {name: serving_process(pid) for name, pid in pids.items()}
+    kinds = []
+    for server in servers:
+        at = "" if server == servers[0] else f"@{server}"
+        bare, fs = f"bare@{server}", f"flashsale@{server}"
+        kinds += [
+            Kind(f"bare{at}", ports[bare], "bare", ("/",), pids[bare]),
+            Kind(
+                f"poll{at}",
+                ports[fs],
+                "status",
+                (f"/api/sales/{poll}/status", str(data / "tickets.txt")),
+                pids[fs],
+            ),
+            Kind(f"join{at}", ports[fs], "join", (f"/api/sales/{poll}/join",), pids[fs]),
+            Kind(
+                f"hold{at}",
+                ports[fs],
+                "hold",
+                (f"/api/sales/{hold}/holds", str(data / "tokens.txt")),
+                pids[fs],
+            ),
+        ]
+    rowlock = f"rowlock@{servers[0]}"
+    kinds.append(
+        Kind("rowlock", ports[rowlock], "rowlock", ("/rowlock/rowlock/purchase",), pids[rowlock])
+    )
+    return kinds, list(ports)
+
+
 # -- the run ---------------------------------------------------------------------------------
 
 
@@ -710,8 +789,8 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, Any] = {}
     log(
         f"bench: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; servers "
-        f"{'on CPU ' + server_cpus if server_cpus else 'unpinned'}, {args.workers} uvicorn "
-        f"worker(s) each; wrk -t1 -c{args.connections}; {args.rounds} rounds of "
+        f"{'on CPU ' + server_cpus if server_cpus else 'unpinned'} ({args.servers}), "
+        f"{args.workers} worker(s) each; wrk -t1 -c{args.connections}; {args.rounds} rounds of "
         f"{args.seconds:g} s"
     )
     with (
@@ -731,69 +810,10 @@ def main(argv: list[str] | None = None) -> int:
             sales = asyncio.run(prepare(settings, data, waiters=5000, admitted=3000))
             if "http" not in skip:
                 assert wrk is not None
-                ports = {}
-                pids = {}
-                for app in ("loadtest.apps:bare", "flashsale", "loadtest.apps:rowlock"):
-                    port = ports[app] = free_port()
-                    pids[app] = procs.start(
-                        app.rsplit(":", 1)[-1],
-                        pinned(
-                            [
-                                sys.executable,
-                                "-m",
-                                "loadtest.serve",
-                                app,
-                                "--host",
-                                "127.0.0.1",
-                                "--port",
-                                str(port),
-                                "--workers",
-                                str(args.workers),
-                            ],
-                            server_cpus,
-                        ),
-                        env,
-                    ).pid
-                for port in ports.values():
-                    wait_port(port, 60, procs)
-                fs = ports["flashsale"]
-                poll, hold = sales["poll_sale"], sales["hold_sale"]
-                if args.workers > 1:  # the workers are the master's children: not measured
-                    pids = dict.fromkeys(pids, 0)
-                fs_pid, rowlock = pids["flashsale"], "loadtest.apps:rowlock"
-                kinds = [
-                    Kind(
-                        "bare",
-                        ports["loadtest.apps:bare"],
-                        "bare",
-                        ("/",),
-                        pids["loadtest.apps:bare"],
-                    ),
-                    Kind(
-                        "poll",
-                        fs,
-                        "status",
-                        (f"/api/sales/{poll}/status", str(data / "tickets.txt")),
-                        fs_pid,
-                    ),
-                    Kind("join", fs, "join", (f"/api/sales/{poll}/join",), fs_pid),
-                    Kind(
-                        "hold",
-                        fs,
-                        "hold",
-                        (f"/api/sales/{hold}/holds", str(data / "tokens.txt")),
-                        fs_pid,
-                    ),
-                    Kind(
-                        "rowlock",
-                        ports[rowlock],
-                        "rowlock",
-                        ("/rowlock/rowlock/purchase",),
-                        pids[rowlock],
-                    ),
-                ]
+                servers = [x for x in args.servers.split(",") if x]
+                kinds, names = start_servers(args, servers, sales, data, procs, env)
                 runs = http_rounds(args, wrk, kinds, data, redis_process(settings))
-                procs.stop("bare", "flashsale", "rowlock")
+                procs.stop(*names)
                 for name, rs in runs.items():
                     figures[f"{name}_rps"] = round(statistics.median(r.rps for r in rs))
                     for part in ("server", "redis"):
@@ -803,10 +823,17 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     figures[f"{name}_p99_ms"] = round(statistics.median(r.p99_ms for r in rs), 1)
                     figures[f"{name}_errors"] = sum(r.errors for r in rs)
-                figures["poll_ratio"] = round(median_ratio(runs, "poll", "bare"), 3)
-                figures["join_ratio"] = round(median_ratio(runs, "join", "bare"), 3)
-                figures["purchase_ratio"] = round(median_ratio(runs, "hold", "bare"), 3)
-                figures["purchase_vs_rowlock"] = round(median_ratio(runs, "hold", "rowlock"), 2)
+                for server in servers:
+                    at = "" if server == servers[0] else f"@{server}"
+                    bare = f"bare{at}"
+                    figures[f"poll_ratio{at}"] = round(median_ratio(runs, f"poll{at}", bare), 3)
+                    figures[f"join_ratio{at}"] = round(median_ratio(runs, f"join{at}", bare), 3)
+                    figures[f"purchase_ratio{at}"] = round(median_ratio(runs, f"hold{at}", bare), 3)
+                    figures[f"purchase_vs_rowlock{at}"] = round(
+                        median_ratio(runs, f"hold{at}", "rowlock"), 2
+                    )
+                figures["servers"] = servers
+                hold = sales["hold_sale"]
                 if "drain" not in skip:
                     log("bench: persister drain")
                     drained = asyncio.run(
@@ -840,7 +867,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "",
         f"FlashSale benchmark ({args.rounds} rounds of {args.seconds:g} s, medians; "
-        f"{args.workers} uvicorn worker(s), wrk -c{args.connections})",
+        f"{args.servers}, {args.workers} worker(s), wrk -c{args.connections})",
     ]
     if "bare_rps" in figures:
         lines += [
@@ -866,6 +893,24 @@ def main(argv: list[str] | None = None) -> int:
                 for name in ("bare", "poll", "join", "hold", "rowlock")
             ),
         ]
+        for server in figures["servers"][1:]:
+            lines.append(
+                f"  under {server}: bare {figures[f'bare@{server}_rps']} req/s, "
+                + ", ".join(
+                    f"{kind} {figures[f'{kind}@{server}_rps']} req/s "
+                    f"(ratio {figures[f'{ratio}@{server}']:.3f})"
+                    for kind, ratio in (
+                        ("poll", "poll_ratio"),
+                        ("join", "join_ratio"),
+                        ("hold", "purchase_ratio"),
+                    )
+                )
+                + "; CPU per request: "
+                + ", ".join(
+                    f"{kind} {_us(figures.get(f'{kind}@{server}_server_cpu_us'))}"
+                    for kind in ("bare", "poll", "join", "hold")
+                )
+            )
     if "drain_rate" in figures:
         lines.append(
             f"  persister drain             {figures['drain_rate']:>8} entries/s "
