@@ -197,7 +197,13 @@ async def _join(services: Services, scope: Scope, receive: Receive, sale_id: str
         raise Fallback from None
     client = scope.get("client")
     answer = await join_answer(
-        services, sale_id, presented, cookie, client[0] if client else "unknown"
+        services,
+        sale_id,
+        presented,
+        cookie,
+        client[0] if client else "unknown",
+        authorization=_text(headers.get(b"authorization")),  # identity-pow
+        proof=_text(headers.get(b"x-proof-of-work")),  # identity-pow
     )
     answer_headers, body = answer.raw()
     return answer.status, answer_headers, body

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from flashsale.api import identity
 from flashsale.api.answer import Answer, visitor_cookie
 from flashsale.api.errors import ApiError
 from flashsale.api.inputs import (
@@ -90,20 +91,38 @@ async def join(request: Request) -> Response:
         visitor_of(request),
         request.cookies.get(VISITOR_COOKIE),
         client_address(request),
+        authorization=request.headers.get("authorization"),  # identity-pow
+        proof=request.headers.get(identity.PROOF_HEADER),  # identity-pow
     )
     return answer.response()
 
 
 async def join_answer(
-    services: Services, sale_id: str, presented: str | None, cookie: str | None, address: str
+    services: Services,
+    sale_id: str,
+    presented: str | None,
+    cookie: str | None,
+    address: str,
+    *,
+    authorization: str | None = None,
+    proof: str | None = None,
 ) -> Answer:
     """Join `sale_id` as the visitor presented (checked), or as a new one; `cookie` is the
-    visitor cookie the caller sent, reset when it is not the visitor's."""
-    visitor = presented or new_visitor_id()
+    visitor cookie the caller sent, reset when it is not the visitor's. `authorization` and
+    `proof` are the join's identity and proof of work (api/identity.py)."""
+    # identity-pow: who may take a place (the identity's visitor id, a proof of work)
+    passed = await with_room(
+        services,
+        sale_id,
+        lambda: identity.check_join(services, sale_id, presented, address, authorization, proof),
+    )
+    visitor = passed.visitor or presented or new_visitor_id()
     result = await with_room(
-        services, sale_id, lambda: services.room.join(sale_id, visitor, address)
+        services, sale_id, lambda: services.room.join(sale_id, visitor, address, passed.proof)
     )
     labelled(JOINS, "existing" if result.existing else result.outcome).inc()
+    if result.outcome in ("proof_required", "proof_spent"):  # identity-pow
+        raise await identity.refused_join(services, sale_id, presented, address, result.outcome)
     if result.outcome == "rate_limited":
         retry = math.ceil(result.retry_after_seconds or 1)
         raise ApiError(
