@@ -18,6 +18,7 @@ reads what a join carries and answers a refusal as the API's JSON error.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from flashsale.api.errors import ApiError
 from flashsale.waiting_room.identity import IdentityRefused, IdentityUnavailable, visitor_for
@@ -127,3 +128,90 @@ async def _visitor_of_identity(services: Services, sale_id: str, authorization: 
             headers={"Retry-After": "5"},
         ) from None
     return visitor_for(services.settings.identity_hash_key(), sale_id, identity)
+
+
+# -- /openapi.json: the join's identity and proof of work (api/openapi.py merges these) ---------
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+OPENAPI_DESCRIPTION = (
+    " A sale with `identity_required` takes the shop's JWT as `Authorization: Bearer`: the "
+    "place, the per-shopper limit and the orders belong to the token's subject (one place "
+    "per subject, whatever cookies or devices), and the answer's `visitor_id` (also set as "
+    "the cookie) is the id to send afterwards; status, hold and pay need no JWT. An "
+    "anonymous sale with `proof_of_work` answers a join that would take a new place without a "
+    "solution with 403 and a `challenge` (ALTCHA v2, algorithm SHA-256: find a counter whose "
+    "iterated SHA-256 of salt+nonce+counter starts with `keyPrefix`); join again with the "
+    "base64 of `{challenge, solution: {counter, derivedKey}}` in X-Proof-Of-Work. A solution "
+    "buys one place; a visitor who has a place needs none."
+)
+OPENAPI_PARAMETERS: list[dict[str, Any]] = [
+    {
+        "name": "Authorization",
+        "in": "header",
+        "schema": {"type": "string"},
+        "description": "`Bearer <JWT>` from the shop's identity provider (sales that "
+        "require identity).",
+    },
+    {
+        "name": "X-Proof-Of-Work",
+        "in": "header",
+        "schema": {"type": "string"},
+        "description": "The base64 ALTCHA payload solving the challenge of a 403 (anonymous "
+        "sales with a proof of work).",
+    },
+]
+OPENAPI_SCHEMAS: dict[str, Any] = {
+    "Challenge": {
+        "type": "object",
+        "description": "An ALTCHA v2 challenge, HMAC-signed; `parameters.data` says which sale "
+        "and visitor (or address) it is for.",
+        "required": ["parameters", "signature"],
+        "properties": {
+            "parameters": {
+                "type": "object",
+                "required": ["algorithm", "cost", "keyPrefix", "nonce", "salt", "expiresAt"],
+                "properties": {
+                    "algorithm": {"const": "SHA-256"},
+                    "cost": {"type": "integer", "description": "SHA-256 rounds per attempt"},
+                    "keyLength": {"type": "integer"},
+                    "keyPrefix": {"type": "string", "description": "Hex the key must start with"},
+                    "nonce": {"type": "string"},
+                    "salt": {"type": "string"},
+                    "expiresAt": {"type": "integer", "description": "Unix time, seconds"},
+                    "data": {"type": "object"},
+                },
+            },
+            "signature": {"type": "string"},
+        },
+    },
+    "ProofOfWorkRequired": {
+        "allOf": [
+            _ERROR,
+            {
+                "type": "object",
+                "required": ["challenge"],
+                "properties": {"challenge": {"$ref": "#/components/schemas/Challenge"}},
+            },
+        ]
+    },
+}
+OPENAPI_RESPONSES: dict[str, Any] = {
+    "401": {
+        "description": "The sale requires identity: no JWT (`identity_required`) or one that "
+        "identifies nobody (`invalid_identity`: signature, issuer, audience, expiry, algorithm)",
+        "content": {"application/json": {"schema": _ERROR}},
+    },
+    "403": {
+        "description": "A new place needs a proof of work: none was sent "
+        "(`proof_of_work_required`), or it was invalid, expired, for someone else or spent "
+        "already; the body carries a fresh `challenge`",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ProofOfWorkRequired"}}
+        },
+    },
+    "503": {
+        "description": "The shop's identity provider cannot be reached (`identity_unavailable`); "
+        "see Retry-After",
+        "content": {"application/json": {"schema": _ERROR}},
+    },
+}
