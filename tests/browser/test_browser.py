@@ -18,17 +18,13 @@ import asyncio
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 
 from flashsale.config import Settings
@@ -36,7 +32,8 @@ from flashsale.waiting_room.purchase import Purchases, layout_of
 from flashsale.waiting_room.room import AdmitResult, WaitingRoom
 from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.tokens import ADMISSION, Claims, Signer
-from tests.support import REPO, free_port
+from tests.support import REPO
+from tests.support.processes import api_process
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = REPO / "reports" / "screenshots"
@@ -63,69 +60,10 @@ def _unavailable(reason: str) -> None:
 # -- the API as a subprocess ---------------------------------------------------------------
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """Environment variables that make `Settings.from_env()` give back `settings`."""
-    env = {}
-    for f in fields(Settings):
-        value = getattr(settings, f.name)
-        name = f.metadata["setting"].env
-        env[name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
-    return env
-
-
 @pytest.fixture(scope="session")
 def api_url(settings: Settings, database: None) -> Iterator[str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        **settings_env(settings),
-        "FLASHSALE_LOG_LEVEL": "WARNING",
-        "FLASHSALE_LOG_JSON": "false",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    log_path = REPO / "reports" / "browser-api.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "flashsale.wiring:api_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-access-log",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"the API exited: {log_path.read_text()[-2000:]}")
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the API did not start: {log_path.read_text()[-2000:]}")
-                time.sleep(0.1)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with api_process(settings, "browser-api.log") as url:
+        yield url
 
 
 # -- the browser ---------------------------------------------------------------------------
