@@ -15,9 +15,11 @@ refreshes docs/waiting-room.png, the README's picture.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -32,7 +34,7 @@ from flashsale.waiting_room.purchase import Purchases, layout_of
 from flashsale.waiting_room.room import AdmitResult, WaitingRoom
 from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.tokens import ADMISSION, Claims, Signer
-from tests.support import REPO
+from tests.support import REPO, free_port
 from tests.support.processes import api_process
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -581,3 +583,136 @@ async def test_prequeue_then_the_draw(new_page: NewPage, make_sale: Any, room: W
     assert (await room.admit_once(sale.id)).outcome == "opened"  # as the admitter would
     await page.view("waiting")
     assert re.fullmatch(r"#[1-3]", await page.text("#stat-position"))
+
+
+# -- a price on scripted joins, one place per human, the background tab ----------------------
+
+
+def _requests(page: Any, pattern: str) -> list[tuple[float, Any]]:
+    """Requests whose URL contains `pattern`, with when they were sent (monotonic)."""
+    seen: list[tuple[float, Any]] = []
+    page.on("request", lambda r: seen.append((time.monotonic(), r)) if pattern in r.url else None)
+    return seen
+
+
+async def test_proof_of_work_solved_in_a_worker(
+    new_page: NewPage, make_sale: Any, room: WaitingRoom
+) -> None:
+    """An anonymous sale that prices new places: the page gets the challenge, solves it in
+    pow.js (the default difficulty) under the pages' CSP, and joins. The solve time is
+    reported, never asserted (reports/proof-of-work-browser.json)."""
+    sale = await make_sale(**opened_sale(stock=5, proof_of_work={"enabled": True}))
+    page = await new_page()
+    answers: list[tuple[float, int]] = []
+    page.page.on(
+        "response",
+        lambda r: answers.append((time.monotonic(), r.status)) if "/join" in r.url else None,
+    )
+    joins = _requests(page.page, "/join")
+    await page.goto(f"/sales/{sale.id}")
+    await page.view("waiting")
+    assert await page.text("#stat-position") == "#1"
+    assert [status for _, status in answers] == [403, 201]
+    first, second = joins[0][1], joins[1][1]
+    assert "x-proof-of-work" not in first.headers
+    assert second.headers["x-proof-of-work"]  # the solution, computed in the page's worker
+    solve_ms = round((joins[1][0] - answers[0][0]) * 1000)
+    report = {"difficulty_bits": sale.pow_difficulty, "solve_ms_headless_chromium": solve_ms}
+    (REPO / "reports" / "proof-of-work-browser.json").write_text(json.dumps(report))
+    print(json.dumps(report))
+    # a reload keeps the place without solving again (the cookie's visitor has a place)
+    await page.page.reload()
+    await page.view("waiting")
+    assert [status for _, status in answers][-1] == 200
+    assert await page.text("#stat-position") == "#1"
+
+
+@pytest.fixture
+def background_chromium(chromium_path: Path, tmp_path: Path) -> Iterator[str]:
+    """A Chromium whose tabs can really be in the background, launched by the test (its CDP
+    endpoint is yielded), with Chrome's intensive timer throttling starting after 5 s hidden
+    instead of 5 minutes: then a page's chained timers wake once a minute, as in a real
+    browser left in the background."""
+    import urllib.request
+
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            str(chromium_path),
+            "--headless",
+            *CHROMIUM_ARGS,
+            f"--remote-debugging-port={port}",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--enable-features=IntensiveWakeUpThrottling:grace_period_seconds/5",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/json/version", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+async def background_tabs(background_chromium: str) -> AsyncIterator[Any]:
+    """That Chromium's browser context, reached over CDP without Playwright's per-page
+    defaults (its focus emulation keeps every page visible)."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.connect_over_cdp(background_chromium, no_defaults=True)
+        yield chromium.contexts[0]
+        await chromium.close()
+
+
+async def test_background_tab_keeps_its_place_and_says_when_it_is_its_turn(
+    background_tabs: Any, api_url: str, make_sale: Any, room: WaitingRoom
+) -> None:
+    # a short abandonment window: a waiter silent for 6 s is skipped
+    admission = {
+        "batch_size": 1,
+        "batch_interval_ms": 50,
+        "max_active": 50,
+        "admission_ttl_seconds": 600,
+        "abandon_after_seconds": 6,
+    }
+    sale = await make_sale(**opened_sale(stock=5, admission=admission))
+    assert (await room.join(sale.id, "walked-away-01", "198.51.100.9")).outcome == "ok"
+    await background_tabs.grant_permissions(["notifications"], origin=api_url)
+    page = Page(await background_tabs.new_page(), api_url)
+    polls = _requests(page.page, "/status")
+    await page.goto(f"/sales/{sale.id}")
+    await page.view("waiting")
+    assert await page.text("#stat-position") == "#2"
+    assert re.match(r"#2 in line", await page.page.title())
+    assert await page.page.is_visible("#notify-on")  # permission given: no need to ask
+
+    other = await background_tabs.new_page()  # the shopper switches to another tab
+    await other.goto("about:blank")
+    hidden_at = time.monotonic()
+    assert await page.page.evaluate("document.visibilityState") == "hidden"
+    await asyncio.sleep(16)  # grace, then throttling: well past the abandonment window
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(polls) if a >= hidden_at]
+    assert gaps and max(gaps) < 6, f"polls while hidden came {gaps} s apart"
+
+    # the line moves: the waiter who walked away is skipped, ours is admitted, not skipped
+    result = await admit_next(room, sale)
+    assert (result.admitted, result.skipped) == (1, 1), result
+    deadline = time.monotonic() + 15
+    while not (await page.page.title()).startswith("Your turn!"):
+        assert time.monotonic() < deadline, await page.page.title()
+        await asyncio.sleep(0.2)
+    assert await page.page.evaluate("document.visibilityState") == "hidden"
+    assert await page.page.get_attribute("body", "data-notified") == "true"
+    await page.page.bring_to_front()
+    await page.view("purchase")
+    page.assert_clean()
