@@ -10,8 +10,13 @@ from typing import Any
 
 from starlette.routing import BaseRoute, Route
 
+from flashsale.api import identity
 from flashsale.api.pages import OPENAPI_PATHS as PAGE_PATHS
-from flashsale.waiting_room.sale import ADMISSION_BOUNDS
+from flashsale.waiting_room.sale import (
+    ADMISSION_BOUNDS,
+    DEFAULT_POW_DIFFICULTY,
+    POW_DIFFICULTY_BOUNDS,
+)
 
 _ref = {"$ref": "#/components/schemas/Error"}
 
@@ -157,6 +162,28 @@ SCHEMAS: dict[str, Any] = {
                     for k, (lo, hi) in ADMISSION_BOUNDS.items()
                 },
             },
+            "identity": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "`required`: one place per signed-in shopper (the shop's JWT "
+                "on join; needs FLASHSALE_IDENTITY_JWKS_*); fixed once the sale opens.",
+                "properties": {"required": {"type": "boolean"}},
+            },
+            "proof_of_work": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "A price on new anonymous places: `difficulty` bits of SHA-256 "
+                f"work (default {DEFAULT_POW_DIFFICULTY}); the admitter raises it while joins "
+                "outpace admission.",
+                "properties": {
+                    "enabled": {"type": "boolean"},
+                    "difficulty": {
+                        "type": "integer",
+                        "minimum": POW_DIFFICULTY_BOUNDS[0],
+                        "maximum": POW_DIFFICULTY_BOUNDS[1],
+                    },
+                },
+            },
         },
         "additionalProperties": False,
     },
@@ -175,6 +202,8 @@ SCHEMAS: dict[str, Any] = {
             "phase": {"enum": ["scheduled", "open", "closed"]},
             "waiting": {"type": "integer"},
             "sold_out": {"type": "boolean"},
+            "identity_required": {"type": "boolean"},
+            "proof_of_work_required": {"type": "boolean"},
         },
     },
     "AdminSale": {
@@ -698,6 +727,13 @@ def _complete(paths: dict[str, dict[str, Any]]) -> None:
                 if status == "429" or (status == "503" and path != "/readyz"):
                     headers["Retry-After"] = _header("Retry-After")
 
+
+# the join's identity and proof of work (api/identity.py)
+_JOIN = PATHS["/api/sales/{sale_id}/join"]["post"]
+_JOIN["description"] += identity.OPENAPI_DESCRIPTION
+_JOIN["parameters"] += identity.OPENAPI_PARAMETERS
+_JOIN["responses"].update(identity.OPENAPI_RESPONSES)
+SCHEMAS.update(identity.OPENAPI_SCHEMAS)
 
 _complete(PATHS)
 for _path, _status in (

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from flashsale.api import identity
 from flashsale.api.errors import ApiError
 from flashsale.api.front import Reply, encode_headers, endpoint, json_reply
 from flashsale.api.inputs import VISITOR_COOKIE, Incoming, new_visitor_id
@@ -86,12 +87,21 @@ async def join(req: Incoming) -> Reply:
     sale_id = req.sale_id
     presented = req.visitor()
     await req.json_object(services.settings.max_body_bytes)  # none, or {}
-    visitor = presented or new_visitor_id()
     address = req.address()
+    # who may take a place: the shop's identity (its visitor id), or a proof of work
+    authorization, proof = req.header(b"authorization"), req.header(identity.PROOF_HEADER.encode())
+    passed = await with_room(
+        services,
+        sale_id,
+        lambda: identity.check_join(services, sale_id, presented, address, authorization, proof),
+    )
+    visitor = passed.visitor or presented or new_visitor_id()
     result = await with_room(
-        services, sale_id, lambda: services.room.join(sale_id, visitor, address)
+        services, sale_id, lambda: services.room.join(sale_id, visitor, address, passed.proof)
     )
     labelled(JOINS, "existing" if result.existing else result.outcome).inc()
+    if result.outcome in ("proof_required", "proof_spent"):
+        raise await identity.refused_join(services, sale_id, presented, address, result.outcome)
     if result.outcome == "rate_limited":
         retry = math.ceil(result.retry_after_seconds or 1)
         raise ApiError(

@@ -126,6 +126,50 @@ class Settings:
     cookie_secure: bool = _s(
         "FLASHSALE_COOKIE_SECURE", False, "Mark the visitor cookie `Secure` (set it behind HTTPS)."
     )
+    identity_jwks_url: str = _s(
+        "FLASHSALE_IDENTITY_JWKS_URL",
+        "",
+        "The shop's identity provider's JWKS (http or https URL): sales with "
+        "`identity.required` take a place per signed-in shopper (JWT on join).",
+    )
+    identity_jwks_file: str = _s(
+        "FLASHSALE_IDENTITY_JWKS_FILE",
+        "",
+        "The same JWKS as a file (e.g. a mounted Secret), instead of the URL.",
+    )
+    identity_issuer: str = _s(
+        "FLASHSALE_IDENTITY_ISSUER",
+        "",
+        "The `iss` every shopper JWT must carry (required with a JWKS).",
+    )
+    identity_audience: str = _s(
+        "FLASHSALE_IDENTITY_AUDIENCE",
+        "",
+        "The `aud` every shopper JWT must carry (required with a JWKS).",
+    )
+    identity_algorithms: str = _s(
+        "FLASHSALE_IDENTITY_ALGORITHMS",
+        "RS256,ES256",
+        "JWT signature algorithms accepted (comma-separated; asymmetric ones only).",
+    )
+    identity_jwks_ttl_seconds: float = _s(
+        "FLASHSALE_IDENTITY_JWKS_TTL_SECONDS",
+        300.0,
+        "How long the JWKS is cached before it is read again.",
+    )
+    identity_jwks_cooldown_seconds: float = _s(
+        "FLASHSALE_IDENTITY_JWKS_COOLDOWN_SECONDS",
+        10.0,
+        "A JWT naming a key not in the cached JWKS re-reads it at most once per this long "
+        "(key rotation without letting made-up key ids hammer the provider).",
+    )
+    identity_key: str = _s(
+        "FLASHSALE_IDENTITY_KEY",
+        "",
+        "HMAC key turning a shopper's issuer and subject into their visitor id (at least 32 "
+        "characters). Empty: FLASHSALE_TOKEN_KEY's current key (then rotating that key during "
+        "a sale gives signed-in shoppers new places: set this one in production).",
+    )
     admitter_tick_ms: int = _s(
         "FLASHSALE_ADMITTER_TICK_MS", 100, "How often the admitter looks for a batch that is due."
     )
@@ -263,6 +307,7 @@ class Settings:
         for key in (self.token_key, self.token_key_previous):
             if key and len(key) < 32:
                 raise SettingsError("FLASHSALE_TOKEN_KEY(_PREVIOUS) must be at least 32 characters")
+        self._validate_identity()
         if not self.redis_prefix.replace("-", "").replace("_", "").isalnum():
             raise SettingsError("FLASHSALE_REDIS_PREFIX may hold letters, digits, '-' and '_' only")
         if not self.database_schema.replace("_", "").isalnum():
@@ -285,6 +330,48 @@ class Settings:
                 env = next(f.metadata["setting"].env for f in fields(self) if f.name == name)
                 raise SettingsError(f"{env} must be positive")
 
+    def _validate_identity(self) -> None:
+        if self.identity_key and len(self.identity_key) < 32:
+            raise SettingsError("FLASHSALE_IDENTITY_KEY must be at least 32 characters")
+        if self.identity_jwks_url and self.identity_jwks_file:
+            raise SettingsError(
+                "set FLASHSALE_IDENTITY_JWKS_URL or FLASHSALE_IDENTITY_JWKS_FILE, not both"
+            )
+        if self.identity_jwks_url and not self.identity_jwks_url.startswith(
+            ("http://", "https://")
+        ):
+            raise SettingsError("FLASHSALE_IDENTITY_JWKS_URL must be an http or https URL")
+        if self.identity_configured and not (self.identity_issuer and self.identity_audience):
+            raise SettingsError(
+                "with a JWKS, FLASHSALE_IDENTITY_ISSUER and FLASHSALE_IDENTITY_AUDIENCE are "
+                "required: a token from another issuer or for another audience must not pass"
+            )
+        unsafe = [a for a in self.identity_algorithm_list if a not in ASYMMETRIC_ALGORITHMS]
+        if unsafe or not self.identity_algorithm_list:
+            raise SettingsError(
+                f"FLASHSALE_IDENTITY_ALGORITHMS may name only {', '.join(ASYMMETRIC_ALGORITHMS)}"
+                f" (refused: {', '.join(unsafe) or 'none given'}): a shared-secret or 'none' "
+                "algorithm would let anyone holding the public key mint tokens"
+            )
+        if self.identity_jwks_ttl_seconds <= 0 or self.identity_jwks_cooldown_seconds < 0:
+            raise SettingsError(
+                "FLASHSALE_IDENTITY_JWKS_TTL_SECONDS must be positive and "
+                "FLASHSALE_IDENTITY_JWKS_COOLDOWN_SECONDS not negative"
+            )
+
+    @property
+    def identity_configured(self) -> bool:
+        """Whether an identity provider is set, so sales may require a signed-in shopper."""
+        return bool(self.identity_jwks_url or self.identity_jwks_file)
+
+    @property
+    def identity_algorithm_list(self) -> tuple[str, ...]:
+        return tuple(a.strip() for a in self.identity_algorithms.split(",") if a.strip())
+
+    def identity_hash_key(self) -> bytes:
+        """The key of visitor ids derived from identities (see FLASHSALE_IDENTITY_KEY)."""
+        return (self.identity_key or self.token_key or _process_key()).encode()
+
     def signing_keys(self) -> tuple[bytes, ...]:
         """Current key first, then the previous one; a random key when none is configured."""
         current = self.token_key or _process_key()
@@ -294,6 +381,20 @@ class Settings:
         return tuple(keys)
 
 
+# JWT algorithms a shop's identity provider may sign with: public-key ones only, so holding
+# the JWKS (public) never lets anyone mint a token (no HS256, no "none")
+ASYMMETRIC_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
 _PROCESS_KEY: list[str] = []
 
 

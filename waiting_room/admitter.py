@@ -18,7 +18,8 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client import Counter, Gauge
 
 from flashsale.waiting_room.isolation import PerSale
-from flashsale.waiting_room.room import NoSuchRoom, WaitingRoom
+from flashsale.waiting_room.pow import Pace, difficulty
+from flashsale.waiting_room.room import Counters, NoSuchRoom, WaitingRoom
 from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.sales import Sales
 from flashsale.waiting_room.stock import Stock
@@ -81,6 +82,13 @@ OPENS_AT = Gauge(
     multiprocess_mode="max",
 )
 
+POW_DIFFICULTY = Gauge(
+    "flashsale_pow_difficulty_bits",
+    "Proof-of-work difficulty a new anonymous place costs now (0: none)",
+    ["sale"],
+    multiprocess_mode="max",
+)
+
 
 class Admitter:
     def __init__(
@@ -108,6 +116,7 @@ class Admitter:
         self._gauged = 0.0
         self._gauged_sales: set[str] = set()
         self.per_sale = PerSale("admitter", sale_timeout_seconds)
+        self._paces: dict[str, Pace] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("admitter started")
@@ -196,6 +205,8 @@ class Admitter:
             SALE_OPEN.labels(sale_id).set(0)
             WAITING.labels(sale_id).set(0)
         self._gauged_sales = live
+        for sale_id in set(self._paces) - live:
+            del self._paces[sale_id]
 
     async def export_gauges(self, sale: Sale, now: datetime) -> None:
         """Set the sale's gauges from Redis: three round trips."""
@@ -206,6 +217,29 @@ class Admitter:
                 "could not read the room for metrics", extra={"sale": sale.id}, exc_info=True
             )
 
+    async def price_joins(self, sale: Sale, counters: Counters) -> None:
+        """Raise (or lower back) the proof of work new places cost, from the measured join
+        and admission rates (pow.difficulty); admission's own rate before the opening is the
+        one the sale's settings allow."""
+        if not sale.pow_difficulty or sale.identity_required:
+            return
+        pace = self._paces.setdefault(sale.id, Pace())
+        pace.add(time.monotonic(), counters.joined, counters.admitted_total)
+        rates = pace.rates()
+        bits = sale.pow_difficulty
+        if rates is not None:
+            joins, admissions = rates
+            if not counters.opened:
+                admissions = sale.batch_size * 1000 / sale.batch_interval_ms
+            bits = difficulty(sale.pow_difficulty, joins, admissions)
+        POW_DIFFICULTY.labels(sale.id).set(bits)
+        if bits != counters.pow_difficulty:
+            await self.room.set_pow_difficulty(sale.id, bits)
+            log.info(
+                "proof-of-work difficulty changed",
+                extra={"sale": sale.id, "bits": bits, "was": counters.pow_difficulty},
+            )
+
     async def _export_sale(self, sale: Sale, now: datetime) -> None:
         OPENS_AT.labels(sale.id).set(sale.opens_at.timestamp())
         SALE_OPEN.labels(sale.id).set(1 if sale.phase(now) == "open" else 0)
@@ -214,6 +248,7 @@ class Admitter:
             counters = await self.room.counters(sale.id)
         except NoSuchRoom:
             return
+        await self.price_joins(sale, counters)
         WAITING.labels(sale.id).set(counters.waiting)
         ACTIVE.labels(sale.id).set(counters.active)
         SOLD_OUT.labels(sale.id).set(1 if counters.sold_out else 0)

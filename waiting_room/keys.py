@@ -49,6 +49,11 @@ class SaleKeys:
         """Bitmap: bit j set when join index j polled during heartbeat slice `slice_no`."""
         return f"{self.base}:hb:{slice_no}"
 
+    def proof(self, proof_id: str) -> str:
+        """String: a proof-of-work solution already spent on a place (single use), kept until
+        its challenge expires."""
+        return f"{self.base}:pow:{proof_id}"
+
     def rate(self, kind: str, subject: str) -> str:
         """Counter for the join rate limit of one visitor (`v`) or client address (`a`)."""
         return f"{self.base}:rl:{kind}:{subject}"

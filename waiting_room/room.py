@@ -25,6 +25,7 @@ from flashsale.waiting_room.keys import (
     heartbeat_slice,
     heartbeat_slices,
 )
+from flashsale.waiting_room.pow import Proof
 from flashsale.waiting_room.redis_client import RedisClient, remove_matching
 from flashsale.waiting_room.scripts import Scripts
 from flashsale.waiting_room.shuffle import Permutation
@@ -41,7 +42,7 @@ class NoSuchRoom(Exception):
 
 @dataclass(frozen=True)
 class JoinResult:
-    outcome: str  # ok | rate_limited | closed | sold_out
+    outcome: str  # ok | rate_limited | closed | sold_out | proof_required | proof_spent
     ticket: str | None = None
     claims: Claims | None = None
     existing: bool = False
@@ -74,6 +75,7 @@ class Counters:
     joined: int
     opened: bool
     sold_out: bool
+    pow_difficulty: int = 0
 
 
 @lru_cache(maxsize=256)
@@ -133,6 +135,9 @@ class WaitingRoom:
             "admission_ttl_ms": sale.admission_ttl_seconds * 1000,
             "abandon_ms": sale.abandon_after_seconds * 1000,
             "closed": 1 if sale.closed_at else 0,
+            "identity": 1 if sale.identity_required else 0,
+            # the sale's base; the admitter raises it while joins outpace admission
+            "pow_bits": sale.pow_difficulty,
         }
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.meta, mapping=config)
@@ -142,6 +147,11 @@ class WaitingRoom:
 
     def forget(self, sale_id: str) -> None:
         """Drop this process's cached view of the room (after a change made here)."""
+        self._views.pop(sale_id, None)
+
+    async def set_pow_difficulty(self, sale_id: str, bits: int) -> None:
+        """The admitter's price on new places (bits), until it or the next install changes it."""
+        await self.redis.hset(self.keys(sale_id).meta, "pow_bits", bits)
         self._views.pop(sale_id, None)
 
     async def set_sold_out(self, sale_id: str, sold_out: bool = True) -> None:
@@ -219,14 +229,22 @@ class WaitingRoom:
             joined=view.seq if view.opened else view.pre,
             opened=view.opened,
             sold_out=view.sold_out,
+            pow_difficulty=view.pow_difficulty,
         )
 
     # -- shoppers --------------------------------------------------------------------------
 
-    async def join(self, sale_id: str, visitor: str, address: str) -> JoinResult:
+    async def join(
+        self, sale_id: str, visitor: str, address: str, proof: Proof | None = None
+    ) -> JoinResult:
+        """Give `visitor` a place (or their place again). Where the sale prices new places
+        (`view.proof_required`), a new one needs a verified `proof`, spent here once."""
         keys = self.keys(sale_id)
         view = await self.view(sale_id)
         now = self.now_ms()
+        proof_mode = 0
+        if view.proof_required:
+            proof_mode = 1 if proof is None else 2
         current = heartbeat_slice(now, view.abandon_ms)
         window_ms = self.settings.rate_window_seconds * 1000
         status, value, existing = await self.scripts.join(
@@ -237,6 +255,7 @@ class WaitingRoom:
                 keys.rate("v", visitor),
                 keys.rate("a", address),
                 keys.inventory,
+                keys.proof(proof.proof_id if proof else "-"),
             ],
             args=[
                 visitor,
@@ -245,6 +264,8 @@ class WaitingRoom:
                 window_ms,
                 self.settings.join_limit_per_visitor,
                 self.settings.join_limit_per_address,
+                proof_mode,
+                (proof.expires_ms - now) if proof else 0,
             ],
         )
         status = _text(status)

@@ -15,6 +15,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 SALE_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,31}$")
 MAX_SEATS = 200_000
+# proof of work (waiting_room/pow.py): difficulty in bits, i.e. 2**bits SHA-256 expected
+DEFAULT_POW_DIFFICULTY = 18
+POW_DIFFICULTY_BOUNDS = (4, 26)
 
 ADMISSION_DEFAULTS = {
     "batch_size": 100,
@@ -57,6 +60,8 @@ class Sale:
     max_active: int = ADMISSION_DEFAULTS["max_active"]
     admission_ttl_seconds: int = ADMISSION_DEFAULTS["admission_ttl_seconds"]
     abandon_after_seconds: int = ADMISSION_DEFAULTS["abandon_after_seconds"]
+    identity_required: bool = False  # one place per signed-in shopper (the shop's JWT)
+    pow_difficulty: int = 0  # bits of proof of work a new anonymous place costs; 0: none
     closed_at: datetime | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
@@ -85,6 +90,8 @@ class Sale:
             "price_cents": self.price_cents,
             "currency": self.currency,
             "phase": self.phase(now),
+            "identity_required": self.identity_required,
+            "proof_of_work_required": self.pow_difficulty > 0,
         }
 
     def admin(self, now: datetime) -> dict[str, Any]:
@@ -93,6 +100,11 @@ class Sale:
         body.update(
             seat_map=self.seat_map,
             admission={k: getattr(self, k) for k in ADMISSION_DEFAULTS},
+            identity={"required": self.identity_required},
+            proof_of_work={
+                "enabled": self.pow_difficulty > 0,
+                "difficulty": self.pow_difficulty or DEFAULT_POW_DIFFICULTY,
+            },
             closed_at=self.closed_at.isoformat() if self.closed_at else None,
             created_at=self.created_at.isoformat() if self.created_at else None,
             updated_at=self.updated_at.isoformat() if self.updated_at else None,
@@ -227,6 +239,8 @@ ALLOWED = {
     "price_cents",
     "currency",
     "admission",
+    "identity",
+    "proof_of_work",
 }
 CURRENCY = re.compile(r"^[A-Z]{3}$")
 
@@ -287,6 +301,14 @@ def parse_sale(body: Any, *, existing: Sale | None = None) -> Sale:
         for key, (low, high) in ADMISSION_BOUNDS.items():
             if key in admission:
                 changes[key] = _int(admission[key], f"admission.{key}", low, high)
+    if "identity" in body:
+        identity = _require_object(body["identity"], "identity")
+        for key in sorted(set(identity) - {"required"}):
+            raise ValidationError(f"identity.{key}", "unknown field; allowed: required")
+        if "required" in identity:
+            changes["identity_required"] = _bool(identity["required"], "identity.required")
+    if "proof_of_work" in body:
+        changes["pow_difficulty"] = _proof_of_work(body["proof_of_work"])
 
     sale = replace(existing, **changes) if existing else Sale(**changes)
     if sale.closes_at <= sale.opens_at:
@@ -295,4 +317,29 @@ def parse_sale(body: Any, *, existing: Sale | None = None) -> Sale:
         raise ValidationError("closes_at", "a sale lasts at most 90 days")
     if sale.max_active < sale.batch_size:
         raise ValidationError("admission.max_active", "must be at least admission.batch_size")
+    if sale.identity_required and sale.pow_difficulty:
+        raise ValidationError(
+            "proof_of_work.enabled",
+            "a sale that requires identity gives one place per shopper already: "
+            "proof of work is for anonymous sales",
+        )
     return sale
+
+
+def _bool(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError(field, "must be true or false")
+    return value
+
+
+def _proof_of_work(value: Any) -> int:
+    """The difficulty in bits that `{"enabled", "difficulty"}` asks for; 0 when off."""
+    pow_body = _require_object(value, "proof_of_work")
+    for key in sorted(set(pow_body) - {"enabled", "difficulty"}):
+        raise ValidationError(f"proof_of_work.{key}", "unknown field; allowed: enabled, difficulty")
+    enabled = _bool(pow_body.get("enabled", True), "proof_of_work.enabled")
+    low, high = POW_DIFFICULTY_BOUNDS
+    difficulty = DEFAULT_POW_DIFFICULTY
+    if "difficulty" in pow_body:
+        difficulty = _int(pow_body["difficulty"], "proof_of_work.difficulty", low, high)
+    return difficulty if enabled else 0

@@ -88,8 +88,18 @@ class Sales:
         )
         return [_sale(r) for r in rows]
 
+    def _check_identity(self, sale: Sale) -> None:
+        """A sale may require identity only where an identity provider is configured."""
+        if sale.identity_required and not self.room.settings.identity_configured:
+            raise ValidationError(
+                "identity.required",
+                "this install has no identity provider: set FLASHSALE_IDENTITY_JWKS_URL (or "
+                "_FILE), FLASHSALE_IDENTITY_ISSUER and FLASHSALE_IDENTITY_AUDIENCE",
+            )
+
     async def create(self, body: Any) -> Sale:
         sale = parse_sale(body)
+        self._check_identity(sale)
         slots = ", ".join(f"${i}" for i in range(1, len(_WRITABLE) + 1))
         try:
             async with self.pool.acquire() as conn, conn.transaction():
@@ -126,6 +136,10 @@ class Sales:
                 raise ValidationError("opens_at", "a new opening time must be in the future")
             if current.seated and sale.seat_map != current.seat_map and now >= current.opens_at:
                 raise ValidationError("seat_map", "cannot change once the sale has opened")
+            if sale.identity_required != current.identity_required and now >= current.opens_at:
+                # places taken so far are keyed one way or the other: no mixing in one line
+                raise ValidationError("identity.required", "cannot change once the sale has opened")
+            self._check_identity(sale)
             assignments = ", ".join(f"{c} = ${i}" for i, c in enumerate(_WRITABLE, start=1))
             row = one(
                 await conn.fetchrow(

@@ -13,7 +13,9 @@ import asyncpg
 
 from flashsale.config import Settings
 from flashsale.waiting_room.db import UNAVAILABLE
+from flashsale.waiting_room.identity import IdentityVerifier
 from flashsale.waiting_room.payments import CircuitBreaker, GuardedProvider, make_provider
+from flashsale.waiting_room.pow import Proofs
 from flashsale.waiting_room.purchase import Purchases
 from flashsale.waiting_room.redis_client import RedisClient
 from flashsale.waiting_room.room import WaitingRoom
@@ -39,6 +41,8 @@ class Services:
     sales: Sales
     stock: Stock
     purchases: Purchases
+    identity: IdentityVerifier | None  # the shop's identity provider, when one is configured
+    proofs: Proofs  # proof-of-work challenges of anonymous sales
     _unknown: dict[str, float] = field(default_factory=dict)
     _sales: dict[str, tuple[float, Sale]] = field(default_factory=dict)
 
@@ -72,7 +76,19 @@ class Services:
         )
         stock = Stock(redis, raw_redis, pool, room, payments=payments, clock=room.clock)
         purchases = Purchases(redis, pool, room, stock, payments, clock=room.clock)
-        return cls(settings, redis, raw_redis, pool, signer, room, sales, stock, purchases)
+        return cls(
+            settings,
+            redis,
+            raw_redis,
+            pool,
+            signer,
+            room,
+            sales,
+            stock,
+            purchases,
+            IdentityVerifier.from_settings(settings),
+            Proofs(settings.signing_keys(), clock=room.clock),
+        )
 
     async def ensure_room(self, sale_id: str) -> Sale:
         self._check_known(sale_id)

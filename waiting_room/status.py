@@ -51,6 +51,8 @@ class RoomView:
     skipped_total: int = 0
     batches: tuple[tuple[int, int], ...] = field(default=())  # (t_ms, frontier), newest first
     held_units: int = 0  # units in shoppers' holds: they return to stock if not paid
+    identity_required: bool = False  # places are per signed-in shopper (the shop's JWT)
+    pow_difficulty: int = 0  # bits a new anonymous place costs now (admitter may raise it)
 
     @classmethod
     def from_redis(cls, meta: dict[str, str], batches: list[str], held_units: int = 0) -> RoomView:
@@ -82,7 +84,15 @@ class RoomView:
             skipped_total=i("skipped_total"),
             batches=tuple(samples),
             held_units=held_units,
+            identity_required=meta.get("identity") == "1",
+            pow_difficulty=i("pow_bits"),
         )
+
+    @property
+    def proof_required(self) -> bool:
+        """Whether a new place needs a proof of work: anonymous sales that price joins (a sale
+        requiring identity gives one place per shopper and needs none)."""
+        return self.pow_difficulty > 0 and not self.identity_required
 
     def is_closed(self, now_ms: int) -> bool:
         return self.closed or now_ms >= self.closes_ms

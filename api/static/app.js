@@ -11,9 +11,26 @@
  *
  * Errors, 429 and 5xx are retried with exponential backoff and full jitter, never sooner than
  * Retry-After.
+ *
+ * Two dedicated workers help: poller.js waits and fetches each status poll (a background tab's
+ * own timers are throttled, a worker's are not, so the place is kept), and pow.js solves the
+ * proof of work an anonymous sale may ask of a new place. A sale that requires the shop's
+ * identity takes the shop's token from the link's fragment (#identity=<JWT>) and sends it on
+ * join as Authorization: Bearer.
  */
 (function () {
   "use strict";
+
+  // the workers are loaded with the same ?v= content hash as this script
+  const ASSET_QUERY = document.currentScript ? new URL(document.currentScript.src).search : "";
+
+  function worker(name) {
+    try {
+      return new Worker(`/static/${name}${ASSET_QUERY}`);
+    } catch (e) {
+      return null; // no workers here: the caller falls back or says so
+    }
+  }
 
   // -- language --------------------------------------------------------------------------
 
@@ -145,11 +162,7 @@
     init.signal = controller.signal;
     try {
       const response = await fetch(path, init);
-      const date = Date.parse(response.headers.get("date") || "");
-      if (!isNaN(date)) {
-        const skew = date + 500 - Date.now(); // the header has a 1 s resolution
-        skewMs = Math.abs(skew) > 2000 ? skew : 0;
-      }
+      noteServerDate(response.headers.get("date"));
       let data = null;
       try { data = await response.json(); } catch (e) { data = null; }
       return { status: response.status, ok: response.ok, data,
@@ -158,6 +171,14 @@
       return { status: 0, ok: false, data: null, retryAfter: null };
     } finally {
       clearTimeout(timer);
+    }
+  }
+
+  function noteServerDate(value) {
+    const date = Date.parse(value || "");
+    if (!isNaN(date)) {
+      const skew = date + 500 - Date.now(); // the header has a 1 s resolution
+      skewMs = Math.abs(skew) > 2000 ? skew : 0;
     }
   }
 
@@ -245,6 +266,7 @@
     const S = {
       sale: null, ticket: null, visitor: null, hb: null, admission: null, admittedUntil: null,
       opensAt: null, order: null, orders: [], holdExpires: null, pollTimer: null,
+      poller: undefined, pollId: 0, pollPending: false, identity: null, proofTries: 0, title: null,
       nextPollAt: 0, pollErrors: 0, rejoins: 0, view: null, rerender: null, maxAhead: null,
       prequeue: false, seats: null, selected: new Map(), grid: [], paying: false,
       payRetryAt: null, payRetryText: null, admissionChecked: false, holdChecked: false,
@@ -265,10 +287,37 @@
       return S.visitor ? { "X-Visitor-Id": S.visitor } : {};
     }
 
+    /* The shop's identity token, handed over in the link's fragment (never sent to a server
+     * in a URL), kept for this tab's session only. */
+    function takeIdentity() {
+      const fragment = new URLSearchParams(location.hash.slice(1));
+      const token = fragment.get("identity");
+      if (token) {
+        store({ identity: token });
+        fragment.delete("identity");
+        const rest = fragment.toString();
+        history.replaceState(history.state, "", location.pathname + location.search + (rest ? `#${rest}` : ""));
+      }
+      return token || stored().identity || null;
+    }
+
+    function identityHeaders() {
+      return S.identity ? { Authorization: `Bearer ${S.identity}` } : {};
+    }
+
+    function updateTitle() {
+      const name = S.sale ? S.sale.name : "FlashSale";
+      document.title = S.title ? t(S.title.key, { ...S.title.vars, name }) : `${name} · FlashSale`;
+    }
+
     function show(view, name) {
       for (const v of VIEWS) $(`view-${v}`).hidden = v !== view;
       const changed = S.view !== view;
       S.view = view;
+      if (changed) { // a view sets its own title after showing itself; the others take the sale's
+        S.title = null;
+        updateTitle();
+      }
       document.body.dataset.view = name || view;
       $("orders").hidden = !(["confirmed", "message"].includes(view) && S.orders.length);
       // a view that replaces another moves the focus to its heading (not the first one shown)
@@ -287,7 +336,7 @@
       $("sale-name").textContent = sale.name;
       $("sale-opens-label").textContent = t(Date.parse(sale.opens_at) <= serverNow() ? "opened_label"
                                                                                   : "opens_label");
-      document.title = `${sale.name} · FlashSale`;
+      updateTitle();
       const opens = $("sale-opens");
       opens.setAttribute("datetime", sale.opens_at);
       opens.textContent = formatDateTime(sale.opens_at, sale.timezone);
@@ -308,22 +357,33 @@
 
     // -- joining and polling
 
-    async function join() {
-      clearTimeout(S.pollTimer);
+    async function join(proof) {
+      stopPolling();
       if (!S.shown) show("loading");
+      const headers = { ...visitorHeaders(), ...identityHeaders() };
+      if (proof) headers["X-Proof-Of-Work"] = proof;
       const answer = await withRetry(
-        () => api("POST", `${base}/join`, { headers: visitorHeaders() }),
+        () => api("POST", `${base}/join`, { headers }),
         (failed, wait) => notice("loading-notice", retryText(failed, wait), "warn"),
       );
       notice("loading-notice", "");
       if (answer.ok) {
         S.ticket = answer.data.ticket;
         S.visitor = answer.data.visitor_id;
+        S.proofTries = 0;
         store({ ticket: S.ticket, visitor: S.visitor });
         handleStatus(answer.data);
         return;
       }
       const code = errorCode(answer);
+      if (answer.status === 403 && answer.data && answer.data.challenge) {
+        return solveAndJoin(answer.data.challenge); // a new place costs a proof of work
+      }
+      if (answer.status === 401 && (code === "identity_required" || code === "invalid_identity")) {
+        S.identity = null;
+        store({ identity: null });
+        return showMessage("sign_in");
+      }
       if (answer.status === 409) return finish(answer.data.state || code);
       if (answer.status === 404) return showMessage("not_found");
       if (answer.status === 400 && S.visitor) { // a stored visitor id the server refuses
@@ -334,16 +394,102 @@
       showMessage("error", errorMessage(answer));
     }
 
+    /* Solves the challenge in pow.js, showing how far it has got, then joins with the solution
+     * (a few tries: a solution refused as spent or expired comes back with a new challenge). */
+    async function solveAndJoin(challenge) {
+      S.proofTries += 1;
+      if (S.proofTries > 3) return showMessage("error", t("proof_failed"));
+      show("loading", "proof");
+      const bar = $("proof-progress");
+      bar.hidden = false;
+      bar.value = 0;
+      notice("loading-notice", t("proof_working", { percent: 0 }));
+      const solved = await solveProof(challenge, (percent) => {
+        bar.value = percent;
+        notice("loading-notice", t("proof_working", { percent }));
+      });
+      bar.hidden = true;
+      notice("loading-notice", "");
+      if (!solved) return showMessage("error", t("proof_failed"));
+      return join(solved);
+    }
+
+    function solveProof(challenge, onProgress) {
+      return new Promise((resolve) => {
+        const solver = worker("pow.js");
+        if (!solver) return resolve(null);
+        solver.onmessage = (event) => {
+          const m = event.data;
+          if (m.type === "progress") {
+            // the chance it would have been found by now: a steady climb towards 100
+            onProgress(Math.min(99, Math.round(100 * (1 - Math.exp(-m.tried / m.expected)))));
+            return;
+          }
+          solver.terminate();
+          resolve(m.type === "solved" ? m.payload : null);
+        };
+        solver.onerror = () => {
+          solver.terminate();
+          resolve(null);
+        };
+        solver.postMessage({ challenge });
+      });
+    }
+
     function retryText(answer, waitMs) {
       const seconds = Math.max(1, Math.round(waitMs / 1000));
       return answer.status === 429 ? t("busy_retry", { s: seconds })
                                    : t("connection_retry", { s: seconds });
     }
 
-    function schedulePoll(delayMs) {
+    function stopPolling() {
       clearTimeout(S.pollTimer);
+      S.pollTimer = null;
+      S.pollPending = false;
+      S.pollId += 1; // an answer already on its way is ignored
+      if (S.poller) S.poller.postMessage({ type: "stop" });
+    }
+
+    /* The next poll after `delayMs`: from poller.js when the browser runs workers, else from a
+     * timer of the page's own. */
+    function schedulePoll(delayMs) {
+      stopPolling();
       S.nextPollAt = Date.now() + delayMs;
-      S.pollTimer = setTimeout(poll, delayMs);
+      S.pollPending = true;
+      if (S.poller === undefined) S.poller = startPoller();
+      if (S.poller) {
+        S.poller.postMessage({ type: "poll", id: S.pollId, url: pollUrl(), headers: pollHeaders(),
+                               delayMs, timeoutMs: 15000 });
+      } else {
+        S.pollTimer = setTimeout(poll, delayMs);
+      }
+    }
+
+    function startPoller() {
+      const poller = worker("poller.js");
+      if (!poller) return null;
+      poller.onmessage = (event) => {
+        const m = event.data;
+        if (m.id !== S.pollId || !S.pollPending) return; // stopped or replaced meanwhile
+        S.pollPending = false;
+        noteServerDate(m.date);
+        onPollAnswer({ status: m.status, ok: m.status >= 200 && m.status < 300, data: m.data,
+                       retryAfter: parseRetryAfter(m.retryAfter) });
+      };
+      poller.onerror = () => { // the worker failed: poll from the page from now on
+        S.poller = null;
+        if (S.pollPending) schedulePoll(Math.max(0, S.nextPollAt - Date.now()));
+      };
+      return poller;
+    }
+
+    function pollUrl() {
+      const query = S.hb !== null && S.hb !== undefined ? `?hb=${encodeURIComponent(S.hb)}` : "";
+      return `${base}/status${query}`;
+    }
+
+    function pollHeaders() {
+      return { "X-Queue-Ticket": S.ticket, ...visitorHeaders() };
     }
 
     function pollDelay(status) {
@@ -353,9 +499,14 @@
 
     async function poll() {
       S.pollTimer = null;
-      const query = S.hb !== null && S.hb !== undefined ? `?hb=${encodeURIComponent(S.hb)}` : "";
-      const answer = await api("GET", `${base}/status${query}`,
-                               { headers: { "X-Queue-Ticket": S.ticket, ...visitorHeaders() } });
+      const id = S.pollId;
+      const answer = await api("GET", pollUrl(), { headers: pollHeaders() });
+      if (id !== S.pollId || !S.pollPending) return;
+      S.pollPending = false;
+      onPollAnswer(answer);
+    }
+
+    function onPollAnswer(answer) {
       if (answer.ok) {
         S.pollErrors = 0;
         S.rejoins = 0;
@@ -390,6 +541,7 @@
           S.admittedUntil = Date.parse(status.admitted_until);
           S.admissionChecked = false;
           store({ admitted: true });
+          announceTurn();
           enterPurchase();
           break;
         case "sold_out":
@@ -411,10 +563,37 @@
       }
     }
 
+    /* The turn came: say so where a shopper in another tab sees it (the tab's title, and a
+     * notification when they allowed one and the page is not in view). */
+    function announceTurn() {
+      if (!S.sale) return;
+      if (document.visibilityState !== "hidden" || !window.Notification
+          || Notification.permission !== "granted") return;
+      try {
+        const note = new Notification(t("notify_title"), {
+          body: t("notify_body", { name: S.sale.name }), tag: `flashsale-${saleId}`,
+          requireInteraction: true,
+        });
+        note.onshow = () => { document.body.dataset.notified = "true"; };
+        note.onclick = () => { window.focus(); note.close(); };
+      } catch (e) { /* e.g. Android Chrome: notifications only from a service worker */ }
+    }
+
+    function renderNotify() {
+      const supported = "Notification" in window;
+      const permission = supported ? Notification.permission : "denied";
+      $("notify-button").hidden = permission !== "default";
+      $("notify-on").hidden = permission !== "granted";
+    }
+
     function renderWaiting(status) {
       const soldOut = status.state === "sold_out";
       S.prequeue = status.state === "not_open" || status.position === null;
       show("waiting", soldOut ? "sold_out_for_now" : (S.prequeue ? "prequeue" : "waiting"));
+      S.title = status.position ? { key: "title_waiting", vars: { position: formatNumber(status.position) } }
+                                : null;
+      updateTitle();
+      renderNotify();
       S.rerender = () => renderWaiting(status);
       $("waiting-title").textContent = t(soldOut ? "sold_out_for_now_title"
                                                  : (S.prequeue ? "prequeue_title" : "waiting_title"));
@@ -450,7 +629,7 @@
     }
 
     async function leave() {
-      clearTimeout(S.pollTimer);
+      stopPolling();
       await api("POST", `${base}/leave`, { headers: { "X-Queue-Ticket": S.ticket, ...visitorHeaders() } });
       showMessage("left");
     }
@@ -501,7 +680,7 @@
 
     /* A terminal state: show what the shopper owns first (a hold to pay, a confirmed order). */
     async function finish(kind) {
-      clearTimeout(S.pollTimer);
+      stopPolling();
       const orders = await loadOrders();
       const held = orders.find((o) => o.status === "held" || o.status === "paying");
       if (held) return showHold(held);
@@ -521,12 +700,13 @@
       hold_expired: { retry: true },
       order_failed: { retry: true },
       not_found: { retry: false },
+      sign_in: { retry: false },
       left: { retry: true },
       error: { retry: true },
     };
 
     function showMessage(kind, detail) {
-      clearTimeout(S.pollTimer);
+      stopPolling();
       show("message", kind);
       S.rerender = () => showMessage(kind, detail);
       $("message-title").textContent = t(`msg_${kind}_title`);
@@ -540,7 +720,7 @@
     // -- purchase
 
     async function enterPurchase() {
-      clearTimeout(S.pollTimer);
+      stopPolling();
       const orders = await loadOrders();
       const held = orders.find((o) => o.status === "held" || o.status === "paying");
       if (held) return showHold(held);
@@ -550,6 +730,8 @@
 
     function renderPurchase() {
       show("purchase");
+      S.title = { key: "title_turn", vars: {} };
+      updateTitle();
       S.rerender = renderPurchase;
       const sale = S.sale;
       $("quantity-form").hidden = sale.seated;
@@ -930,6 +1112,9 @@
         if (S.orders.length) renderOrders();
       });
       $("leave-button").addEventListener("click", leave);
+      $("notify-button").addEventListener("click", () => { // asked only when the shopper asks
+        Notification.requestPermission().then(renderNotify, renderNotify);
+      });
       $("quantity").addEventListener("change", updateTotals);
       $("best-count").addEventListener("change", updateTotals);
       $("quantity-form").addEventListener("submit", (event) => {
@@ -962,7 +1147,7 @@
       });
       document.addEventListener("visibilitychange", () => {
         // background tabs' timers are throttled: catch up as soon as the page is seen again
-        if (document.visibilityState === "visible" && S.pollTimer && Date.now() >= S.nextPollAt) {
+        if (document.visibilityState === "visible" && S.pollPending && Date.now() >= S.nextPollAt + 1000) {
           schedulePoll(0);
         }
       });
@@ -976,6 +1161,7 @@
       S.ticket = saved.ticket || null;
       S.visitor = saved.visitor || null;
       S.maxAhead = saved.maxAhead || null;
+      S.identity = takeIdentity();
       show("loading");
       const sale = await loadSale();
       if (!sale.ok) {

@@ -15,14 +15,14 @@ refreshes docs/waiting-room.png, the README's picture.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import fields
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,8 @@ from flashsale.waiting_room.purchase import Purchases, layout_of
 from flashsale.waiting_room.room import AdmitResult, WaitingRoom
 from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.tokens import ADMISSION, Claims, Signer
-from tests.support import REPO, free_port
+from tests.support import ADMIN_TOKEN, REPO, free_port
+from tests.support.processes import api_process
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = REPO / "reports" / "screenshots"
@@ -63,69 +64,10 @@ def _unavailable(reason: str) -> None:
 # -- the API as a subprocess ---------------------------------------------------------------
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """Environment variables that make `Settings.from_env()` give back `settings`."""
-    env = {}
-    for f in fields(Settings):
-        value = getattr(settings, f.name)
-        name = f.metadata["setting"].env
-        env[name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
-    return env
-
-
 @pytest.fixture(scope="session")
 def api_url(settings: Settings, database: None) -> Iterator[str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        **settings_env(settings),
-        "FLASHSALE_LOG_LEVEL": "WARNING",
-        "FLASHSALE_LOG_JSON": "false",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    log_path = REPO / "reports" / "browser-api.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "flashsale.wiring:api_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-access-log",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"the API exited: {log_path.read_text()[-2000:]}")
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the API did not start: {log_path.read_text()[-2000:]}")
-                time.sleep(0.1)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with api_process(settings, "browser-api.log") as url:
+        yield url
 
 
 # -- the browser ---------------------------------------------------------------------------
@@ -354,7 +296,8 @@ async def test_wait_get_admitted_buy_and_pay(
     await page.shot("hold")
     await page.page.click("#pay-button")
     await page.view("confirmed")
-    await page.page.wait_for_selector("#orders-list li")
+    # the list shown at first is the one from the decline: wait for the reloaded one
+    await page.has_text("#orders-list", re.compile("Confirmed"))
     orders = await page.text("#orders-list")
     assert "Confirmed" in orders and "Released" in orders, orders
     await page.fits_the_phone()
@@ -643,3 +586,220 @@ async def test_prequeue_then_the_draw(new_page: NewPage, make_sale: Any, room: W
     assert (await room.admit_once(sale.id)).outcome == "opened"  # as the admitter would
     await page.view("waiting")
     assert re.fullmatch(r"#[1-3]", await page.text("#stat-position"))
+
+
+# -- a price on scripted joins, one place per human, the background tab ----------------------
+
+
+def _requests(page: Any, pattern: str) -> list[tuple[float, Any]]:
+    """Requests whose URL contains `pattern`, with when they were sent (monotonic)."""
+    seen: list[tuple[float, Any]] = []
+    page.on("request", lambda r: seen.append((time.monotonic(), r)) if pattern in r.url else None)
+    return seen
+
+
+SOLVE_IN_WORKER = """async ({sale, count}) => {
+  const script = document.querySelector("script[src*='app.js']").src.replace("app.js", "pow.js");
+  const solves = [];
+  for (let n = 0; n < count; n++) {
+    const refused = await fetch(`/api/sales/${sale}/join`, {
+      method: "POST", headers: {"X-Visitor-Id": `measure-${n}-${Date.now()}`}});
+    const {challenge} = await refused.json();
+    solves.push(await new Promise((resolve) => {
+      const worker = new Worker(script);
+      worker.onmessage = (e) => {
+        if (e.data.type !== "progress") { worker.terminate(); resolve(e.data); }
+      };
+      worker.postMessage({challenge});
+    }));
+  }
+  return solves.map(({ms, tried}) => ({ms, tried}));
+}"""
+
+
+async def test_proof_of_work_solved_in_a_worker(
+    new_page: NewPage, make_sale: Any, room: WaitingRoom
+) -> None:
+    """An anonymous sale that prices new places: the page gets the challenge, solves it in
+    pow.js (the default difficulty) under the pages' CSP, and joins. The solve time is
+    reported, never asserted (reports/proof-of-work-browser.json)."""
+    sale = await make_sale(**opened_sale(stock=5, proof_of_work={"enabled": True}))
+    page = await new_page()
+    answers: list[tuple[float, int]] = []
+    page.page.on(
+        "response",
+        lambda r: answers.append((time.monotonic(), r.status)) if "/join" in r.url else None,
+    )
+    joins = _requests(page.page, "/join")
+    await page.goto(f"/sales/{sale.id}")
+    await page.view("waiting")
+    assert await page.text("#stat-position") == "#1"
+    assert [status for _, status in answers] == [403, 201]
+    first, second = joins[0][1], joins[1][1]
+    assert "x-proof-of-work" not in first.headers
+    assert second.headers["x-proof-of-work"]  # the solution, computed in the page's worker
+    solve_ms = round((joins[1][0] - answers[0][0]) * 1000)
+    # the worker's pace over more challenges (one solve is a geometric draw): the page's own
+    # pow.js on challenges the API issues to fresh visitors
+    solves = await page.page.evaluate(SOLVE_IN_WORKER, {"sale": sale.id, "count": 8})
+    hashes = sum(s["tried"] for s in solves) * 2 ** (sale.pow_difficulty % 4)
+    seconds = sum(s["ms"] for s in solves) / 1000
+    report = {
+        "difficulty_bits": sale.pow_difficulty,
+        "first_join_solve_ms": solve_ms,
+        "solves": len(solves),
+        "mean_solve_ms": round(seconds * 1000 / len(solves)),
+        "hashes_per_second": round(hashes / seconds),
+        "expected_solve_ms": round(2**sale.pow_difficulty / (hashes / seconds) * 1000),
+    }
+    (REPO / "reports" / "proof-of-work-browser.json").write_text(json.dumps(report))
+    print(json.dumps(report))
+    # a reload keeps the place without solving again (the cookie's visitor has a place)
+    await page.page.reload()
+    await page.view("waiting")
+    assert [status for _, status in answers][-1] == 200
+    assert await page.text("#stat-position") == "#1"
+
+
+@pytest.fixture
+def background_chromium(chromium_path: Path, tmp_path: Path) -> Iterator[str]:
+    """A Chromium whose tabs can really be in the background, launched by the test (its CDP
+    endpoint is yielded), with Chrome's intensive timer throttling starting after 5 s hidden
+    instead of 5 minutes: then a page's chained timers wake once a minute, as in a real
+    browser left in the background."""
+    import urllib.request
+
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            str(chromium_path),
+            "--headless",
+            *CHROMIUM_ARGS,
+            f"--remote-debugging-port={port}",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--enable-features=IntensiveWakeUpThrottling:grace_period_seconds/5",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/json/version", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+async def background_tabs(background_chromium: str) -> AsyncIterator[Any]:
+    """That Chromium's browser context, reached over CDP without Playwright's per-page
+    defaults (its focus emulation keeps every page visible)."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.connect_over_cdp(background_chromium, no_defaults=True)
+        yield chromium.contexts[0]
+        await chromium.close()
+
+
+async def test_background_tab_keeps_its_place_and_says_when_it_is_its_turn(
+    background_tabs: Any, api_url: str, make_sale: Any, room: WaitingRoom
+) -> None:
+    # a short abandonment window: a waiter silent for 6 s is skipped
+    admission = {
+        "batch_size": 1,
+        "batch_interval_ms": 50,
+        "max_active": 50,
+        "admission_ttl_seconds": 600,
+        "abandon_after_seconds": 6,
+    }
+    sale = await make_sale(**opened_sale(stock=5, admission=admission))
+    assert (await room.join(sale.id, "walked-away-01", "198.51.100.9")).outcome == "ok"
+    await background_tabs.grant_permissions(["notifications"], origin=api_url)
+    page = Page(await background_tabs.new_page(), api_url)
+    polls = _requests(page.page, "/status")
+    await page.goto(f"/sales/{sale.id}")
+    await page.view("waiting")
+    assert await page.text("#stat-position") == "#2"
+    assert re.match(r"#2 in line", await page.page.title())
+    assert await page.page.is_visible("#notify-on")  # permission given: no need to ask
+
+    other = await background_tabs.new_page()  # the shopper switches to another tab
+    await other.goto("about:blank")
+    hidden_at = time.monotonic()
+    assert await page.page.evaluate("document.visibilityState") == "hidden"
+    await asyncio.sleep(16)  # grace, then throttling: well past the abandonment window
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(polls) if a >= hidden_at]
+    assert gaps and max(gaps) < 6, f"polls while hidden came {gaps} s apart"
+
+    # the line moves: the waiter who walked away is skipped, ours is admitted, not skipped
+    result = await admit_next(room, sale)
+    assert (result.admitted, result.skipped) == (1, 1), result
+    deadline = time.monotonic() + 15
+    while not (await page.page.title()).startswith("Your turn!"):
+        assert time.monotonic() < deadline, await page.page.title()
+        await asyncio.sleep(0.2)
+    assert await page.page.evaluate("document.visibilityState") == "hidden"
+    assert await page.page.get_attribute("body", "data-notified") == "true"
+    await page.page.bring_to_front()
+    await page.view("purchase")
+    page.assert_clean()
+
+
+@pytest.fixture
+def identity_api(settings: Settings, database: None, tmp_path: Path) -> Iterator[tuple[str, Any]]:
+    """The API with a shop's identity provider (a JWKS file), and that provider."""
+    from tests.support.identity import AUDIENCE, ISSUER, Issuer
+
+    issuer = Issuer()
+    issuer.new_key("key-1")
+    served = replace(
+        settings,
+        identity_jwks_file=str(issuer.write(tmp_path / "jwks.json")),
+        identity_issuer=ISSUER,
+        identity_audience=AUDIENCE,
+    )
+    with api_process(served, "browser-identity-api.log") as url:
+        yield url, issuer
+
+
+async def test_signed_in_shopper_has_one_place_on_every_device(
+    browser: Any, identity_api: tuple[str, Any]
+) -> None:
+    url, issuer = identity_api
+    body = {"id": f"id-{os.getpid()}-{int(time.time())}", **opened_sale(stock=5)}
+    body["identity"] = {"required": True}
+    async with httpx.AsyncClient(base_url=url) as client:
+        created = await client.post(
+            "/admin/sales", json=body, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+        assert created.status_code == 201, created.text
+    token = issuer.token("shopper-42")
+    pages = []
+    for _ in range(2):  # a phone and a laptop: two browsers, two cookie jars, one shopper
+        context = await browser.new_context(viewport=PHONE)
+        page = Page(await context.new_page(), url)
+        pages.append(page)
+        await page.goto(f"/sales/{body['id']}#identity={token}")  # the shop's link
+        await page.view("waiting")
+        assert await page.text("#stat-position") == "#1"
+        assert "identity" not in page.page.url  # the token leaves the address bar
+    cookies = [
+        next(c["value"] for c in await p.page.context.cookies() if c["name"] == "fs_vid")
+        for p in pages
+    ]
+    assert cookies[0] == cookies[1] and cookies[0].startswith("id-")
+    stranger = Page(await (await browser.new_context(viewport=PHONE)).new_page(), url)
+    await stranger.goto(f"/sales/{body['id']}")  # no sign-in: no place
+    await stranger.view("sign_in")
+    assert await stranger.text("#message-title") == "Sign in to join"
+    await stranger.shot("identity-sign-in")
+    for page in [*pages, stranger]:
+        page.assert_clean()
+        await page.page.context.close()

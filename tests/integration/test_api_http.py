@@ -86,6 +86,7 @@ async def test_admin_create_get_list(
         "joined": 1,
         "opened": False,
         "sold_out": False,
+        "pow_difficulty": 0,  # the proof of work a new place costs now (none: anonymous)
     }
 
     listed = await client.get("/admin/sales", headers=admin_headers)

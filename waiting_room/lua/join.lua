@@ -6,15 +6,20 @@ KEYS[3]  heartbeat bitmap of the current slice
 KEYS[4]  rate-limit counter of this visitor
 KEYS[5]  rate-limit counter of this client address
 KEYS[6]  inventory hash (units still held may return to stock)
+KEYS[7]  spent-proof key of the proof of work this join brings (a placeholder without one)
 ARGV[1]  visitor id
 ARGV[2]  now, ms since the epoch
 ARGV[3]  heartbeat bitmap TTL, ms
 ARGV[4]  rate window, ms
 ARGV[5]  joins allowed per visitor per window
 ARGV[6]  joins allowed per address per window
+ARGV[7]  proof of work: 0 not needed, 1 needed and missing, 2 needed and verified (KEYS[7])
+ARGV[8]  ms until that proof's challenge expires (how long its spent key is kept)
 
 Returns {status, join index or retry-after ms, 1 if the place already existed}
-status: ok | rate_limited | no_sale | closed | sold_out
+status: ok | rate_limited | no_sale | closed | sold_out | proof_required | proof_spent
+
+A place that exists costs no proof (a reload, another tab); a new one spends the proof once.
 
 Joining before the opening draws a pre-queue index (shuffled at the opening); the first call
 at or after the opening freezes the pre-queue size so later joiners queue behind it.
@@ -57,6 +62,14 @@ if m[5] == '1' or now >= tonumber(m[2]) then return {'closed', 0, 0} end
 -- sold out for good only when nothing is held either: held units come back if not paid
 if m[4] == '1' and tonumber(redis.call('HGET', KEYS[6], 'held') or '0') <= 0 then
   return {'sold_out', 0, 0}
+end
+
+-- a new place: its price, when the sale sets one, is a proof of work used once
+if ARGV[7] == '1' then return {'proof_required', 0, 0} end
+if ARGV[7] == '2' then
+  if not redis.call('SET', KEYS[7], '1', 'NX', 'PX', math.max(1, tonumber(ARGV[8]))) then
+    return {'proof_spent', 0, 0}
+  end
 end
 
 local j
