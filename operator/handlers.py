@@ -156,7 +156,10 @@ class FlashSaleOperator:
         settings.posting.loggers = False
         return settings
 
-    async def on_login(self, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    async def on_login(
+        self, settings: kopf.OperatorSettings, **kwargs: Any
+    ) -> kopf.ConnectionInfo | None:
+        self.kube.settings = settings
         return await self.kube.login()
 
     async def on_cleanup(self, **_: Any) -> None:

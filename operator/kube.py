@@ -4,6 +4,9 @@ and patching the scaling target).
 It logs in exactly as kopf does, through the same login function (kopf's `login_via_client`
 in a cluster; a test's own pointing at its mock server), so there is one source of
 credentials. A 401 logs in again once (service-account tokens rotate).
+
+`check()` is the operator's start-up test: credentials found and the API server answering,
+or one `KubeUnavailable` saying which and where, instead of kopf retrying silently forever.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from typing import Any
 import aiohttp
 import kopf
 
+from flashsale.logs import reason
+
 log = logging.getLogger(__name__)
 
-Login = Callable[..., Any]  # (logger=...) -> kopf.ConnectionInfo | None, maybe awaitable
+Login = Callable[..., Any]  # (logger=, settings=) -> kopf.ConnectionInfo | None, maybe awaitable
 
 
 class KubeError(Exception):
@@ -29,20 +34,64 @@ class KubeError(Exception):
         self.message = message
 
 
+class KubeUnavailable(Exception):
+    """No credentials, or the API server cannot be reached: the message says what to check."""
+
+
+NO_CREDENTIALS = (
+    "no Kubernetes credentials: neither an in-cluster service account nor a kubeconfig "
+    "(KUBECONFIG or ~/.kube/config) was found"
+)
+
+
 class Kube:
-    def __init__(self, login: Login, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        login: Login,
+        *,
+        timeout_s: float = 10.0,
+        settings: kopf.OperatorSettings | None = None,
+    ) -> None:
         self._login = login
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._info: kopf.ConnectionInfo | None = None
         self._session: aiohttp.ClientSession | None = None
+        self.settings = settings or kopf.OperatorSettings()
 
     async def login(self) -> kopf.ConnectionInfo:
-        info = self._login(logger=log)
-        if inspect.isawaitable(info):
-            info = await info
+        """Credentials from the login function, called as kopf calls it (kopf's own
+        `login_via_client` requires `settings`)."""
+        try:
+            info = self._login(logger=log, settings=self.settings)
+            if inspect.isawaitable(info):
+                info = await info
+        except kopf.LoginError as error:
+            raise KubeError(401, NO_CREDENTIALS) from error
         if not isinstance(info, kopf.ConnectionInfo):
-            raise KubeError(401, "no Kubernetes credentials (in-cluster or kubeconfig) found")
+            raise KubeError(401, NO_CREDENTIALS)
         return info
+
+    async def check(self) -> str:
+        """The API server's version, once credentials are found and it answers; else
+        KubeUnavailable with one line saying which and where."""
+        try:
+            info = await self.login()
+        except KubeError as error:
+            raise KubeUnavailable(error.message) from error
+        server = info.server
+        try:
+            version = await self.get("/version")
+        except KubeError as error:
+            raise KubeUnavailable(
+                f"the Kubernetes API at {server} refused the operator ({error}); check its "
+                "credentials (KUBECONFIG or the pod's service account)"
+            ) from error
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            raise KubeUnavailable(
+                f"cannot reach the Kubernetes API at {server} ({reason(error)}); check "
+                "KUBECONFIG (outside a cluster) or the pod's network"
+            ) from error
+        return str((version or {}).get("gitVersion") or "unknown")
 
     async def _connect(self, *, again: bool = False) -> tuple[aiohttp.ClientSession, str]:
         if self._session is None or again:
