@@ -25,7 +25,7 @@ CHECKOV_VERSION := 3.3.30
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: help venv checkov packages services check test demo clean
+.PHONY: help venv checkov terraform-tools terraform-docs terraform-lock packages services envtest check test cluster-check demo clean
 
 help: ## List targets
 	@echo "FlashSale make targets:"
@@ -65,6 +65,29 @@ $(CHECKOV_STAMP): $(STAMP)
 	$(CHECKOV_VENV)/bin/pip install -q 'checkov==$(CHECKOV_VERSION)'
 	@touch $@
 
+# Terraform tooling (terraform/, tested by tests/deploy/test_terraform.py). tflint and terraform-docs
+# are built from the Go module proxy at the versions scripts/terraform-tools/*/go.mod pin, into
+# .cache/terraform-tools/ (reused while the version stays the same).
+TERRAFORM_ROOTS := terraform/gke/cluster terraform/gke/app terraform/eks/cluster terraform/eks/app
+TERRAFORM_DOCS_DIRS := $(TERRAFORM_ROOTS) terraform/modules/flashsale
+TERRAFORM_LOCK_PLATFORMS := linux_amd64 linux_arm64 darwin_amd64 darwin_arm64
+
+terraform-tools: ## Build tflint and terraform-docs (Go module proxy; cached in .cache/)
+	@scripts/terraform-tools/build.sh tflint >/dev/null
+	@scripts/terraform-tools/build.sh terraform-docs >/dev/null
+
+terraform-docs: terraform-tools ## Rewrite the generated part of each terraform/*/README.md
+	@docs=$$(scripts/terraform-tools/build.sh terraform-docs); \
+	for d in $(TERRAFORM_DOCS_DIRS); do "$$docs" --config terraform/.terraform-docs.yml "$$d"; done
+
+# Needs the Terraform registry (terraform init downloads every provider): run it where the
+# registry is reachable and commit the .terraform.lock.hcl files it writes.
+terraform-lock: ## Write .terraform.lock.hcl of every Terraform root (needs registry access)
+	for d in $(TERRAFORM_ROOTS); do \
+	    terraform -chdir=$$d init -backend=false -input=false -upgrade && \
+	    terraform -chdir=$$d providers lock $(addprefix -platform=,$(TERRAFORM_LOCK_PLATFORMS)); \
+	done
+
 # Debian packages the tests drive for real: the browser tests and the spike harness
 TEST_PACKAGES := chromium fonts-noto-cjk haproxy
 
@@ -74,8 +97,14 @@ packages: ## Install the Debian packages the tests need (Chromium, CJK fonts, HA
 services: ## Ensure Redis + PostgreSQL run; write .run/services.env
 	@scripts/ensure-services.sh
 
-test: check $(CHECKOV_STAMP) packages services ## The static checks, then pytest (PYTEST_ARGS=... passed to pytest)
+envtest: ## Build kube-apiserver and etcd from source for the Kubernetes tests (cached in .cache/envtest/)
+	@scripts/envtest/build.sh >/dev/null
+
+test: check $(CHECKOV_STAMP) terraform-tools packages services envtest ## The static checks, then pytest (PYTEST_ARGS=... passed to pytest)
 	. $(SERVICES_ENV) && $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+cluster-check: $(STAMP) envtest ## Tests against a real kube-apiserver (-m kubernetes); ends with one JSON line of facts
+	$(VENV)/bin/python scripts/cluster_check.py $(PYTEST_ARGS)
 
 demo: $(STAMP) services ## Migrate the database and run the demo
 	. $(SERVICES_ENV) && $(VENV)/bin/flashsale migrate && $(VENV)/bin/python -m loadtest.demo $(DEMO_ARGS)

@@ -34,8 +34,11 @@ async def _replay_after_expiry(request: Request, services: Services, sale_id: st
     if key is None or not IDEMPOTENCY_KEY.match(key):
         return None
     claims = _admission(request, services, sale_id, expired_ok=True)
-    sale = await services.sale_cached(sale_id)
-    order = await services.purchases.replayed(sale, claims.visitor, key)
+    body = await read_json(request, services.settings.max_body_bytes, required=False) or {}
+    sale, quantity, seats = await _hold_request(services, sale_id, body)
+    order = await services.purchases.replayed(
+        sale, claims.visitor, key, quantity=quantity, seats=seats
+    )
     if order is None:
         return None
     labelled(HOLDS, "replayed").inc()
@@ -131,6 +134,19 @@ async def hold_answer(
 ) -> Answer:
     """Hold stock for an admitted shopper; `key` is a checked Idempotency-Key, `body` the
     request's parsed JSON ({} if none)."""
+    sale, quantity, seats = await _hold_request(services, sale_id, body)
+    held = await services.purchases.hold(
+        sale, admission, quantity=quantity, seats=seats, idempotency_key=key
+    )
+    labelled(HOLDS, "created" if held.created else "replayed").inc()
+    return _held_answer(sale_id, held.order, created=held.created)
+
+
+async def _hold_request(
+    services: Services, sale_id: str, body: Any
+) -> tuple[Sale, int, list[int] | None]:
+    """The sale, quantity and seat ids a hold's body asks for (its Idempotency-Key is bound
+    to them, so a replay reads them the same way)."""
     if not isinstance(body, dict):
         raise ApiError(422, "the body must be a JSON object", field="body")
     unknown = sorted(set(body) - {"quantity", "seats"})
@@ -141,11 +157,7 @@ async def hold_answer(
     if isinstance(quantity, bool) or not isinstance(quantity, int) or not 1 <= quantity <= 100:
         raise ApiError(422, "quantity must be a whole number from 1 to 100", field="quantity")
     seats = _seat_ids(sale, body["seats"]) if "seats" in body else None
-    held = await services.purchases.hold(
-        sale, admission, quantity=quantity, seats=seats, idempotency_key=key
-    )
-    labelled(HOLDS, "created" if held.created else "replayed").inc()
-    return _held_answer(sale_id, held.order, created=held.created)
+    return sale, quantity, seats
 
 
 async def list_orders(request: Request) -> Response:

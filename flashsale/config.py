@@ -131,7 +131,8 @@ class Settings:
     payment_provider: str = _s(
         "FLASHSALE_PAYMENT_PROVIDER",
         "simulated",
-        "Payment provider: `simulated` (approve, decline or time out by payment token).",
+        "Payment provider: `simulated` (approves or declines by payment token; outages and "
+        "slowness are switched on it).",
     )
     payment_timeout_seconds: float = _s(
         "FLASHSALE_PAYMENT_TIMEOUT_SECONDS",
@@ -141,7 +142,8 @@ class Settings:
     breaker_threshold: int = _s(
         "FLASHSALE_BREAKER_THRESHOLD",
         5,
-        "Consecutive payment-provider failures that open the circuit breaker.",
+        "Payment-provider failures in a row, each on a different order, that open the circuit "
+        "breaker.",
     )
     breaker_reset_seconds: float = _s(
         "FLASHSALE_BREAKER_RESET_SECONDS",

@@ -44,6 +44,7 @@ class HoldRecord:
     seats: tuple[int, ...] = ()
     idempotency_key: str | None = None
     created_ms: int = 0
+    idempotency_fingerprint: str | None = None  # the request the key is bound to
 
     @classmethod
     def from_fields(cls, fields: dict[str, str]) -> HoldRecord:
@@ -63,6 +64,7 @@ class HoldRecord:
                 seats=seats,
                 idempotency_key=fields.get("idem") or None,
                 created_ms=int(fields.get("at") or fields.get("created_ms") or 0),
+                idempotency_fingerprint=fields.get("idem_fp") or None,
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise MalformedEntry(f"unreadable hold: {type(exc).__name__}: {exc}") from None
@@ -100,12 +102,13 @@ async def _insert_holds(
     rows = await conn.fetch(
         """
         INSERT INTO orders (id, sale_id, visitor, queue_index, idempotency_key, quantity,
-                            status, amount_cents, currency, hold_expires_at, created_at)
+                            status, amount_cents, currency, hold_expires_at, created_at,
+                            idempotency_fingerprint)
         SELECT o.id, o.sale_id, o.visitor, o.j, o.idem, o.qty, 'held', o.amount, $10,
-               o.expires, coalesce(o.created, now())
+               o.expires, coalesce(o.created, now()), o.fp
         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::int[],
-                    $7::bigint[], $8::timestamptz[], $9::timestamptz[])
-             AS o(id, sale_id, visitor, j, idem, qty, amount, expires, created)
+                    $7::bigint[], $8::timestamptz[], $9::timestamptz[], $11::text[])
+             AS o(id, sale_id, visitor, j, idem, qty, amount, expires, created, fp)
         ON CONFLICT (id) DO NOTHING
         RETURNING id
         """,
@@ -119,6 +122,7 @@ async def _insert_holds(
         [_ts(h.expires_ms) for h in holds],
         [_ts(h.created_ms) if h.created_ms else None for h in holds],
         currency,
+        [h.idempotency_fingerprint for h in holds],
     )
     new_ids = {str(r["id"]) for r in rows}
     new = [h for h in holds if h.order_id in new_ids]
@@ -167,24 +171,26 @@ async def _insert_holds(
 
 
 async def _insert_failed(conn: Connection, hold: HoldRecord, currency: str, reason: str) -> None:
-    idem = None if reason == REFUSALS["orders_idempotency_once"] else hold.idempotency_key
+    reused = reason == REFUSALS["orders_idempotency_once"]
     inserted = await conn.fetchval(
         """
         INSERT INTO orders (id, sale_id, visitor, queue_index, idempotency_key, quantity,
-                            status, reason, amount_cents, currency, hold_expires_at)
-        VALUES ($1, $2, $3, $4, $5, $6, 'failed', $7, $8, $9, $10)
+                            status, reason, amount_cents, currency, hold_expires_at,
+                            idempotency_fingerprint)
+        VALUES ($1, $2, $3, $4, $5, $6, 'failed', $7, $8, $9, $10, $11)
         ON CONFLICT (id) DO NOTHING RETURNING id
         """,
         hold.order_id,
         hold.sale_id,
         hold.visitor,
         hold.index,
-        idem,
+        None if reused else hold.idempotency_key,
         hold.quantity,
         reason,
         hold.amount_cents,
         currency,
         _ts(hold.expires_ms),
+        None if reused else hold.idempotency_fingerprint,
     )
     if inserted:
         await conn.execute(

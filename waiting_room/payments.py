@@ -3,11 +3,18 @@
 A provider charges, reports and refunds by order id, and every call is idempotent on it: a
 retried charge after a timeout returns the first outcome instead of charging twice, and the
 expiry sweeper can ask whether a hold it is about to release was in fact paid.
+
+Two kinds of "no" are kept apart. The shopper's input (a declined card, an invalid payment
+token) is an answer: the provider is healthy, the charge comes back DECLINED, and the breaker
+counts it as a success. The provider's own failures (a 5xx-like ProviderError, a timeout, a
+broken connection, anything else the call raises) leave the outcome unknown and are what the
+breaker counts, and only on different orders, so no single shopper can open it for everybody.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +26,7 @@ from redis.asyncio import Redis
 from flashsale.waiting_room.redis_client import text
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class Outcome(StrEnum):
@@ -34,7 +42,8 @@ class PaymentStatus(StrEnum):
 
 
 class ProviderError(Exception):
-    """The provider failed or did not answer in time; the outcome is unknown."""
+    """The provider failed or did not answer in time (its side, not the shopper's); the
+    outcome is unknown."""
 
 
 class ProviderUnavailable(ProviderError):
@@ -66,11 +75,15 @@ class SimulatedProvider:
     """A payment provider for demos and tests, with its own records in Redis (shared by every
     process, as a real provider's would be).
 
-    The payment token decides what happens: `tok_approve` (or anything else) approves,
-    `tok_decline` declines, `tok_timeout` approves but answers too late (the case where money
-    moved but the shop never heard), `tok_error` fails without charging. Setting the
-    `outage` key makes every call fail, as a provider outage would.
+    The shopper's payment token decides the answer: `tok_approve` approves, `tok_decline` is a
+    declined card, anything else an invalid token (declined too: the shopper's input, answered
+    at once, never a failure of the provider). The provider's own failures are its state, not
+    a token's, as with a real one: `set_mode("error")` makes every call fail as an outage
+    would, `set_mode("slow")` makes every call take `slow_s` (charges go through but the
+    answer comes too late: money moved and the shop never heard).
     """
+
+    MODES = ("up", "error", "slow")
 
     def __init__(
         self, redis: Redis, prefix: str, *, latency_s: float = 0.0, slow_s: float = 30.0
@@ -87,56 +100,74 @@ class SimulatedProvider:
     def _record(self, order_id: str) -> str:
         return f"{self.prefix}:pay:{order_id}"
 
-    async def set_outage(self, down: bool) -> None:
-        if down:
-            await self.redis.set(self.outage_key, 1)
-        else:
+    async def set_mode(self, mode: str) -> None:
+        """`up`, `error` (every call fails) or `slow` (every call answers too late)."""
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}")
+        if mode == "up":
             await self.redis.delete(self.outage_key)
+        else:
+            await self.redis.set(self.outage_key, mode)
 
-    async def _check_up(self) -> None:
+    async def set_outage(self, down: bool) -> None:
+        await self.set_mode("error" if down else "up")
+
+    async def _mode(self) -> str:
+        """Waits out the configured latency, fails in an outage; the mode it is in."""
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        if await self.redis.exists(self.outage_key):
+        mode = text(await self.redis.get(self.outage_key) or "up")
+        if mode not in ("up", "slow"):  # "error", or "1" as older versions set it
             raise ProviderError("simulated outage")
+        return mode
 
     async def charge(self, order_id: str, amount_cents: int, currency: str, token: str) -> Charge:
-        await self._check_up()
-        if token == "tok_error":
-            raise ProviderError("simulated processing error")
-        outcome = Outcome.DECLINED if token == "tok_decline" else Outcome.APPROVED
-        status = PaymentStatus.PAID if outcome is Outcome.APPROVED else PaymentStatus.DECLINED
+        mode = await self._mode()
+        if token == "tok_approve":
+            status, reason = PaymentStatus.PAID, ""
+        else:
+            status = PaymentStatus.DECLINED
+            reason = "card declined" if token == "tok_decline" else "invalid payment token"
         record = self._record(order_id)
         # first outcome wins: a retried charge returns it instead of charging twice
         await self.redis.hsetnx(record, "status", status.value)
         await self.redis.hsetnx(record, "amount", amount_cents)
+        await self.redis.hsetnx(record, "reason", reason)
         await self.redis.expire(record, 7 * 86400)
-        stored = PaymentStatus(text(await self.redis.hget(record, "status") or ""))
-        if token == "tok_timeout":
+        stored, stored_reason = (
+            text(v or "") for v in await self.redis.hmget(record, ["status", "reason"])
+        )
+        if mode == "slow":
             await asyncio.sleep(self.slow_s)
-        if stored is PaymentStatus.PAID:
+        if stored == PaymentStatus.PAID.value:
             return Charge(Outcome.APPROVED, reference=f"sim-{order_id}")
-        if stored is PaymentStatus.REFUNDED:
+        if stored == PaymentStatus.REFUNDED.value:
             return Charge(Outcome.DECLINED, reference=f"sim-{order_id}", reason="refunded")
-        return Charge(Outcome.DECLINED, reference=f"sim-{order_id}", reason="card declined")
+        return Charge(Outcome.DECLINED, reference=f"sim-{order_id}", reason=stored_reason or reason)
 
     async def status(self, order_id: str) -> PaymentStatus:
-        await self._check_up()
+        await self._mode()
         value = await self.redis.hget(self._record(order_id), "status")
         return PaymentStatus(text(value)) if value else PaymentStatus.NONE
 
     async def refund(self, order_id: str) -> None:
-        await self._check_up()
+        await self._mode()
         record = self._record(order_id)
-        if await self.redis.hget(record, "status") == PaymentStatus.PAID.value:
+        if text(await self.redis.hget(record, "status") or "") == PaymentStatus.PAID.value:
             await self.redis.hset(record, "status", PaymentStatus.REFUNDED.value)
 
 
 class CircuitBreaker:
-    """Stops calling a failing provider for a while so calls do not pile up.
+    """Stops calling a failing provider for a while, so calls do not pile up behind it.
 
-    Closed: calls pass; `threshold` consecutive failures open it. Open: calls are refused at
-    once for `reset_after` seconds. Half-open: one trial call; success closes, failure opens
-    again. It guards the payment provider only, never the sale itself.
+    Closed: calls pass. Provider-side failures on `threshold` different orders in a row open
+    it (a success in between starts the count again); one order failing again and again, as
+    a shopper retrying would, counts once. Open: calls are refused at once for `reset_after`
+    seconds. Half-open: one trial call at a time, and however it ends, the breaker moves on:
+    success closes it; a provider-side failure or any unexpected exception opens it again; a
+    cancelled trial (the caller went away) proves nothing either way and lets the next call be
+    the trial. A trial that never reports back at all stops blocking after `reset_after`.
+    It guards the payment provider only, never the sale itself.
     """
 
     def __init__(
@@ -149,9 +180,9 @@ class CircuitBreaker:
         self.threshold = threshold
         self.reset_after = reset_after
         self.clock = clock
-        self.failures = 0
+        self.failing: set[str] = set()  # orders that failed since the last success
         self.opened_at: float | None = None
-        self._trial = False
+        self._trial_since: float | None = None  # when the trial in flight started
 
     @property
     def state(self) -> str:
@@ -164,27 +195,47 @@ class CircuitBreaker:
             return 0.0
         return max(1.0, self.reset_after - (self.clock() - self.opened_at))
 
-    def before_call(self) -> None:
+    def admit(self) -> bool:
+        """Let a call through, or raise ProviderUnavailable; True when the call is the
+        half-open trial, whose end must be reported with its `trial` flag."""
         state = self.state
-        if state == "open" or (state == "half_open" and self._trial):
+        if state == "closed":
+            return False
+        now = self.clock()
+        trial_busy = self._trial_since is not None and now - self._trial_since < self.reset_after
+        if state == "open" or trial_busy:
             raise ProviderUnavailable(self.retry_after())
-        if state == "half_open":
-            self._trial = True
+        self._trial_since = now
+        return True
 
-    def success(self) -> None:
-        self.failures = 0
-        self.opened_at = None
-        self._trial = False
+    def succeeded(self, trial: bool) -> None:
+        if trial or self.opened_at is None:
+            self.failing.clear()
+            self.opened_at = None
+        if trial:
+            self._trial_since = None
 
-    def failure(self) -> None:
-        self.failures += 1
-        self._trial = False
-        if self.opened_at is not None or self.failures >= self.threshold:
+    def failed(self, order_id: str, trial: bool) -> None:
+        if trial:
+            self._trial_since = None
             self.opened_at = self.clock()
+            return
+        if self.opened_at is not None:
+            return  # a call let through before it opened: it is open already
+        self.failing.add(order_id)
+        if len(self.failing) >= self.threshold:
+            self.failing.clear()
+            self.opened_at = self.clock()
+
+    def abandoned(self, trial: bool) -> None:
+        """The call was cancelled: no verdict on the provider."""
+        if trial:
+            self._trial_since = None
 
 
 class GuardedProvider:
-    """A provider behind a timeout and a circuit breaker."""
+    """A provider behind a timeout and a circuit breaker. Every way a call can end is reported
+    to the breaker; every failure reaches the caller as a ProviderError."""
 
     def __init__(
         self, provider: PaymentProvider, breaker: CircuitBreaker, timeout_s: float
@@ -193,28 +244,33 @@ class GuardedProvider:
         self.breaker = breaker
         self.timeout_s = timeout_s
 
-    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
-        self.breaker.before_call()
+    async def _call(self, order_id: str, make: Callable[[], Awaitable[T]]) -> T:
+        trial = self.breaker.admit()
         try:
             result = await asyncio.wait_for(make(), self.timeout_s)
-        except (ProviderError, TimeoutError, OSError) as exc:
-            self.breaker.failure()
+        except Exception as exc:
+            self.breaker.failed(order_id, trial)
             if isinstance(exc, ProviderError):
                 raise
+            if not isinstance(exc, TimeoutError):
+                log.warning("payment provider call failed", exc_info=exc)
             raise ProviderError(f"payment provider did not answer: {type(exc).__name__}") from exc
-        self.breaker.success()
+        except BaseException:  # cancelled (or the process is stopping)
+            self.breaker.abandoned(trial)
+            raise
+        self.breaker.succeeded(trial)
         return result
 
     async def charge(self, order_id: str, amount_cents: int, currency: str, token: str) -> Charge:
         return await self._call(
-            lambda: self.provider.charge(order_id, amount_cents, currency, token)
+            order_id, lambda: self.provider.charge(order_id, amount_cents, currency, token)
         )
 
     async def status(self, order_id: str) -> PaymentStatus:
-        return await self._call(lambda: self.provider.status(order_id))
+        return await self._call(order_id, lambda: self.provider.status(order_id))
 
     async def refund(self, order_id: str) -> None:
-        await self._call(lambda: self.provider.refund(order_id))
+        await self._call(order_id, lambda: self.provider.refund(order_id))
 
 
 def make_provider(name: str, redis: Redis, prefix: str, *, latency_ms: int = 0) -> PaymentProvider:

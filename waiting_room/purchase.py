@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -33,15 +34,14 @@ from flashsale.waiting_room.payments import (
     ProviderError,
     ProviderUnavailable,
 )
-from flashsale.waiting_room.redis_client import binary, text, text_map, texts
+from flashsale.waiting_room.redis_client import text, text_map, texts
 from flashsale.waiting_room.room import WaitingRoom
 from flashsale.waiting_room.sale import Sale
-from flashsale.waiting_room.seating import Layout, choose_seats, taken_from_bitmap
+from flashsale.waiting_room.seating import Layout
 from flashsale.waiting_room.stock import PERSISTER_GROUP, Stock
 from flashsale.waiting_room.tokens import Claims
 
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
-SEAT_RETRIES = 8
 # while the provider is failing a hold is kept at least this long after a refused attempt
 HOLD_GRACE_MS = 60_000
 # a paid hold waits at most this long for a live persister to write it before confirming
@@ -105,6 +105,34 @@ def idempotency_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
+def requested_units(quantity: int | None, seats: list[int] | None) -> int:
+    """How many units a hold asks for: its seats when it names them, else its quantity (1)."""
+    if seats is not None:
+        return len(seats)
+    return 1 if quantity is None else quantity
+
+
+def request_fingerprint(sale_id: str, visitor: str, quantity: int, seats: list[int] | None) -> str:
+    """What an Idempotency-Key is bound to: the request as parsed, in one canonical spelling
+    (seat ids in order, whether they were named by id or by section/row/seat, in any order), so
+    a retry matches however its JSON was written and a different request never does."""
+    canonical = json.dumps(
+        [sale_id, visitor, quantity, None if seats is None else sorted(seats)],
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def key_reused() -> PurchaseRefused:
+    return PurchaseRefused(
+        Refusal.INVALID,
+        "idempotency_key_reused",
+        "this Idempotency-Key was first sent with a different request; "
+        "send a new key for a new request",
+        field="Idempotency-Key",
+    )
+
+
 def layout_of(sale: Sale) -> Layout:
     """The seat layout of a seated sale, built once per version of its seat map."""
     return _layouts(sale.id, sale.updated_at, sale.seat_map)
@@ -133,7 +161,6 @@ class Purchases:
     def __init__(
         self,
         redis: Redis,
-        raw_redis: Redis,
         pool: asyncpg.Pool,
         room: WaitingRoom,
         stock: Stock,
@@ -141,7 +168,6 @@ class Purchases:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis
-        self.raw_redis = raw_redis  # bytes in, bytes out: the seat bitmap
         self.pool = pool
         self.room = room
         self.stock = stock
@@ -165,8 +191,11 @@ class Purchases:
         seats: list[int] | None = None,
         idempotency_key: str | None = None,
     ) -> Held:
-        """Reserve stock for an admitted shopper; a retried request with the same
-        Idempotency-Key returns the first hold instead of making a second."""
+        """Reserve stock for an admitted shopper, in one script call. A party on a seated sale
+        is seated by the script itself, on the seat map as it is at that instant: together
+        whenever a row has room for it, and never refused while seats are free. A retried
+        request with the same Idempotency-Key returns the first hold; the same key sent with
+        another request is refused (`idempotency_key_reused`)."""
         if seats is not None:
             if not sale.seated:
                 raise PurchaseRefused(
@@ -180,60 +209,29 @@ class Purchases:
                 raise PurchaseRefused(
                     Refusal.INVALID, "invalid", "unknown or repeated seat ids", field="seats"
                 )
-            quantity = len(seats)
-        quantity = quantity or 1
-        if quantity > sale.per_shopper_limit:
+        quantity = requested_units(quantity, seats)
+        if quantity < 1:
             raise PurchaseRefused(
-                Refusal.CONFLICT,
-                "limit_reached",
-                f"at most {sale.per_shopper_limit} per shopper",
-                remaining=sale.per_shopper_limit,
+                Refusal.INVALID, "invalid", "quantity must be at least 1", field="quantity"
             )
-        attempts = SEAT_RETRIES if sale.seated and seats is None else 1
-        for _ in range(attempts):
-            if sale.seated and seats is not None:
-                choices = [seats]
-            elif sale.seated:
-                choices, free = await self._choices(sale, quantity)
-                if not choices:
-                    if free == 0:
-                        raise PurchaseRefused(
-                            Refusal.CONFLICT, "sold_out", "every seat has been sold"
-                        )
-                    raise PurchaseRefused(
-                        Refusal.CONFLICT,
-                        "insufficient_stock",
-                        f"only {free} seats are left",
-                        available=free,
-                    )
-            else:
-                choices = []
-            result = await self._hold_script(sale, admission, quantity, choices, idempotency_key)
-            status = result[0]
-            if status == "seats_taken" and seats is None:
-                continue  # lost a race for those seats: choose again from a fresh map
-            return await self._held(sale, admission, result, quantity)
-        raise PurchaseRefused(
-            Refusal.CONFLICT,
-            "seats_taken",
-            "the seats went to other shoppers while choosing; try again",
-            retry_after=1,
+        fingerprint = (
+            request_fingerprint(sale.id, admission.visitor, quantity, seats)
+            if idempotency_key
+            else ""
         )
-
-    async def _choices(self, sale: Sale, party: int) -> tuple[list[list[int]], int]:
-        """Seat choices from a fresh copy of the seat map, and how many seats are free."""
-        layout = layout_of(sale)
-        bitmap = binary(await self.raw_redis.get(self.keys(sale.id).seats))
-        taken = taken_from_bitmap(bitmap, layout.size)
-        return choose_seats(layout, taken, party), layout.size - len(taken)
+        result = await self._hold_script(
+            sale, admission, quantity, seats, idempotency_key, fingerprint
+        )
+        return await self._held(sale, admission, result, quantity)
 
     async def _hold_script(
         self,
         sale: Sale,
         admission: Claims,
         quantity: int,
-        choices: list[list[int]],
+        seats: list[int] | None,
         idempotency_key: str | None,
+        fingerprint: str,
     ) -> list[Any]:
         keys = self.keys(sale.id)
         visitor = admission.visitor
@@ -262,7 +260,9 @@ class Purchases:
             idempotency_key or "",
             IDEMPOTENCY_TTL_MS,
             sale.id,
-            *(",".join(map(str, c)) for c in choices),
+            fingerprint,
+            ",".join(map(str, seats)) if seats is not None else "",
+            layout_of(sale).rows_argument if sale.seated and seats is None else "",
         ]
         for _ in range(2):
             result: list[Any] = await self.room.scripts.hold(keys=script_keys, args=args)
@@ -297,6 +297,8 @@ class Purchases:
         if status == "existing":
             order = await self.order(sale, admission.visitor, result[1])
             return Held(order, created=False)
+        if status == "key_reused":
+            raise key_reused()
         refusals = {
             "closed": (Refusal.CONFLICT, "closed", "the sale has closed"),
             "not_admitted": (
@@ -385,14 +387,38 @@ class Purchases:
         return text_map(await self.redis.hgetall(self.keys(sale_id).hold(order_id)))
 
     async def replayed(
-        self, sale: Sale, visitor: str, idempotency_key: str
+        self,
+        sale: Sale,
+        visitor: str,
+        idempotency_key: str,
+        *,
+        quantity: int | None = None,
+        seats: list[int] | None = None,
     ) -> dict[str, Any] | None:
         """The order a hold with this Idempotency-Key made, if one did (for a retry whose
-        admission has ended since: the hold it made still stands)."""
-        order_id = await self.redis.get(
+        admission has ended since: the hold it made still stands), provided the retry is the
+        same request; the key sent with another request is refused. Redis's record is asked
+        first, then PostgreSQL's, which outlives it."""
+        fingerprint = request_fingerprint(sale.id, visitor, requested_units(quantity, seats), seats)
+        record = await self.redis.get(
             self.keys(sale.id).idempotency(visitor, idempotency_digest(idempotency_key))
         )
-        return None if order_id is None else await self.order(sale, visitor, text(order_id))
+        if record is not None:
+            order_id, _, stored = text(record).partition(":")
+        else:
+            row = await self.pool.fetchrow(
+                "SELECT id, idempotency_fingerprint FROM orders"
+                " WHERE sale_id = $1 AND visitor = $2 AND idempotency_key = $3",
+                sale.id,
+                visitor,
+                idempotency_key,
+            )
+            if row is None:
+                return None
+            order_id, stored = str(row["id"]), row["idempotency_fingerprint"] or ""
+        if stored and stored != fingerprint:
+            raise key_reused()
+        return await self.order(sale, visitor, order_id)
 
     async def order(self, sale: Sale, visitor: str, order_id: str) -> dict[str, Any]:
         """One of the shopper's orders; 404 for anyone else's."""
@@ -442,25 +468,38 @@ class Purchases:
         if began[0] != "ok":
             return self._settled(await self.order(sale, visitor, order_id))
         try:
-            charge = await self.payments.charge(
-                order_id, int(fields.get("amount") or 0), sale.currency, token
-            )
+            return await self._charge(sale, visitor, order_id, fields, token)
         except ProviderError as exc:
             retry = (
                 exc.retry_after
                 if isinstance(exc, ProviderUnavailable)
                 else max(1.0, self.payments.breaker.retry_after())
             )
-            await self.room.scripts.pay(
-                keys=[keys.hold(order_id), keys.holds],
-                args=[self.now_ms(), "abort", int(retry * 1000) + HOLD_GRACE_MS],
-            )
+            await self._abort_payment(sale, order_id, int(retry * 1000) + HOLD_GRACE_MS)
             raise PurchaseRefused(
                 Refusal.UNAVAILABLE,
                 "payment_unavailable",
                 "the payment provider is not answering; your hold is kept, try again shortly",
                 retry_after=retry,
             ) from exc
+        except PurchaseRefused:
+            raise  # declined or failed: the order has ended, nothing is left paying
+        except BaseException:
+            # anything else (the database failing, the request cancelled) leaves the outcome
+            # unknown: the hold goes back to held rather than stay `paying` until it expires,
+            # so a retry can finish it (the provider answers a repeated charge with the first
+            # outcome). Its expiry is not pushed (a shopper who keeps cancelling payments must
+            # not keep the stock): one that passes meanwhile is settled by the sweeper, which
+            # asks the provider whether it was paid before releasing anything
+            await asyncio.shield(self._abort_payment(sale, order_id, 0))
+            raise
+
+    async def _charge(
+        self, sale: Sale, visitor: str, order_id: str, fields: dict[str, str], token: str
+    ) -> dict[str, Any]:
+        charge = await self.payments.charge(
+            order_id, int(fields.get("amount") or 0), sale.currency, token
+        )
         if charge.outcome is Outcome.DECLINED:
             await self._release(
                 sale,
@@ -479,6 +518,14 @@ class Purchases:
             )
         return self._settled(
             await self.settle_paid(sale, HoldRecord.from_fields(fields), charge.reference)
+        )
+
+    async def _abort_payment(self, sale: Sale, order_id: str, keep_ms: int) -> None:
+        """A payment that did not finish: `paying` back to `held` (pay.lua; a no-op when the
+        order has moved on), kept at least `keep_ms` from now."""
+        keys = self.keys(sale.id)
+        await self.room.scripts.pay(
+            keys=[keys.hold(order_id), keys.holds], args=[self.now_ms(), "abort", keep_ms]
         )
 
     def _settled(self, order: dict[str, Any]) -> dict[str, Any]:
@@ -565,7 +612,7 @@ class Purchases:
         if order["status"] == "held":
             # the admission stays active: a shopper who cancels a hold (to choose other seats,
             # or while holding others) may still buy within the limit; leaving ends it
-            await self._release(
+            outcome = await self._release(
                 sale,
                 order_id,
                 status="cancelled",
@@ -574,7 +621,18 @@ class Purchases:
                 counter="held",
                 emit=True,
             )
-            return await self.order(sale, visitor, order_id)
+            order = await self.order(sale, visitor, order_id)
+            if outcome == "ok":
+                return order
+            # it moved on between the read and the release (a payment began, it expired)
+        if order["status"] == "paying":
+            raise PurchaseRefused(
+                Refusal.CONFLICT,
+                "payment_in_progress",
+                "a payment for this order is under way; it cannot be cancelled now",
+                retry_after=2,
+                order=order,
+            )
         if order["status"] != "confirmed":
             raise PurchaseRefused(
                 Refusal.CONFLICT,

@@ -13,10 +13,18 @@ from redis.asyncio import Redis
 
 from flashsale.waiting_room.autopipeline import Arg, AutoPipeline, shared_for
 
+# Lua libraries (files of local functions) put in front of the scripts that call them
+LIBRARIES = {"hold": ("seating",)}
+
+
+def _read(name: str) -> str:
+    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text()
+
 
 @cache
 def source(name: str) -> str:
-    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text()
+    """A script's text, preceded by the libraries it uses."""
+    return "".join(f"{_read(library)}\n" for library in LIBRARIES.get(name, ())) + _read(name)
 
 
 class PipelineOf:

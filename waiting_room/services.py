@@ -70,7 +70,7 @@ class Services:
             timeout_s=settings.payment_timeout_seconds,
         )
         stock = Stock(redis, raw_redis, pool, room, payments=payments, clock=room.clock)
-        purchases = Purchases(redis, raw_redis, pool, room, stock, payments, clock=room.clock)
+        purchases = Purchases(redis, pool, room, stock, payments, clock=room.clock)
         return cls(settings, redis, raw_redis, pool, signer, room, sales, stock, purchases)
 
     async def ensure_room(self, sale_id: str) -> Sale:

@@ -4,6 +4,7 @@ wrongly believed in."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -15,6 +16,7 @@ import pytest
 from redis.asyncio import Redis
 
 from flashsale.config import Settings
+from flashsale.waiting_room.db import connect_pool
 from flashsale.waiting_room.ledger import REFUSALS
 from flashsale.waiting_room.payments import (
     Charge,
@@ -30,7 +32,7 @@ from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.sales import Sales
 from flashsale.waiting_room.services import Services
 from flashsale.waiting_room.tokens import Claims, Signer
-from tests.support import Clock
+from tests.support import Clock, free_port
 
 MakeSale = Callable[..., Awaitable[Sale]]
 Admit = Callable[..., Awaitable[list[Claims]]]
@@ -124,8 +126,9 @@ async def test_breaker_opens_fails_fast_keeps_the_hold_and_recovers(
     )
     purchases, breaker = services.purchases, services.purchases.payments.breaker
     sale = await make_sale(stock=5, price_cents=1000)
-    [shopper] = await admit(sale, 1)
+    shopper, *others = await admit(sale, 3)
     order = (await purchases.hold(sale, shopper, quantity=1)).order
+    other_orders = [(await purchases.hold(sale, o, quantity=1)).order for o in others]
     keys = room.keys(sale.id)
     hold_key = keys.hold(order["id"])
     # five seconds of the hold left when the provider goes down
@@ -134,22 +137,26 @@ async def test_breaker_opens_fails_fast_keeps_the_hold_and_recovers(
     now_ms = room.now_ms()
     await provider.set_outage(True)
     try:
-        for attempt in range(1, breaker.threshold + 1):
+        # one shopper retrying one order is one failing order: the breaker stays closed
+        for attempt in (1, 2, 3):
             refused = await pay_refused(purchases, sale, shopper.visitor, order["id"])
-            # retry in a second while closed; the failure that opens it says when it half-opens
-            retry = 1.0 if attempt < breaker.threshold else breaker.reset_after
             assert (refused.kind, refused.code, refused.retry_after) == (
                 Refusal.UNAVAILABLE,
                 "payment_unavailable",
-                retry,
+                1.0,  # closed: retry in a second
             )
             assert provider.calls["charge"] == attempt
             # the hold survives each failure, its expiry pushed past the retry plus a grace
             assert await redis.hget(hold_key, "status") == "held"
-            assert int(await redis.hget(hold_key, "expires_ms")) == (
-                now_ms + int(retry * 1000) + HOLD_GRACE_MS
-            )
+            assert int(await redis.hget(hold_key, "expires_ms")) == now_ms + 1000 + HOLD_GRACE_MS
+        assert breaker.state == "closed"
+        # the provider fails other shoppers' orders too: the third order opens it, and that
+        # refusal says when it half-opens
+        for n, (other, other_order) in enumerate(zip(others, other_orders, strict=True)):
+            refused = await pay_refused(purchases, sale, other.visitor, other_order["id"])
+            assert refused.retry_after == (1.0 if n == 0 else breaker.reset_after)
         assert breaker.state == "open"
+        assert provider.calls["charge"] == 5
 
         # open: refused at once, the provider is not called at all
         for _ in range(3):
@@ -159,11 +166,11 @@ async def test_breaker_opens_fails_fast_keeps_the_hold_and_recovers(
                 "payment_unavailable",
                 10.0,
             )
-        assert provider.calls["charge"] == breaker.threshold
+        assert provider.calls["charge"] == 5
         breaker_clock.advance(4)
         refused = await pay_refused(purchases, sale, shopper.visitor, order["id"])
         assert refused.retry_after == 6.0
-        assert provider.calls["charge"] == breaker.threshold
+        assert provider.calls["charge"] == 5
     finally:
         await provider.set_outage(False)
 
@@ -174,8 +181,8 @@ async def test_breaker_opens_fails_fast_keeps_the_hold_and_recovers(
         "pay_attempted": "1",
     }.items()
     assert await redis.zscore(keys.holds, order["id"]) == expires
-    assert await inventory(redis, room, sale) == {"avail": 4, "held": 1, "sold": 0}
-    assert await stream_types(redis, room, sale) == ["hold"]  # no release was ever emitted
+    assert await inventory(redis, room, sale) == {"avail": 2, "held": 3, "sold": 0}
+    assert await stream_types(redis, room, sale) == ["hold"] * 3  # no release was ever emitted
     assert (await purchases.order(sale, shopper.visitor, order["id"]))["status"] == "held"
     assert await purchases.sweep(sale) == {"expired": 0, "confirmed": 0, "kept": 0}
     assert await pool.fetchval("SELECT count(*) FROM orders WHERE sale_id = $1", sale.id) == 0
@@ -183,17 +190,22 @@ async def test_breaker_opens_fails_fast_keeps_the_hold_and_recovers(
     # the outage is over but the breaker still refuses until reset_after has passed
     refused = await pay_refused(purchases, sale, shopper.visitor, order["id"])
     assert refused.code == "payment_unavailable"
-    assert provider.calls["charge"] == breaker.threshold
+    assert provider.calls["charge"] == 5
     breaker_clock.advance(6)
     assert breaker.state == "half_open"
     paid = await purchases.pay(sale, shopper.visitor, order["id"], "tok_approve")
     assert paid["status"] == "confirmed"
-    assert provider.calls["charge"] == breaker.threshold + 1
+    assert provider.calls["charge"] == 6
     assert breaker.state == "closed"
     assert await provider.inner.status(order["id"]) is PaymentStatus.PAID
     row = await pool.fetchrow("SELECT status, payment_ref FROM orders WHERE id = $1", order["id"])
     assert (row["status"], row["payment_ref"]) == ("confirmed", f"sim-{order['id']}")
-    assert await inventory(redis, room, sale) == {"avail": 4, "held": 0, "sold": 1}
+    assert await inventory(redis, room, sale) == {"avail": 2, "held": 2, "sold": 1}
+    # and the others pay at once, the breaker closed again
+    for other, other_order in zip(others, other_orders, strict=True):
+        paid = await purchases.pay(sale, other.visitor, other_order["id"], "tok_approve")
+        assert paid["status"] == "confirmed"
+    assert await inventory(redis, room, sale) == {"avail": 2, "held": 0, "sold": 3}
 
 
 async def test_sweeper_keeps_holds_that_tried_to_pay_while_the_provider_is_down(
@@ -217,10 +229,10 @@ async def test_sweeper_keeps_holds_that_tried_to_pay_while_the_provider_is_down(
     b = (await purchases.hold(sale, never_paid, quantity=1)).order["id"]
     clock.freeze()
     keys = room.keys(sale.id)
-    await provider.set_outage(False)
     try:
-        # the money moves but the answer comes too late: the shop does not know
-        refused = await pay_refused(purchases, sale, paid_late.visitor, a, "tok_timeout")
+        # the provider is slow: the money moves but the answer comes too late
+        await provider.inner.set_mode("slow")
+        refused = await pay_refused(purchases, sale, paid_late.visitor, a)
         assert refused.code == "payment_unavailable"
         assert await provider.inner.status(a) is PaymentStatus.PAID
         await provider.set_outage(True)
@@ -275,29 +287,32 @@ async def test_pay_over_http_during_an_outage_answers_503_with_retry_after(
     admit: Admit,
     signer: Signer,
 ) -> None:
-    sale = await make_sale(stock=5, price_cents=1200)
-    [shopper] = await admit(sale, 1)
-    base = f"/api/sales/{sale.id}"
-    me = {"X-Visitor-Id": shopper.visitor}
-    response = await client.post(
-        f"{base}/holds",
-        json={"quantity": 1},
-        headers={**me, "Authorization": f"Bearer {signer.sign(shopper)}"},
-    )
-    assert response.status_code == 201, response.text
-    order_id = response.json()["id"]
-    provider = services.purchases.payments.provider
     breaker = services.purchases.payments.breaker
+    sale = await make_sale(stock=10, price_cents=1200)
+    shoppers = await admit(sale, breaker.threshold + 1)
+    base = f"/api/sales/{sale.id}"
+    orders = []
+    for shopper in shoppers:
+        response = await client.post(
+            f"{base}/holds",
+            json={"quantity": 1},
+            headers={"Authorization": f"Bearer {signer.sign(shopper)}"},
+        )
+        assert response.status_code == 201, response.text
+        orders.append((shopper.visitor, response.json()["id"]))
+    provider = services.purchases.payments.provider
     assert isinstance(provider, SimulatedProvider)
 
-    async def pay() -> httpx.Response:
+    async def pay(visitor: str, order_id: str) -> httpx.Response:
         return await client.post(
-            f"{base}/orders/{order_id}/pay", headers=me, json={"payment_token": "tok_approve"}
+            f"{base}/orders/{order_id}/pay",
+            headers={"X-Visitor-Id": visitor},
+            json={"payment_token": "tok_approve"},
         )
 
     await provider.set_outage(True)
     try:
-        answers = [await pay() for _ in range(breaker.threshold + 1)]
+        answers = [await pay(*order) for order in orders]
     finally:
         await provider.set_outage(False)
     for number, response in enumerate(answers):
@@ -305,12 +320,97 @@ async def test_pay_over_http_during_an_outage_answers_503_with_retry_after(
         assert response.headers["content-type"] == "application/json"
         error = response.json()["error"]
         assert error["code"] == "payment_unavailable" and error["message"]
-        # closed: retry in a second; once `threshold` failures open it: when it half-opens
+        # closed: retry in a second; once `threshold` orders failed, open: when it half-opens
         expected = 1 if number < breaker.threshold - 1 else int(breaker.reset_after)
         assert response.headers["Retry-After"] == str(expected)
     assert breaker.state == "open"
-    order = (await client.get(f"{base}/orders/{order_id}", headers=me)).json()
-    assert order["status"] == "held"
+    for visitor, order_id in orders:
+        order = await client.get(f"{base}/orders/{order_id}", headers={"X-Visitor-Id": visitor})
+        assert order.json()["status"] == "held"
+
+
+async def test_one_shopper_failing_payments_does_not_open_it_for_everybody(
+    settings: Settings,
+    redis: Redis,
+    raw_redis: Redis,
+    pool: asyncpg.Pool,
+    room: WaitingRoom,
+    sales: Sales,
+    make_sale: MakeSale,
+    admit: Admit,
+) -> None:
+    """Declined cards and invalid tokens are the shopper's answers, not the provider's
+    failures: a shopper spamming them (hold after hold) never opens the breaker, and the next
+    shopper pays at once."""
+    services, provider, _ = guarded_services(
+        settings, redis, raw_redis, pool, room, sales, threshold=2
+    )
+    purchases, breaker = services.purchases, services.purchases.payments.breaker
+    sale = await make_sale(stock=50, per_shopper_limit=1, price_cents=500)
+    spammer, honest = await admit(sale, 2)
+    tokens = ["tok_decline", "tok_error", "tok_timeout", "not-a-token", ""] * 4
+    for token in tokens:
+        order = (await purchases.hold(sale, spammer, quantity=1)).order
+        refused = await pay_refused(purchases, sale, spammer.visitor, order["id"], token)
+        assert (refused.kind, refused.code) == (Refusal.DECLINED, "payment_declined")
+        assert refused.order is not None
+        reason = refused.order["reason"]
+        assert reason == "payment declined: " + (
+            "card declined" if token == "tok_decline" else "invalid payment token"
+        )
+        assert breaker.state == "closed"
+    assert provider.calls["charge"] == len(tokens)
+    order = (await purchases.hold(sale, honest, quantity=1)).order
+    paid = await purchases.pay(sale, honest.visitor, order["id"], "tok_approve")
+    assert paid["status"] == "confirmed"
+
+
+async def test_a_provider_that_cannot_be_reached_counts_and_the_breaker_recovers(
+    settings: Settings,
+    redis: Redis,
+    raw_redis: Redis,
+    pool: asyncpg.Pool,
+    room: WaitingRoom,
+    sales: Sales,
+    make_sale: MakeSale,
+    admit: Admit,
+) -> None:
+    """A connection the provider refuses (here the simulated provider's own store, a Redis on
+    a port where nothing listens: a redis-py ConnectionError, which is no OSError) is a
+    provider-side failure: it opens the breaker, a trial that meets it again re-opens it, and
+    once the provider answers, the trial closes it and payments go through."""
+    unreachable = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", decode_responses=True)
+    prefix = f"{settings.redis_prefix}:{secrets.token_hex(4)}"
+    reachable, down = SimulatedProvider(redis, prefix), SimulatedProvider(unreachable, prefix)
+    breaker_clock = Clock()
+    breaker_clock.freeze()
+    breaker = CircuitBreaker(threshold=2, reset_after=10.0, clock=breaker_clock)
+    payments = GuardedProvider(down, breaker, timeout_s=2.0)
+    services = Services.build(
+        settings, redis, raw_redis, pool, room=room, sales=sales, payments=payments
+    )
+    purchases = services.purchases
+    sale = await make_sale(stock=5, price_cents=500)
+    shoppers = await admit(sale, 3)
+    orders = [(await purchases.hold(sale, s, quantity=1)).order["id"] for s in shoppers]
+    try:
+        for shopper, order_id in zip(shoppers[:2], orders[:2], strict=True):
+            refused = await pay_refused(purchases, sale, shopper.visitor, order_id)
+            assert refused.code == "payment_unavailable"
+        assert breaker.state == "open"
+        breaker_clock.advance(10)
+        refused = await pay_refused(purchases, sale, shoppers[2].visitor, orders[2])
+        assert refused.code == "payment_unavailable"
+        assert refused.retry_after == 10.0  # the trial met the same failure: open again
+        assert breaker.state == "open"
+    finally:
+        await unreachable.aclose()
+    payments.provider = reachable  # the provider is back
+    breaker_clock.advance(10)
+    for shopper, order_id in zip(shoppers, orders, strict=True):
+        paid = await purchases.pay(sale, shopper.visitor, order_id, "tok_approve")
+        assert paid["status"] == "confirmed"
+    assert breaker.state == "closed"
 
 
 # -- PostgreSQL is the final guard ---------------------------------------------------------
@@ -446,3 +546,116 @@ async def test_paid_hold_beyond_stock_is_refused_at_confirmation_and_refunded(
     assert await persister.drain(sale) == 3
     assert await ledger() == expected
     assert (await purchases.stock.reconcile(sale)).ok
+
+
+# -- a payment that does not finish ----------------------------------------------------------
+
+
+class GatedProvider(CountingProvider):
+    """The simulated provider, whose charge answers only once `gate` is open (it charges
+    first: the money moves, then the answer waits)."""
+
+    def __init__(self, inner: SimulatedProvider) -> None:
+        super().__init__(inner)
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def charge(self, order_id: str, amount_cents: int, currency: str, token: str) -> Charge:
+        charge = await super().charge(order_id, amount_cents, currency, token)
+        self.waiting.set()
+        await self.gate.wait()
+        return charge
+
+
+async def test_a_cancelled_payment_leaves_the_hold_payable_and_charges_once(
+    settings: Settings,
+    redis: Redis,
+    raw_redis: Redis,
+    pool: asyncpg.Pool,
+    room: WaitingRoom,
+    sales: Sales,
+    make_sale: MakeSale,
+    admit: Admit,
+) -> None:
+    """The shopper goes away while the provider is answering (the request is cancelled): the
+    hold does not stay `paying` until it expires, the breaker is not left waiting for a trial,
+    cancelling meanwhile is refused rather than answered with a hold that is still paying,
+    and the retry confirms the one charge that was made."""
+    provider = GatedProvider(
+        SimulatedProvider(redis, f"{settings.redis_prefix}:{secrets.token_hex(4)}")
+    )
+    payments = GuardedProvider(provider, CircuitBreaker(threshold=1), timeout_s=30)
+    services = Services.build(
+        settings, redis, raw_redis, pool, room=room, sales=sales, payments=payments
+    )
+    purchases = services.purchases
+    sale = await make_sale(stock=5, price_cents=800)
+    [shopper] = await admit(sale, 1)
+    order_id = (await purchases.hold(sale, shopper, quantity=1)).order["id"]
+    hold_key = room.keys(sale.id).hold(order_id)
+    expires = await redis.hget(hold_key, "expires_ms")
+    paying = asyncio.ensure_future(purchases.pay(sale, shopper.visitor, order_id, "tok_approve"))
+    await provider.waiting.wait()
+    assert (await purchases.order(sale, shopper.visitor, order_id))["status"] == "paying"
+    refused = await refusal_of(purchases.cancel(sale, shopper.visitor, order_id))
+    assert (refused.kind, refused.code, refused.retry_after) == (
+        Refusal.CONFLICT,
+        "payment_in_progress",
+        2,
+    )
+    paying.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await paying
+    fields = await redis.hgetall(hold_key)
+    assert (fields["status"], fields["pay_attempted"]) == ("held", "1")
+    assert fields["expires_ms"] == expires  # cancelling a payment does not lengthen a hold
+    assert payments.breaker.state == "closed"  # threshold 1: a cancellation is no failure
+    assert await provider.inner.status(order_id) is PaymentStatus.PAID  # the money moved
+    provider.gate.set()
+    paid = await purchases.pay(sale, shopper.visitor, order_id, "tok_approve")
+    assert paid["status"] == "confirmed"
+    assert provider.calls["charge"] == 2  # asked twice, charged once: the first outcome
+    assert await inventory(redis, room, sale) == {"avail": 4, "held": 0, "sold": 1}
+
+
+async def refusal_of(call: Awaitable[Any]) -> PurchaseRefused:
+    try:
+        result = await call
+    except PurchaseRefused as exc:
+        return exc
+    raise AssertionError(f"expected a refusal, got {result!r}")
+
+
+async def test_a_payment_the_database_cannot_confirm_is_finished_by_the_retry(
+    settings: Settings,
+    services: Services,
+    make_sale: MakeSale,
+    admit: Admit,
+    redis: Redis,
+    room: WaitingRoom,
+) -> None:
+    """The charge goes through but PostgreSQL cannot be reached to confirm it (here a pool that
+    is closed: asyncpg refuses every query): the shopper gets the error, the hold goes back to
+    `held` instead of staying `paying` until it expires, and the retry, with the database
+    back, confirms it on the first charge."""
+    purchases = services.purchases
+    sale = await make_sale(stock=5, price_cents=700)
+    [shopper] = await admit(sale, 1)
+    order_id = (await purchases.hold(sale, shopper, quantity=1)).order["id"]
+    working = purchases.pool
+    broken = await connect_pool(settings, min_size=1, max_size=1)
+    await broken.close()
+    purchases.pool = broken
+    try:
+        with pytest.raises(asyncpg.InterfaceError):
+            await purchases.pay(sale, shopper.visitor, order_id, "tok_approve")
+    finally:
+        purchases.pool = working
+    fields = await redis.hgetall(room.keys(sale.id).hold(order_id))
+    assert (fields["status"], fields["pay_attempted"]) == ("held", "1")
+    provider = purchases.payments.provider
+    assert isinstance(provider, SimulatedProvider)
+    assert await provider.status(order_id) is PaymentStatus.PAID
+    paid = await purchases.pay(sale, shopper.visitor, order_id, "tok_approve")
+    assert (paid["status"], paid["id"]) == ("confirmed", order_id)
+    assert await inventory(redis, room, sale) == {"avail": 4, "held": 0, "sold": 1}

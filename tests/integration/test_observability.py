@@ -38,8 +38,8 @@ from flashsale.waiting_room.persister import Persister
 from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.sales import Sales
 from flashsale.waiting_room.services import Services
+from tests.deploy.test_chart import CHART, render
 from tests.support import REPO, Clock, app_for, free_port
-from tests.test_chart import CHART, render
 
 MakeSale = Callable[..., Awaitable[Sale]]
 DASHBOARD = CHART / "dashboards" / "flashsale.json"

@@ -288,3 +288,15 @@ Nothing when none is set; use it as `      {{- include "flashsale.scheduling" ..
       priorityClassName: {{ . | quote }}
 {{- end }}
 {{- end -}}
+
+{{/*
+A CustomResourceDefinition of files/crds/ (the one copy of it) with the chart's labels and
+helm.sh/resource-policy: keep (deleting a CRD deletes every object of it).
+*/}}
+{{- define "flashsale.crd" -}}
+{{- $crd := fromYaml (.root.Files.Get .file) }}
+{{- $labels := merge (include "flashsale.labels" (dict "root" .root "component" "operator") | fromYaml) (default dict $crd.metadata.labels) }}
+{{- $annotations := merge (dict "helm.sh/resource-policy" "keep") (deepCopy (default dict .root.Values.commonAnnotations)) }}
+{{- $_ := set $crd "metadata" (dict "name" $crd.metadata.name "labels" $labels "annotations" $annotations) }}
+{{ toYaml $crd }}
+{{- end -}}

@@ -19,6 +19,9 @@ locals {
   redis_secret_entry    = "redis-url"
   database_secret_entry = "database-url"
 
+  # Zero or one port range of Redis Cluster nodes, as a list to build NetworkPolicy rules from.
+  redis_node_port_ranges = var.redis_node_port_range == null ? [] : [var.redis_node_port_range]
+
   ingress_controller_release = "haproxy-ingress"
   # fullnameOverride below makes the controller's Service name predictable.
   ingress_controller_service = local.ingress_controller_release
@@ -61,14 +64,28 @@ locals {
         secretName = var.ingress_tls_secret_name
       }
     }
-    # HAProxy is installed below as a release of its own, not as the chart's subchart.
-    "haproxy-ingress" = { enabled = false }
     # FlashSale pods may reach the data stores only at these addresses and ports.
     networkPolicy = {
       enabled        = true
       dataStoreCidrs = var.data_store_cidrs
       redisPort      = var.redis_port
       postgresqlPort = var.postgresql_port
+      # Redis Cluster nodes that listen beyond redis_port (Memorystore for Redis Cluster); an
+      # empty `to` (no data_store_cidrs) means any address, as for redisPort.
+      extraEgress = [
+        for node_ports in local.redis_node_port_ranges : {
+          to    = [for c in var.data_store_cidrs : { ipBlock = { cidr = c } }]
+          ports = [{ port = node_ports.from, endPort = node_ports.to, protocol = "TCP" }]
+        }
+      ]
+    }
+  }
+
+  # Only for a Redis Cluster: the chart's values schema refuses keys it does not know, so the key
+  # is not sent at all otherwise (FLASHSALE_REDIS_CLUSTER then keeps the chart's default).
+  redis_cluster_values = {
+    externalRedis = {
+      cluster = "true"
     }
   }
 
@@ -223,12 +240,10 @@ resource "helm_release" "flashsale" {
   wait        = true
   timeout     = var.helm_timeout_seconds
   max_history = 10
-  # A local chart declares the optional HAProxy controller subchart: Helm wants its archive
-  # even when it is disabled, so fetch it (the controller itself is its own release above).
-  dependency_update = var.chart_repository == null
 
   values = concat(
     [yamlencode(local.chart_values), yamlencode(local.image_values)],
+    var.redis_cluster ? [yamlencode(local.redis_cluster_values)] : [],
     var.extra_values,
   )
 

@@ -120,6 +120,34 @@ variable "redis_port" {
   }
 }
 
+variable "redis_cluster" {
+  description = "redis_url leads to a Redis Cluster (ElastiCache cluster mode, Memorystore for Redis Cluster): sets the chart's externalRedis.cluster to \"true\" (FLASHSALE_REDIS_CLUSTER)."
+  type        = bool
+  default     = false
+}
+
+variable "redis_node_port_range" {
+  description = "Further TCP ports the Redis Cluster's nodes listen on ({ from, to }, e.g. 11000-13047 on Memorystore for Redis Cluster), opened in the NetworkPolicy towards data_store_cidrs; null: redis_port only."
+  type = object({
+    from = number
+    to   = number
+  })
+  default = null
+
+  validation {
+    condition = var.redis_node_port_range == null ? true : (
+      var.redis_node_port_range.from >= 1 && var.redis_node_port_range.to <= 65535 &&
+      var.redis_node_port_range.from <= var.redis_node_port_range.to
+    )
+    error_message = "redis_node_port_range needs 1 <= from <= to <= 65535."
+  }
+
+  validation {
+    condition     = var.redis_node_port_range == null || var.redis_cluster
+    error_message = "redis_node_port_range is for a Redis Cluster: set redis_cluster = true with it."
+  }
+}
+
 variable "postgresql_port" {
   description = "Port of the managed PostgreSQL, opened in the chart's NetworkPolicy."
   type        = number

@@ -1,5 +1,6 @@
-# terraform test (offline, mocked providers): run from terraform/modules/flashsale with
+# terraform test (mocked providers): run from terraform/modules/flashsale with
 #   terraform init -backend=false && terraform test
+# (init downloads the providers once; the plans below run against mocks)
 
 mock_provider "helm" {}
 mock_provider "kubernetes" {}
@@ -62,6 +63,55 @@ run "secrets_hold_the_connections_and_values_only_name_them" {
     condition     = kubernetes_namespace_v1.this[0].metadata[0].labels["pod-security.kubernetes.io/enforce"] == "restricted"
     error_message = "The FlashSale namespace must enforce the restricted Pod Security Standard."
   }
+}
+
+run "single_redis_is_not_told_it_is_a_cluster" {
+  command = plan
+
+  assert {
+    condition     = alltrue([for v in helm_release.flashsale.values : !can(yamldecode(v).externalRedis.cluster)])
+    error_message = "Without redis_cluster the chart must not receive externalRedis.cluster (its schema may not know it)."
+  }
+
+  assert {
+    condition     = length(yamldecode(helm_release.flashsale.values[0]).networkPolicy.extraEgress) == 0
+    error_message = "Without node ports no extra egress rule may be added."
+  }
+}
+
+run "redis_cluster_reaches_the_chart_and_its_node_ports_the_network_policy" {
+  command = plan
+
+  variables {
+    redis_url             = "rediss://:test-only@clustercfg.redis.internal:6379/0"
+    redis_cluster         = true
+    redis_node_port_range = { from = 11000, to = 13047 }
+    data_store_cidrs      = ["10.10.16.0/26"]
+  }
+
+  assert {
+    condition     = anytrue([for v in helm_release.flashsale.values : try(yamldecode(v).externalRedis.cluster == "true", false)])
+    error_message = "redis_cluster must set externalRedis.cluster to \"true\"."
+  }
+
+  assert {
+    condition = (
+      yamldecode(helm_release.flashsale.values[0]).networkPolicy.extraEgress[0].ports[0].port == 11000 &&
+      yamldecode(helm_release.flashsale.values[0]).networkPolicy.extraEgress[0].ports[0].endPort == 13047 &&
+      yamldecode(helm_release.flashsale.values[0]).networkPolicy.extraEgress[0].to[0].ipBlock.cidr == "10.10.16.0/26"
+    )
+    error_message = "The nodes' port range must be opened towards the data-store ranges only."
+  }
+}
+
+run "node_ports_without_a_cluster_are_refused" {
+  command = plan
+
+  variables {
+    redis_node_port_range = { from = 11000, to = 13047 }
+  }
+
+  expect_failures = [var.redis_node_port_range]
 }
 
 run "autoscaling_values_reach_the_chart" {
