@@ -60,7 +60,6 @@ async def check_cluster(kube: Kube, settings: Settings) -> None:
     credentials, an API server that does not answer, or (with peering) a peering object
     missing, for which kopf pauses the operator for good."""
     version = await kube.check()
-    log.info("Kubernetes API reachable", extra={"version": version})
     for what, path in peering_paths(settings):
         try:
             found = await kube.get(path)
@@ -76,6 +75,7 @@ async def check_cluster(kube: Kube, settings: Settings) -> None:
                 "kopf's peering CRDs (the chart does with operator.peering.enabled) or unset "
                 "FLASHSALE_OPERATOR_PEERING"
             )
+    log.info("Kubernetes API reachable", extra={"version": version})
 
 
 async def serve(

@@ -14,12 +14,10 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -34,7 +32,7 @@ from flashsale.config import Settings
 from flashsale.waiting_room.db import migration_files
 from flashsale.waiting_room.room import WaitingRoom
 from flashsale.waiting_room.sale import Sale
-from tests.support import REPO, free_port
+from tests.support import REPO, free_port, redis_server
 
 FLASHSALE = str(Path(sys.executable).parent / "flashsale")
 SECRET = "s3cret-pw"
@@ -259,44 +257,8 @@ async def test_redis_unreachable_every_role(make_sale: Any, env: dict[str, str])
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[int]:
     """A Redis of this test's own that wants a password (the shared one has none)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("no redis-server binary here to start a Redis that wants a password")
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--requirepass",
-            SECRET,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, (
-                    "redis-server did not start"
-                )
-                time.sleep(0.05)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with redis_server(tmp_path, password=SECRET) as server:
+        yield server.port
 
 
 async def test_redis_refusing_the_login(env: dict[str, str], private_redis: int) -> None:
