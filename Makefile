@@ -103,8 +103,8 @@ envtest: ## Build kube-apiserver and etcd from source for the Kubernetes tests (
 test: check $(CHECKOV_STAMP) terraform-tools packages services envtest ## The static checks, then pytest (PYTEST_ARGS=... passed to pytest)
 	. $(SERVICES_ENV) && $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
-cluster-check: $(STAMP) envtest ## Tests against a real kube-apiserver (-m kubernetes); ends with one JSON line of facts
-	$(VENV)/bin/python scripts/cluster_check.py $(PYTEST_ARGS)
+cluster-check: $(STAMP) services envtest ## Tests against a real kube-apiserver (-m kubernetes); ends with one JSON line of facts
+	. $(SERVICES_ENV) && $(VENV)/bin/python scripts/cluster_check.py $(PYTEST_ARGS)
 
 demo: $(STAMP) services ## Migrate the database and run the demo
 	. $(SERVICES_ENV) && $(VENV)/bin/flashsale migrate && $(VENV)/bin/python -m loadtest.demo $(DEMO_ARGS)

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 INDEX = "flashsale_windows"
 FINALIZER = "flashsale.io/finalizer"
+CANCELLATION_POLLING_SECONDS = 0.5  # how often kopf looks whether a deleted sale's tick ended
 _WRITABLE = (
     "name",
     "stock",
@@ -145,7 +146,9 @@ class FlashSaleOperator:
     @staticmethod
     def configure(settings: kopf.OperatorSettings) -> kopf.OperatorSettings:
         """kopf's own bookkeeping under our prefix. Events are the operator's own (one per
-        phase change, per applied or refused spec), not copies of its log lines."""
+        phase change, per applied or refused spec), not copies of its log lines. A FlashSale
+        deleted while its tick runs is released once the tick ends: kopf looks again after
+        `cancellation_polling`, 60 s by default, which held deletions that long."""
         settings.persistence.finalizer = FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
             prefix="flashsale.io"
@@ -154,6 +157,7 @@ class FlashSaleOperator:
             prefix="flashsale.io", key="last-handled-spec"
         )
         settings.posting.loggers = False
+        settings.background.cancellation_polling = CANCELLATION_POLLING_SECONDS
         return settings
 
     async def on_login(

@@ -53,6 +53,7 @@ class Fault:
     message: str = "injected"
     delay: float = 0.0
     hits: list[float] = field(default_factory=list)
+    entered: asyncio.Event = field(default_factory=asyncio.Event)
 
     def matches(self, request: kmock.Request) -> bool:
         return (
@@ -72,6 +73,7 @@ class FaultyEmulator(kmock.KubernetesEmulator):
         for fault in self.faults:
             if fault.matches(request):
                 fault.hits.append(time.monotonic())
+                fault.entered.set()
                 if fault.delay:
                     await asyncio.sleep(fault.delay)
                     break  # then served as usual, to a client that no longer listens
@@ -329,3 +331,27 @@ def posted(k8s: FaultyEmulator) -> list[str]:
         for r in k8s[kmock.resource("v1/events")]
         if r.method == "POST" and r.data.get("reason") != "Logging"
     ]
+
+
+async def test_a_sale_deleted_while_its_tick_waits_on_the_api_is_released_at_once(
+    k8s: FaultyEmulator, services: Services
+) -> None:
+    """The deletion arrives while a tick waits for a slow answer of the HPA's API, a tick with
+    nothing to write: kopf releases the object only once the tick has ended, and looks again
+    after `cancellation_polling` (60 s by default; the operator sets half a second)."""
+    slow = Fault("GET", "horizontalpodautoscalers", delay=REQUEST_TIMEOUT / 2)
+    hpa = lambda: dict(k8s.objects[HPAS, NS, "web"])  # noqa: E731
+    async with operator(k8s, services.settings):
+        await apply(k8s, manifest("brief", spec_soon()))
+        await eventually(lambda: hpa()["spec"]["minReplicas"] == 8, "the HPA is raised")
+        await eventually(lambda: "nextTransition" in status(k8s, "brief"), "a steady status")
+        await asyncio.sleep(2 * TICK)
+        k8s.faults.append(slow)  # the next tick's GET of the HPA: slow, then as before
+        await asyncio.wait_for(slow.entered.wait(), 10)
+        started = time.monotonic()
+        async with k8s.delete(f"/apis/flashsale.io/v1alpha1/namespaces/{NS}/flashsales/brief"):
+            pass
+        await eventually(
+            lambda: k8s.objects[FLASHSALES, NS, "brief"].deleted, "the FlashSale is gone", 20
+        )
+        assert time.monotonic() - started < 10
