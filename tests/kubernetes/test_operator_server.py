@@ -115,6 +115,9 @@ async def test_a_flashsale_from_declaration_to_archive_through_a_restart(
     admit: Admit,
     cluster_facts: Facts,
 ) -> None:
+    """A sale from `kubectl apply` to deletion, its operator SIGKILLed while it is open: the
+    shoppers sell it out meanwhile, and a new process carries on from what the cluster and
+    the stores hold (phase, counters, the raised HPA), telling each phase exactly once."""
     admin, ns = admin_async, shop.served[0]
     for where, obj in scaled_objects(ns):
         await create(admin, where, obj)
