@@ -1,7 +1,8 @@
 # FlashSale — developer entry points.
 #
 #   make demo    set up everything (venv, Redis, PostgreSQL) and run the demo
-#   make test    set up everything, run the static checks and pytest
+#   make test    set up everything, run the static checks and pytest (then the Redis-backed
+#                core tests a second time, against a local Redis Cluster)
 #
 # Existing Redis (127.0.0.1:6379) / PostgreSQL (127.0.0.1:5432) are reused, as
 # are REDIS_URL / DATABASE_URL from the environment; see scripts/ensure-services.sh.
@@ -16,6 +17,15 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 SERVICES_ENV := .run/services.env
+# a local 3-primary Redis Cluster (scripts/redis-cluster.sh) beside the plain Redis
+CLUSTER_DIR := .run/redis-cluster
+CLUSTER_ENV := $(CLUSTER_DIR)/cluster.env
+# the tests `make test` runs a second time with REDIS_URL naming that cluster
+CLUSTER_TESTS := tests/integration/test_room_join.py tests/integration/test_room_admission.py \
+	tests/integration/test_room_prequeue.py tests/integration/test_purchase_smoke.py \
+	tests/integration/test_purchase_stock.py tests/integration/test_sold_out_for_now.py \
+	tests/integration/test_failure_modes.py tests/integration/test_persister.py \
+	tests/integration/test_admitter_concurrency.py tests/system/test_demo.py
 PYTEST_ARGS ?=
 # checkov pins an old `packaging`, so it lives in a venv of its own
 CHECKOV_VENV := .venv-checkov
@@ -25,16 +35,20 @@ CHECKOV_VERSION := 3.3.30
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: help venv checkov terraform-tools terraform-docs terraform-lock packages services envtest check test cluster-check demo clean
+.PHONY: help venv lock checkov terraform-tools terraform-docs terraform-lock packages services redis-cluster envtest check test cluster-check demo chaos image clean
 
 help: ## List targets
 	@echo "FlashSale make targets:"
-	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-9s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-13s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 	@echo "Variables: PYTHON=$(PYTHON)  PYTEST_ARGS='...' (e.g. make test PYTEST_ARGS='-k tokens')"
 
-venv: $(STAMP) ## Create .venv and install the project with dev extras
+venv: $(STAMP) ## Create .venv: the hashed locks (dev + loadtest extras), then the project
 
-$(STAMP): pyproject.toml
+# Everything comes from the locks (`make lock` writes them): pip and setuptools pinned, every
+# dependency pinned with its hashes, the project itself installed editable without deps.
+LOCKS := requirements.lock requirements-dev.lock requirements-build.lock
+
+$(STAMP): pyproject.toml $(LOCKS)
 	@if ! command -v $(PYTHON) >/dev/null 2>&1; then \
 	    echo "make: $(PYTHON) not found; installing python3 and python3-venv with apt" >&2; \
 	    $(APT) update -qq && $(APT) install -y -qq --no-install-recommends python3 python3-venv; \
@@ -53,9 +67,16 @@ $(STAMP): pyproject.toml
 	        $(PYTHON) -m venv $(VENV); \
 	    fi; \
 	fi
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev,loadtest]'
+	$(VENV)/bin/pip install -q --require-hashes -r requirements-build.lock
+	$(VENV)/bin/pip install -q --require-hashes -r requirements-dev.lock
+	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
+
+UPGRADE ?= 0
+
+lock: $(STAMP) ## Rewrite the hashed locks from pyproject.toml, then update .venv (UPGRADE=1: newest versions)
+	UPGRADE=$(UPGRADE) scripts/lock.sh
+	@$(MAKE) --no-print-directory venv
 
 checkov: $(CHECKOV_STAMP) ## Install checkov into its own venv (used by the chart and Terraform tests)
 
@@ -88,10 +109,12 @@ terraform-lock: ## Write .terraform.lock.hcl of every Terraform root (needs regi
 	    terraform -chdir=$$d providers lock $(addprefix -platform=,$(TERRAFORM_LOCK_PLATFORMS)); \
 	done
 
-# Debian packages the tests drive for real: the browser tests and the spike harness
-TEST_PACKAGES := chromium fonts-noto-cjk haproxy
+# Debian packages the tests drive for real: the browser tests, the spike harness, the Redis
+# Cluster (and the TLS Redis) the tests start, and the image's daemonless build (buildah;
+# debootstrap makes its base)
+TEST_PACKAGES := chromium fonts-noto-cjk haproxy redis-server buildah debootstrap
 
-packages: ## Install the Debian packages the tests need (Chromium, CJK fonts, HAProxy)
+packages: ## Install the Debian packages the tests need (Chromium, CJK fonts, HAProxy, Redis, buildah)
 	@scripts/ensure-packages.sh $(TEST_PACKAGES)
 
 services: ## Ensure Redis + PostgreSQL run; write .run/services.env
@@ -100,8 +123,16 @@ services: ## Ensure Redis + PostgreSQL run; write .run/services.env
 envtest: ## Build kube-apiserver and etcd from source for the Kubernetes tests (cached in .cache/envtest/)
 	@scripts/envtest/build.sh >/dev/null
 
-test: check $(CHECKOV_STAMP) terraform-tools packages services envtest ## The static checks, then pytest (PYTEST_ARGS=... passed to pytest)
-	. $(SERVICES_ENV) && $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+redis-cluster: ## Start (or reuse) a local 3-primary Redis Cluster on free ports; writes .run/redis-cluster/cluster.env
+	@scripts/ensure-packages.sh redis-server
+	@scripts/redis-cluster.sh start $(CLUSTER_DIR)
+
+# The second pass (the same Redis-backed tests on the Redis Cluster) may select nothing
+# (PYTEST_ARGS='-k tokens'): pytest's exit status 5.
+test: check $(CHECKOV_STAMP) terraform-tools packages services redis-cluster envtest ## The static checks, then pytest on one Redis and on the Redis Cluster (PYTEST_ARGS=... passed to pytest)
+	. $(SERVICES_ENV) && . $(CLUSTER_ENV) && $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	. $(SERVICES_ENV) && . $(CLUSTER_ENV) && REDIS_URL=$$REDIS_CLUSTER_URL \
+	    $(VENV)/bin/pytest -q $(PYTEST_ARGS) $(CLUSTER_TESTS) || [ $$? -eq 5 ]
 
 cluster-check: $(STAMP) services envtest ## Tests against a real kube-apiserver (-m kubernetes); ends with one JSON line of facts
 	. $(SERVICES_ENV) && $(VENV)/bin/python scripts/cluster_check.py $(PYTEST_ARGS)
@@ -109,27 +140,34 @@ cluster-check: $(STAMP) services envtest ## Tests against a real kube-apiserver 
 demo: $(STAMP) services ## Migrate the database and run the demo
 	. $(SERVICES_ENV) && $(VENV)/bin/flashsale migrate && $(VENV)/bin/python -m loadtest.demo $(DEMO_ARGS)
 
+image: ## Build the image without Docker (buildah + a debootstrapped base; cached) and print its size
+	@scripts/image.sh build
+	@echo "image: $${FLASHSALE_IMAGE:-localhost/flashsale:dev}, $$(scripts/image.sh size) MB"
+
 check: $(STAMP) ## Static checks: ruff check, ruff format --check, mypy, the import layers
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-clean: ## Remove .venv, caches, egg-info and .run/services.env (stops no services)
+clean: ## Remove .venv, caches, egg-info, .run/services.env and the image's .cache (stops no services)
+	@if [ -d .cache/containers ]; then scripts/image.sh clean; fi
 	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .ruff_cache *.egg-info src/*.egg-info $(SERVICES_ENV)
 
 # -- load test and benchmarks (loadtest/; the `loadtest` extra: locust, py-spy, matplotlib) ----
-LOADTEST_STAMP := $(VENV)/.installed-loadtest
+# (requirements-dev.lock holds the loadtest extra too: `make venv` installed it)
 LOADTEST_ARGS ?=
 BENCH_ARGS ?=
-.PHONY: loadtest bench
+.PHONY: loadtest bench chaos
 
-$(LOADTEST_STAMP): $(STAMP) pyproject.toml
-	$(VENV)/bin/pip install -q -e '.[dev,loadtest]'
-	@touch $@
-
-loadtest: $(LOADTEST_STAMP) services ## Flash-sale spike via HAProxy + locust, invariants checked; report in reports/
+loadtest: $(STAMP) services ## Flash-sale spike via HAProxy + locust, invariants checked; report in reports/
 	. $(SERVICES_ENV) && $(VENV)/bin/python -m loadtest.spike $(LOADTEST_ARGS)
 
-bench: $(LOADTEST_STAMP) services ## Benchmarks (wrk) vs a bare endpoint and a row-lock purchase, with targets
+bench: $(STAMP) services ## Benchmarks (wrk) vs a bare endpoint and a row-lock purchase, with targets
 	. $(SERVICES_ENV) && $(VENV)/bin/python -m loadtest.bench $(BENCH_ARGS)
+
+CHAOS_ARGS ?=
+
+# its own Redis and PostgreSQL: `services` only makes sure their Debian packages are there
+chaos: $(STAMP) packages services ## Faults during sales (kill -9, outages, stalls, a partition), invariants checked; report in reports/
+	$(VENV)/bin/python -m loadtest.chaos $(CHAOS_ARGS)

@@ -1,7 +1,8 @@
 """Every error leaves the API as JSON: `{"error": {"code", "message", "field"?}}`.
 
-Bad input is the caller's to fix, so it gets a 4xx that says what to change; anything else
-is logged with its request id and answered with a bare 500 that leaks no internals.
+Bad input is the caller's to fix, so it gets a 4xx that says what to change; Redis not
+answering for a moment (a shard failing over, a restart) is a 503 with Retry-After; anything
+else is logged with its request id and answered with a bare 500 that leaks no internals.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from redis.exceptions import ClusterDownError, RedisClusterException, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -137,6 +141,20 @@ async def _refused(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The sale's Redis (its shard, on a cluster) did not answer: a failover or a restart is
+    under way and takes seconds. The request may have taken effect before the connection
+    dropped; retried with the same Idempotency-Key, a hold is never made twice."""
+    log.warning("Redis unavailable: %s", exc)
+    return error_response(
+        ApiError(
+            503,
+            "the sale is briefly unavailable; try again in a moment",
+            headers={"Retry-After": "1"},
+        )
+    )
+
+
 async def _internal(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     rid = request_id.get()  # still set: see api/request_id.py
@@ -156,5 +174,10 @@ EXCEPTION_HANDLERS = {
     TokenInvalid: _token_invalid,
     TokenExpired: _token_expired,
     PurchaseRefused: _refused,
+    RedisConnectionError: _redis_unavailable,
+    RedisTimeoutError: _redis_unavailable,
+    ClusterDownError: _redis_unavailable,
+    TryAgainError: _redis_unavailable,
+    RedisClusterException: _redis_unavailable,  # a slot no primary serves yet
     Exception: _internal,
 }

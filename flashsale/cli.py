@@ -352,6 +352,7 @@ async def _admitter(settings: Settings) -> None:
             tick_ms=settings.admitter_tick_ms,
             refresh_seconds=settings.admitter_refresh_seconds,
             prewarm_lead_seconds=settings.prewarm_lead_seconds,
+            sale_timeout_seconds=settings.sale_timeout_seconds,
         )
         await admitter.run(_stop_on_signals())
 
@@ -379,6 +380,7 @@ async def _persister(settings: Settings) -> None:
             sweep_interval_ms=settings.sweep_interval_ms,
             refresh_seconds=settings.admitter_refresh_seconds,
             reconcile_every_seconds=settings.reconcile_interval_seconds,
+            sale_timeout_seconds=settings.sale_timeout_seconds,
         )
         await persister.run(_stop_on_signals())
 

@@ -35,6 +35,12 @@ class Settings:
     redis_url: str = _s(
         "REDIS_URL", "redis://127.0.0.1:6379/0", "Redis holding the waiting rooms and hot state."
     )
+    redis_cluster: str = _s(
+        "FLASHSALE_REDIS_CLUSTER",
+        "auto",
+        "Whether `REDIS_URL` names one node of a Redis Cluster: `true`, `false`, or `auto` "
+        "(asks the server at start-up, `INFO cluster`; so Redis must answer then).",
+    )
     redis_max_connections: int = _s(
         "FLASHSALE_REDIS_MAX_CONNECTIONS",
         200,
@@ -48,8 +54,8 @@ class Settings:
     redis_command_timeout_seconds: float = _s(
         "FLASHSALE_REDIS_COMMAND_TIMEOUT_SECONDS",
         5.0,
-        "How long the hot path (scripts, polls) waits for Redis to answer anything before it "
-        "fails those requests and reconnects.",
+        "How long any Redis command (the hot path's scripts and polls, and every other) waits "
+        "for an answer, or a connection to open, before it fails.",
     )
     database_url: str = _s(
         "DATABASE_URL",
@@ -178,6 +184,13 @@ class Settings:
         1000,
         "How often the persister looks for expired holds to release.",
     )
+    sale_timeout_seconds: float = _s(
+        "FLASHSALE_SALE_TIMEOUT_SECONDS",
+        10.0,
+        "Longest one sale's share of an admitter, persister or operator tick may take; past it "
+        "that sale is given up for the tick (logged, counted in flashsale_sale_failures), so a "
+        "sale whose Redis shard is down or slow never holds up the others.",
+    )
     metrics_port: int = _s(
         "FLASHSALE_METRICS_PORT",
         9100,
@@ -261,6 +274,8 @@ class Settings:
             raise SettingsError("FLASHSALE_REDIS_PREFIX may hold letters, digits, '-' and '_' only")
         if not self.database_schema.replace("_", "").isalnum():
             raise SettingsError("FLASHSALE_DATABASE_SCHEMA may hold letters, digits and '_' only")
+        if self.redis_cluster not in ("auto", "true", "false"):
+            raise SettingsError("FLASHSALE_REDIS_CLUSTER must be auto, true or false")
         if self.operator_tick_seconds <= 0:
             raise SettingsError("FLASHSALE_OPERATOR_TICK_SECONDS must be positive")
         if self.operator_liveness:
@@ -273,6 +288,7 @@ class Settings:
             "join_buckets",
             "rate_window_seconds",
             "redis_command_timeout_seconds",
+            "sale_timeout_seconds",
         ):
             if getattr(self, name) < 0 or (name != "status_cache_ms" and getattr(self, name) == 0):
                 env = next(f.metadata["setting"].env for f in fields(self) if f.name == name)

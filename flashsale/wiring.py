@@ -14,15 +14,16 @@ from flashsale.config import Settings
 from flashsale.logs import setup_logging
 from flashsale.waiting_room.autopipeline import close_shared
 from flashsale.waiting_room.db import connect_pool
-from flashsale.waiting_room.redis_client import connect_redis
+from flashsale.waiting_room.redis_client import connect_redis, is_cluster
 from flashsale.waiting_room.services import Services
 
 
 @contextlib.asynccontextmanager
 async def opened(settings: Settings, *, pool_size: int = 10) -> AsyncIterator[Services]:
     """Connections and the services on them, for as long as a process runs; closed on exit."""
-    redis = connect_redis(settings)
-    raw_redis = connect_redis(settings, decode=False)
+    cluster = await is_cluster(settings)
+    redis = connect_redis(settings, cluster=cluster)
+    raw_redis = connect_redis(settings, cluster=cluster, decode=False)
     try:
         pool = await connect_pool(settings, max_size=pool_size)
     except BaseException:

@@ -23,8 +23,14 @@ Method (the machine is small, shared and noisy, so only ratios measured within o
   counters are short-lived (one rate window) and not part of a waiter's state: the
   measurement uses a 2 s window and lets them expire first. Everything is deleted afterwards.
 
+- Redis Cluster: on the local cluster of `make redis-cluster` (started when missing), holds
+  per second with every hold on one sale on one shard against holds spread over three sales
+  on three shards, in alternating rounds; holder processes (one per CPU) call the hold path
+  in process, so the figure is the Redis side's (HTTP is measured above); each shard's
+  redis-server CPU time is read from /proc.
+
 The last line of stdout is JSON: poll_ratio, join_ratio, purchase_ratio, purchase_vs_rowlock,
-drain_ratio, redis_bytes_per_waiter (and the raw figures).
+drain_ratio, redis_bytes_per_waiter, cluster_ratio (and the raw figures).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import os
 import secrets
 import statistics
@@ -50,9 +57,12 @@ from redis.asyncio import Redis
 from flashsale.config import Settings
 from flashsale.waiting_room.autopipeline import close_shared
 from flashsale.waiting_room.db import connect_pool, migrate
+from flashsale.waiting_room.purchase import PurchaseRefused
+from flashsale.waiting_room.redis_client import connect_redis, node_of, primaries, remove_matching
 from flashsale.waiting_room.room import WaitingRoom
 from flashsale.waiting_room.sales import Sales
 from flashsale.waiting_room.scripts import source
+from flashsale.waiting_room.services import Services
 from flashsale.waiting_room.stock import PERSISTER_GROUP, Stock
 from flashsale.waiting_room.tokens import ADMISSION, Claims, Signer
 from loadtest.apps import ROWLOCK_DDL
@@ -112,7 +122,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--waiters", type=int, default=1_000_000, help="visitors joined for the Redis memory figure"
     )
     p.add_argument("--no-pin", action="store_true", help="do not pin servers and wrk to CPUs")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: http,drain,memory")
+    p.add_argument(
+        "--skip", default="", help="comma-separated parts to skip: http,drain,memory,cluster"
+    )
     return p.parse_args(argv)
 
 
@@ -472,10 +484,204 @@ async def redis_memory(settings: Settings, waiters: int) -> dict[str, Any]:
             "join_rate": waiters / (time.monotonic() - started),
         }
     finally:
-        async for key in redis.scan_iter(match=f"{prefix}:*", count=5000):
-            await redis.unlink(key)
+        await remove_matching(redis, f"{prefix}:*")
         await close_shared()
         await pool.close()
+        await redis.aclose()
+
+
+# -- Redis Cluster: holds on three shards against one ---------------------------------------
+
+CLUSTER_DIR = Path(__file__).resolve().parent.parent / ".run" / "redis-cluster"
+CLUSTER_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "redis-cluster.sh"
+CLUSTER_SHOPPERS = 4000  # per sale; 100 holds each at most (the per-shopper limit)
+CLUSTER_CONCURRENCY = 64  # holds in flight per holder process
+
+
+def start_cluster() -> tuple[str, list[int]]:
+    """The local cluster of `make redis-cluster` (started when it is not running): its URL
+    and the pids of its redis-servers."""
+    if ensure_tool("redis-server", "redis-server") is None:
+        raise RuntimeError("redis-server is needed for the cluster figure")
+    out = subprocess.run(
+        [str(CLUSTER_SCRIPT), "start", str(CLUSTER_DIR)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    url = out.strip().rsplit("REDIS_CLUSTER_URL=", 1)[1]
+    pids = [int(p.read_text()) for p in sorted(CLUSTER_DIR.glob("*.pid"))]
+    return url, pids
+
+
+async def prepare_cluster(settings: Settings) -> dict[str, Any]:
+    """Four open sales on the cluster: `one` on the first primary, `three` on each primary;
+    CLUSTER_SHOPPERS admitted shoppers in each (their admission claims), stock warm."""
+    redis = connect_redis(settings, cluster=True)
+    pool = await connect_pool(settings, max_size=4)
+    room = WaitingRoom(
+        redis, replace(settings, status_cache_ms=60_000), Signer(settings.signing_keys())
+    )
+    sales = Sales(pool, room)
+    try:
+        nodes = await primaries(redis)
+        opens = datetime.now(UTC) + timedelta(seconds=1.5)
+        stamp = datetime.now(UTC).strftime("%H%M%S")
+        wanted = {"one": nodes[0], "three-0": nodes[0], "three-1": nodes[1], "three-2": nodes[2]}
+        made: dict[str, str] = {}
+        for name, node in wanted.items():
+            while True:
+                sale_id = f"bench-{name}-{stamp}-{secrets.token_hex(2)}"
+                if await node_of(redis, room.keys(sale_id).meta) == node:
+                    break
+            await sales.create(sale_body(sale_id, opens))
+            made[name] = sale_id
+        await asyncio.sleep(max(0.0, opens.timestamp() - time.time() + 0.2))
+        claims: dict[str, list[Claims]] = {}
+        stock = Stock(redis, redis, pool, room)
+        for sale_id in made.values():
+            visitors = [f"holder-{n:06d}" for n in range(CLUSTER_SHOPPERS)]
+            joined = await gather_chunked(
+                [room.join(sale_id, v, "127.0.0.1") for v in visitors], chunk=200
+            )
+            for _ in range(100):
+                result = await room.admit_once(sale_id)
+                if result.outcome == "idle":
+                    break
+                if result.outcome == "wait":
+                    await asyncio.sleep(0.06)
+            active = dict(await redis.zrange(room.keys(sale_id).active, 0, -1, withscores=True))
+            claims[sale_id] = [
+                Claims(
+                    ADMISSION, sale_id, v, j.claims.index, exp=active[str(j.claims.index)] / 1000
+                )
+                for v, j in zip(visitors, joined, strict=True)
+            ]
+            await stock.prewarm(await sales.get(sale_id))
+        return {"sales": made, "claims": claims, "nodes": nodes}
+    finally:
+        await close_shared()
+        await pool.close()
+        await redis.aclose()
+
+
+def _holder(
+    settings: Settings, claims: list[Claims], start_at: float, stop_at: float
+) -> tuple[int, int]:
+    """One holder process: holds (round robin over the sales of `claims`) from `start_at`
+    to `stop_at`; how many were made, and how many refused."""
+    return asyncio.run(_holding(settings, claims, start_at, stop_at))
+
+
+async def _holding(
+    settings: Settings, claims: list[Claims], start_at: float, stop_at: float
+) -> tuple[int, int]:
+    redis = connect_redis(settings, cluster=True)
+    raw = connect_redis(settings, cluster=True, decode=False)
+    pool = await connect_pool(settings, max_size=2)
+    services = Services.build(settings, redis, raw, pool)
+    try:
+        sales = {sale_id: await services.sales.get(sale_id) for sale_id in {c.sale for c in claims}}
+        for sale_id in sales:  # connections open and scripts loaded before the clock starts
+            first = next(c for c in claims if c.sale == sale_id)
+            await services.purchases.hold(sales[sale_id], first, quantity=1)
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        made = refused = 0
+
+        async def shopper(n: int) -> None:
+            nonlocal made, refused
+            while time.time() < stop_at:
+                c = claims[n % len(claims)]
+                n += CLUSTER_CONCURRENCY
+                try:
+                    await services.purchases.hold(sales[c.sale], c, quantity=1)
+                    made += 1
+                except PurchaseRefused:
+                    refused += 1
+
+        await asyncio.gather(*(shopper(n) for n in range(CLUSTER_CONCURRENCY)))
+        return made, refused
+    finally:
+        await close_shared()
+        await pool.close()
+        await redis.aclose()
+        await raw.aclose()
+
+
+def cluster_figure(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """Holds per second with every hold on one sale on one shard, against holds spread over
+    three sales on three shards, in alternating rounds of `args.seconds` (the ratio of each
+    round, the median reported). Holder processes (one per CPU) call the hold path in process
+    (Purchases.hold over the auto-pipeline), so the figure is the Redis side's, not HTTP's;
+    each shard's redis-server CPU time says how the load spread."""
+    url, pids = start_cluster()
+    on = replace(settings, redis_url=url, redis_cluster="true")
+    prepared = asyncio.run(prepare_cluster(on))
+    sales, claims = prepared["sales"], prepared["claims"]
+    layouts = {
+        "one": claims[sales["one"]],
+        "three": [
+            c
+            for trio in zip(*(claims[sales[f"three-{n}"]] for n in range(3)), strict=True)
+            for c in trio
+        ],
+    }
+    workers = max(1, os.cpu_count() or 1)
+    context = multiprocessing.get_context("spawn")
+    rates: dict[str, list[float]] = {"one": [], "three": []}
+    busiest: dict[str, list[float]] = {"one": [], "three": []}
+    per_hold: list[float] = []  # µs of redis-server CPU (all shards) per hold
+    refused = 0
+    try:
+        with context.Pool(workers) as holders:
+            for r in range(args.rounds):
+                for layout in ("one", "three") if r % 2 == 0 else ("three", "one"):
+                    mine = layouts[layout]
+                    slices = [mine[w::workers] for w in range(workers)]
+                    start_at = time.time() + 3.0  # the holders connect and warm up first
+                    stop_at = start_at + args.seconds
+                    pending = holders.starmap_async(
+                        _holder, [(on, s, start_at, stop_at) for s in slices]
+                    )
+                    time.sleep(max(0.0, start_at - time.time()))
+                    before = [cpu_seconds(pid) or 0.0 for pid in pids]
+                    time.sleep(args.seconds)
+                    after = [cpu_seconds(pid) or 0.0 for pid in pids]
+                    counts = pending.get(timeout=args.seconds + 120)
+                    made = sum(c[0] for c in counts)  # the warm-up holds are not counted
+                    refused += sum(c[1] for c in counts)
+                    rate = made / args.seconds
+                    share = max(a - b for a, b in zip(after, before, strict=True)) / args.seconds
+                    rates[layout].append(rate)
+                    busiest[layout].append(share)
+                    spent = sum(after) - sum(before)
+                    per_hold.append(spent / max(1, made) * 1e6)
+                    log(
+                        f"  round {r + 1} cluster {layout:5s} {rate:8.0f} holds/s  busiest "
+                        f"redis-server {share * 100:.0f}% of a CPU"
+                    )
+    finally:
+        asyncio.run(drop_cluster(on))
+    ratios = [t / o for t, o in zip(rates["three"], rates["one"], strict=True)]
+    return {
+        "cluster_one_shard_hps": round(statistics.median(rates["one"])),
+        "cluster_three_shards_hps": round(statistics.median(rates["three"])),
+        "cluster_ratio": round(statistics.median(ratios), 2),
+        "cluster_busiest_shard_cpu_one": round(statistics.median(busiest["one"]), 2),
+        "cluster_busiest_shard_cpu_three": round(statistics.median(busiest["three"]), 2),
+        "cluster_redis_us_per_hold": round(statistics.median(per_hold), 1),
+        "cluster_refused": refused,
+        "cluster_holder_processes": workers,
+    }
+
+
+async def drop_cluster(settings: Settings) -> None:
+    """The run's keys on the cluster (its sales stay in the run's schema, dropped with it)."""
+    redis = connect_redis(settings, cluster=True)
+    try:
+        await remove_matching(redis, f"{settings.redis_prefix}:*")
+    finally:
         await redis.aclose()
 
 
@@ -625,6 +831,9 @@ def main(argv: list[str] | None = None) -> int:
                 figures["redis_info_delta_per_waiter"] = round(memory["info_delta_per_waiter"], 1)
                 figures["redis_waiters"] = memory["waiters"]
                 figures["redis_bucket_encodings"] = memory["bucket_encodings"]
+            if "cluster" not in skip:
+                log("bench: Redis Cluster, holds on one shard and on three")
+                figures.update(cluster_figure(settings, args))
         finally:
             procs.stop()
             asyncio.run(drop(settings))
@@ -669,6 +878,16 @@ def main(argv: list[str] | None = None) -> int:
             f"(INFO delta {figures['redis_info_delta_per_waiter']}) with "
             f"{figures['redis_waiters']} waiting  "
             f"{verdict('redis_bytes_per_waiter', figures['redis_bytes_per_waiter'])}"
+        )
+    if "cluster_ratio" in figures:
+        lines.append(
+            f"  Redis Cluster holds         {figures['cluster_one_shard_hps']:>8} /s on one shard,"
+            f" {figures['cluster_three_shards_hps']} /s on three: ratio "
+            f"{figures['cluster_ratio']:.2f} (busiest redis-server "
+            f"{figures['cluster_busiest_shard_cpu_one'] * 100:.0f}% then "
+            f"{figures['cluster_busiest_shard_cpu_three'] * 100:.0f}% of a CPU, "
+            f"{figures['cluster_redis_us_per_hold']} µs of Redis CPU a hold; "
+            f"{figures['cluster_holder_processes']} holder processes)"
         )
     figures["seconds"] = round(time.time() - started, 1)
     lines.append(f"  ({figures['seconds']} s in all)")

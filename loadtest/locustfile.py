@@ -70,7 +70,7 @@ class Record:
             cls._file.flush()
 
 
-@events.quitting.add_listener
+@events.quitting.add_listener  # type: ignore[untyped-decorator]
 def _close_record(**_: Any) -> None:
     if Record._file is not None:
         Record._file.close()
@@ -85,7 +85,8 @@ def _code(response: FastResponse) -> str:
 
 def _retry_after(response: FastResponse, default: float = 1.0) -> float:
     try:
-        return max(0.1, float(response.headers.get("retry-after") or default))
+        raw = response.headers.get("retry-after") if response.headers else None
+        return max(0.1, float(str(raw)) if raw else default)
     except ValueError:
         return default
 
@@ -138,7 +139,7 @@ class Shopper(FastHttpUser):
                 url, name="join", headers=self._headers(), catch_response=True
             ) as r:
                 if r.status_code in (200, 201):
-                    body = r.json()
+                    body: dict[str, Any] = r.json()
                     rid = r.headers.get("x-request-id") or ""
                     if len(rid) != 36 or not set(rid) <= REQUEST_ID_CHARS:
                         r.failure(f"no HAProxy request id (uuid) on the answer: {rid!r}")
@@ -231,7 +232,7 @@ class Shopper(FastHttpUser):
                         quantity=order["quantity"],
                         seats=[s.get("id") for s in order.get("seats") or []],
                     )
-                    return order
+                    return dict(order)
                 code = _code(r)
                 if r.status_code in (403, 409) and code in (
                     "sold_out",
@@ -396,7 +397,7 @@ class FlashSpike(LoadTestShape):
         peak = int(getattr(options, "num_users", None) or 100)
         rate = float(getattr(options, "spawn_rate", None) or peak)
         run_time = float(getattr(options, "run_time", None) or 60)
-        t = self.get_run_time()
+        t: float = self.get_run_time()  # type: ignore[no-untyped-call]
         if t >= run_time:
             return None
         extras = 2  # Ops and Scraper (fixed_count) come on top of the shoppers

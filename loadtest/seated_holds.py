@@ -37,6 +37,7 @@ from flashsale.config import Settings
 from flashsale.waiting_room.autopipeline import close_shared
 from flashsale.waiting_room.db import connect_pool, migrate
 from flashsale.waiting_room.purchase import Held, PurchaseRefused, Purchases, layout_of
+from flashsale.waiting_room.redis_client import text_map
 from flashsale.waiting_room.room import WaitingRoom
 from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.sales import Sales
@@ -158,7 +159,8 @@ async def one_run(
     taken: set[int] = set()
     by_order: dict[str, list[int]] = {}
     apart = apart_avoidable = 0
-    for _, fields in await redis.xrange(keys.orders_stream):
+    for _, entry in await redis.xrange(keys.orders_stream) or []:
+        fields = text_map(entry or {})
         if fields["type"] == "hold":
             chosen = [int(s) for s in fields["seats"].split(",") if s]
             if not together(layout, chosen):

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import csv
 import importlib.util
 import json
@@ -50,7 +49,6 @@ import math
 import os
 import secrets
 import shutil
-import socket
 import string
 import sys
 import tempfile
@@ -58,24 +56,34 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-from redis.asyncio import Redis
 
 from flashsale.config import Settings
 from flashsale.waiting_room.db import migrate
 from flashsale.waiting_room.keys import SaleKeys
-from flashsale.waiting_room.room import index_at, place_of
-from flashsale.waiting_room.stock import PERSISTER_GROUP
-from loadtest.common import (
+from flashsale.waiting_room.redis_client import RedisClient, binary, open_redis
+from flashsale.waiting_room.room import place_of
+from flashsale.waiting_room.status import RoomView
+from loadtest.harness import haproxy as ingress
+from loadtest.harness import store
+from loadtest.harness.invariants import (
+    Seen,
+    admission_problems,
+    ended_otherwise,
+    judge,
+    stream_problems,
+)
+from loadtest.harness.processes import (
+    FAST_ROLES,
+    FLASHSALE,
     ROOT,
     Procs,
-    drop_install,
     ensure_services,
     ensure_tool,
     free_port,
@@ -83,10 +91,11 @@ from loadtest.common import (
     log,
     processes,
     wait_port,
+    wait_ready,
 )
+from loadtest.harness.report import final_line, pyplot
 
 HERE = Path(__file__).resolve().parent
-TEMPLATE = HERE / "haproxy.cfg"
 LOCUSTFILE = HERE / "locustfile.py"
 
 
@@ -141,6 +150,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="longest wait for holds to expire and the persister to drain",
     )
     p.add_argument("--no-install", action="store_true", help="never apt-get install haproxy")
+    p.add_argument(
+        "--progress-seconds", type=float, default=5, help="a progress line on stderr this often"
+    )
     p.add_argument(
         "--cleanup", action="store_true", help="remove the Redis keys and the schema at the end"
     )
@@ -213,21 +225,6 @@ def http_json(
         return exc.code, json.loads(exc.read() or b"null")
 
 
-def wait_ready(url: str, within: float, procs: Procs) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        procs.check()
-        with (
-            contextlib.suppress(OSError, urllib.error.URLError),
-            urllib.request.urlopen(url, timeout=2) as response,
-        ):
-            if response.status == 200:
-                return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} was not ready within {within:.0f} s")
-        time.sleep(0.2)
-
-
 # -- sampling --------------------------------------------------------------------------------
 
 
@@ -245,9 +242,9 @@ class Sampler:
     error: str | None = None
 
     def keys(self, sale_id: str) -> SaleKeys:
-        return SaleKeys(self.settings.redis_prefix, sale_id, self.settings.join_buckets)
+        return store.keys_of(self.settings, sale_id)
 
-    async def sample(self, redis: Redis, conn: asyncpg.Connection) -> None:
+    async def sample(self, redis: RedisClient, conn: asyncpg.Connection) -> None:
         now = time.time()
         rows = await conn.fetch(
             "SELECT sale_id, status, count(*) AS n, sum(quantity) AS units"
@@ -301,7 +298,7 @@ class Sampler:
             )
 
     async def run(self) -> None:
-        redis = Redis.from_url(self.settings.redis_url, decode_responses=True)
+        redis = await open_redis(self.settings)
         conn = await asyncpg.connect(
             self.settings.database_url,
             server_settings={"search_path": self.settings.database_schema},
@@ -328,44 +325,26 @@ class Sampler:
 # -- settling and checking -------------------------------------------------------------------
 
 
-async def backlog(redis: Redis, keys: SaleKeys) -> dict[str, int]:
-    length = await redis.xlen(keys.orders_stream)
-    out = {
-        "length": length,
-        "lag": length,
-        "pending": 0,
-        "dead": await redis.xlen(keys.dead_letters),
-    }
-    with contextlib.suppress(Exception):
-        for group in await redis.xinfo_groups(keys.orders_stream):
-            if group["name"] == PERSISTER_GROUP:
-                out["lag"] = int(group.get("lag") or 0)
-                out["pending"] = int(group["pending"])
-    return out
-
-
 async def settle(
     settings: Settings, sales: list[dict[str, Any]], within: float, procs: Procs
 ) -> float | None:
     """Wait until no hold is open anywhere and the persister has written every entry; the
     seconds it took, or None if that did not happen in time."""
     started = time.monotonic()
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
-    conn = await asyncpg.connect(
-        settings.database_url, server_settings={"search_path": settings.database_schema}
-    )
+    redis = await open_redis(settings)
+    conn = await store.connect(settings)
     try:
         while time.monotonic() - started < within:
             procs.check()
             done = True
             for sale in sales:
-                keys = SaleKeys(settings.redis_prefix, sale["id"], settings.join_buckets)
-                b = await backlog(redis, keys)
+                keys = store.keys_of(settings, sale["id"])
+                stream = await store.read_stream(redis, keys)
                 holds = await redis.zcard(keys.holds)
                 held = await conn.fetchval(
                     "SELECT held FROM sale_inventory WHERE sale_id = $1", sale["id"]
                 )
-                done = done and b["lag"] == 0 and b["pending"] == 0 and holds == 0 and held == 0
+                done = done and not stream.lag and not stream.pending and not holds and not held
             if done:
                 return time.monotonic() - started
             await asyncio.sleep(0.25)
@@ -375,24 +354,29 @@ async def settle(
         await redis.aclose()
 
 
-def bits(raw: bytes | None) -> set[int]:
-    """Offsets set in a Redis bitmap (SETBIT order: the first byte's high bit is 0)."""
-    out = set()
-    for i, byte in enumerate(raw or b""):
-        if byte:
-            for k in range(8):
-                if byte & (0x80 >> k):
-                    out.add(i * 8 + k)
-    return out
-
-
 def read_records(folder: Path) -> list[dict[str, Any]]:
     records = []
     for path in sorted(folder.glob("orders-*.jsonl")):
         for line in path.read_text().splitlines():
-            with contextlib.suppress(ValueError):
+            try:
                 records.append(json.loads(line))
+            except ValueError:
+                continue
     return records
+
+
+def seen_by_shoppers(records: list[dict[str, Any]], sale_id: str) -> tuple[Seen, dict[str, Any]]:
+    """What the locust shoppers of one sale were told (their records), and those records by
+    event."""
+    by: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        if r.get("sale") == sale_id:
+            by[r["event"]].append(r)
+    seen = Seen(confirmed=[(r["order"], int(r["quantity"])) for r in by["confirmed"]])
+    for kind in ("declined", "walked", "expired"):
+        for r in by[kind]:
+            seen.ends[r["order"]] = ("released", "")
+    return seen, by
 
 
 async def check_sale(
@@ -403,141 +387,53 @@ async def check_sale(
     samples: list[dict[str, Any]],
     internal: str,
 ) -> dict[str, Any]:
-    """Every invariant of one sale, from PostgreSQL, Redis and what its shoppers saw."""
-    from flashsale.waiting_room.status import RoomView
-
+    """Every invariant of one sale (`harness.invariants`), from PostgreSQL, Redis and what
+    its shoppers saw."""
     sale_id = sale["id"]
-    keys = SaleKeys(settings.redis_prefix, sale_id, settings.join_buckets)
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
-    raw = Redis.from_url(settings.redis_url)
-    conn = await asyncpg.connect(
-        settings.database_url, server_settings={"search_path": settings.database_schema}
-    )
-    try:
-        inv = await conn.fetchrow(
-            "SELECT stock, held, sold FROM sale_inventory WHERE sale_id = $1", sale_id
-        )
-        orders = {
-            str(r["id"]): r
-            for r in await conn.fetch(
-                "SELECT id, status, quantity, coalesce(reason, '') AS reason FROM orders"
-                " WHERE sale_id = $1",
-                sale_id,
-            )
-        }
-        confirmed_units = sum(r["quantity"] for r in orders.values() if r["status"] == "confirmed")
-        double_seats = await conn.fetch(
-            "SELECT s.seat, count(*) AS n FROM order_seats s JOIN orders o ON o.id = s.order_id"
-            " WHERE o.sale_id = $1 AND o.status = 'confirmed' GROUP BY s.seat"
-            " HAVING count(*) > 1",
-            sale_id,
-        )
-        sold_seats = {
-            r["seat"]
-            for r in await conn.fetch(
-                "SELECT s.seat FROM order_seats s JOIN orders o ON o.id = s.order_id"
-                " WHERE o.sale_id = $1 AND o.status = 'confirmed'",
-                sale_id,
-            )
-        }
-        redis_inv = await redis.hgetall(keys.inventory)
-        stream = await backlog(redis, keys)
-        meta = await redis.hgetall(keys.meta)
-        batches_seen |= set(await redis.lrange(keys.batches, 0, -1))
-        admitted_bits = bits(await raw.get(keys.admitted))
-        seat_bits = bits(await raw.get(keys.seats)) if sale["seated"] else set()
-    finally:
-        await conn.close()
-        await redis.aclose()
-        await raw.aclose()
-
-    stock, held, sold = inv["stock"], inv["held"], inv["sold"]
-    r_sold, r_held = int(redis_inv.get("sold") or 0), int(redis_inv.get("held") or 0)
-    oversold = max(0, sold + held - stock, r_sold + r_held - stock)
-
-    mine = [r for r in records if r.get("sale") == sale_id]
-    seen: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in mine:
-        seen[r["event"]].append(r)
-    confirmed_ids = [r["order"] for r in seen["confirmed"]]
-    lost = [o for o in confirmed_ids if o not in orders or orders[o]["status"] != "confirmed"]
-    wrong_quantity = [
-        r["order"]
-        for r in seen["confirmed"]
-        if r["order"] in orders and orders[r["order"]]["quantity"] != r["quantity"]
-    ]
-    twice = [o for o, n in Counter(confirmed_ids).items() if n > 1]
-    not_released = [
-        r["order"]
-        for kind in ("declined", "walked", "expired")
-        for r in seen[kind]
-        if r["order"] not in orders or orders[r["order"]]["status"] != "released"
-    ]
-    unseen_confirmed = [
-        o for o, r in orders.items() if r["status"] == "confirmed" and o not in set(confirmed_ids)
-    ]
-
-    # admission order, batch by batch
-    view = RoomView.from_redis(meta, [])
-    order_ok, order_problems = True, []
-    parsed = sorted(
-        (tuple(int(x) for x in b.split(":")[:4]) for b in batches_seen), key=lambda b: (b[0], b[1])
-    )
-    previous = 0
-    positions = sorted(place_of(view, j) for j in admitted_bits) if view.opened else []
-    at = 0
-    for t_ms, frontier, admitted, skipped in parsed:
-        if frontier != previous + admitted + skipped:
-            order_ok = False
-            order_problems.append(
-                f"batch at {t_ms}: frontier {frontier} != {previous} + "
-                f"{admitted} admitted + {skipped} skipped"
-            )
-        inside = 0
-        while at < len(positions) and positions[at] < frontier:
-            inside += positions[at] >= previous
-            at += 1
-        if inside != admitted:
-            order_ok = False
-            order_problems.append(
-                f"batch at {t_ms}: {inside} admitted places in "
-                f"[{previous}, {frontier}), the batch says {admitted}"
-            )
-        previous = frontier
-    beyond = len(positions) - at
-    if beyond:
-        order_ok = False
-        order_problems.append(f"{beyond} admitted places beyond the last frontier {previous}")
-    if view.opened and previous != view.frontier:
-        order_ok = False
-        order_problems.append(
-            f"the batches end at {previous}, the room's frontier is {view.frontier}"
-        )
-    told = [r.get("position") for r in seen["admitted"] if r.get("position")]
-    not_on_admitted = [p for p in told if index_at(view, p - 1) not in admitted_bits]
-    if not_on_admitted:
-        order_ok = False
-        order_problems.append(
-            f"{len(not_on_admitted)} shoppers told 'admitted' stand on places not admitted"
-        )
-
-    max_active = max((s["active"] for s in samples if s["sale"] == sale_id), default=0)
+    facts = await store.read_facts(settings, sale_id)
+    room = await store.read_room(settings, sale_id)
+    seat_bits: set[int] = set()
+    if sale["seated"]:
+        raw = await open_redis(settings, decode=False)
+        try:
+            seat_bits = store.bits(binary(await raw.get(store.keys_of(settings, sale_id).seats)))
+        finally:
+            await raw.aclose()
+    ledger, stream, redis_stock = facts.ledger, facts.stream, facts.redis
+    batches_seen |= set(room.batches)
+    seen, by = seen_by_shoppers(records, sale_id)
     status, reconciled = http_json(
         "GET", f"{internal}/admin/sales/{sale_id}/reconcile", settings.admin_token
     )
+    verdict = judge(ledger, seen, stream, reconciled if status == 200 else None, redis_stock)
+    not_released = ended_otherwise(ledger, seen)
+    sold_seats = {s for o in ledger.orders.values() if o.status == "confirmed" for s in o.seats}
+    confirmed_units = ledger.units("confirmed")
+    view = RoomView.from_redis(room.meta, [])
+    positions = [place_of(view, j) for j in room.admitted] if view.opened else []
+    told = [int(r["position"]) - 1 for r in by["admitted"] if r.get("position")]
+    order_problems = admission_problems(
+        store.parse_batches(sorted(batches_seen)),
+        positions,
+        view.frontier if view.opened else 0,
+        told,
+    )
+    max_active = max((s["active"] for s in samples if s["sale"] == sale_id), default=0)
+    r_sold, r_held = redis_stock.sold or 0, redis_stock.held or 0
     checks = {
-        "not oversold (PostgreSQL and Redis: sold + held <= stock)": oversold == 0,
-        "Redis and PostgreSQL agree on what is sold": r_sold == sold and r_held == held,
-        "confirmed orders add up to what is sold": confirmed_units == sold,
-        "no seat sold twice": not double_seats,
+        "not oversold (PostgreSQL and Redis: sold + held <= stock)": verdict.oversold == 0,
+        "Redis and PostgreSQL agree on what is sold": r_sold == ledger.sold
+        and r_held == ledger.held,
+        "confirmed orders add up to what is sold": confirmed_units == ledger.sold,
+        "no seat sold twice": not verdict.seats_twice,
         "every purchase seen confirmed is confirmed in PostgreSQL, once, with its quantity": (
-            not lost and not twice and not wrong_quantity
+            not verdict.lost_confirmed and not verdict.duplicated and not verdict.wrong_quantity
         ),
         "declined, walked-away and expired holds ended released": not not_released,
-        "orders stream drained (lag 0, pending 0, no dead letters)": stream["lag"] == 0
-        and stream["pending"] == 0
-        and stream["dead"] == 0,
-        "admission followed queue order, batch by batch": order_ok,
+        "no order left in a state that is not final": not verdict.stuck,
+        "orders stream drained (lag 0, pending 0, no dead letters)": not stream_problems(stream)
+        and not stream.dead,
+        "admission followed queue order, batch by batch": not order_problems,
         f"active shoppers never above max_active ({sale['max_active']}; sampled)": max_active
         <= sale["max_active"],
         "reconcile: Redis agrees with PostgreSQL": status == 200
@@ -545,36 +441,43 @@ async def check_sale(
     }
     if sale["seated"]:
         checks["seat bitmap holds exactly the sold seats"] = seat_bits == sold_seats
+    meta = room.meta
     return {
         "sale": sale_id,
         "seated": sale["seated"],
-        "stock": stock,
-        "sold": sold,
-        "held": held,
+        "stock": ledger.stock,
+        "sold": ledger.sold,
+        "held": ledger.held,
         "redis_sold": r_sold,
-        "oversold": oversold,
-        "orders_in_db": len(orders),
+        "oversold": verdict.oversold,
+        "orders_in_db": len(ledger.orders),
         "confirmed_units": confirmed_units,
-        "confirmed_seen": len(confirmed_ids),
-        "lost_orders": len(lost),
-        "confirmed_twice": len(twice),
-        "wrong_quantity": len(wrong_quantity),
+        "confirmed_seen": len(seen.confirmed),
+        "lost_orders": verdict.lost_confirmed,
+        "confirmed_twice": verdict.duplicated,
+        "wrong_quantity": verdict.wrong_quantity,
         "not_released": len(not_released),
-        "confirmed_unseen": len(unseen_confirmed),
-        "seats_double_sold": len(double_seats),
-        "stream": stream,
+        "confirmed_unseen": verdict.confirmed_unseen,
+        "seats_double_sold": verdict.seats_twice,
+        "stuck": verdict.stuck,
+        "stream": {
+            "length": stream.length,
+            "lag": stream.lag,
+            "pending": stream.pending,
+            "dead": len(stream.dead),
+        },
         "joined": int(meta.get("seq") or 0) if view.opened else int(meta.get("pre") or 0),
         "prequeue": view.prequeue,
-        "admitted": len(admitted_bits),
+        "admitted": len(room.admitted),
         "skipped": int(meta.get("skipped_total") or 0),
-        "batches": len(parsed),
+        "batches": len(batches_seen),
         "admission_order": order_problems[:5],
         "max_active_seen": max_active,
-        "held_events": len(seen["held"]),
-        "declined": len(seen["declined"]),
-        "walked": len(seen["walked"]),
-        "expired": len(seen["expired"]),
-        "failed": len(seen["failed"]),
+        "held_events": len(by["held"]),
+        "declined": len(by["declined"]),
+        "walked": len(by["walked"]),
+        "expired": len(by["expired"]),
+        "failed": len(by["failed"]),
         "checks": checks,
         "ok": all(checks.values()),
     }
@@ -591,19 +494,6 @@ def locust_stats(prefix: Path) -> dict[str, dict[str, Any]]:
         return {row["Name"]: row for row in csv.DictReader(f)}
 
 
-def haproxy_stats(sock_path: Path) -> list[dict[str, str]]:
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(3)
-        sock.connect(str(sock_path))
-        sock.sendall(b"show stat\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-        lines = data.decode().lstrip("# ").splitlines()
-        return list(csv.DictReader(lines))
-    return []
-
-
 # -- plots -----------------------------------------------------------------------------------
 
 
@@ -615,13 +505,8 @@ def plots(
     history: Path,
 ) -> list[str]:
     """PNG plots over time (t = 0 at the opening); the file names, or [] without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("spike: matplotlib is missing (pip install -e '.[loadtest]'): no plots")
+    plt = pyplot()
+    if plt is None:
         return []
     made = []
 
@@ -755,33 +640,32 @@ def plots(
 
 async def reset(settings: Settings, drop_only: bool = False) -> None:
     """Empty the spike's Redis prefix and PostgreSQL schema (they are the spike's own)."""
-    await drop_install(settings)
+    await store.drop_install(settings)
     if not drop_only:
         await migrate(settings)
 
 
-def render_haproxy(
-    args: argparse.Namespace, run_dir: Path, public: int, internal: int, api_ports: list[int]
-) -> str:
-    servers = "\n".join(
-        f"    server api{n + 1} 127.0.0.1:{port}" for n, port in enumerate(api_ports)
-    )
-    import resource
-
-    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]  # each connection: two descriptors
-    maxconn = max(1000, min(50_000, (limit if limit > 0 else 20_000) // 2 - 500))
-    return string.Template(TEMPLATE.read_text()).substitute(
-        maxconn=maxconn,
-        threads=args.haproxy_threads,
-        run_dir=run_dir,
-        public_port=public,
-        internal_port=internal,
-        rate_requests=args.rate_limit,
-        rate_period="10s",
-        rate_status=429,
-        rate_size="1m",
-        pod_maxconn=500,
-        servers=servers,
+def progress_line(elapsed: float, folder: Path, samples: list[dict[str, Any]]) -> str:
+    """One line of progress: locust's latest totals (its CSV history, written every second)
+    and the rooms' latest samples."""
+    users = requests = failures = "?"
+    history = folder / "locust_stats_history.csv"
+    if history.exists():
+        with history.open() as f:
+            rows = [r for r in csv.DictReader(f) if r.get("Name") == "Aggregated"]
+        if rows:
+            last = rows[-1]
+            users = last.get("User Count", "?")
+            requests = last.get("Total Request Count", "?")
+            failures = last.get("Total Failure Count", "?")
+    latest: dict[str, dict[str, Any]] = {}
+    for sample in samples[-8:]:
+        latest[sample["sale"]] = sample
+    admitted = sum(int(x["admitted"]) for x in latest.values())
+    sold = sum(int(x["sold"]) for x in latest.values())
+    return (
+        f"spike: {elapsed:6.0f} s  users {users}  requests {requests}  failures {failures}  "
+        f"admitted {admitted}  sold {sold}"
     )
 
 
@@ -869,16 +753,13 @@ def report_markdown(
         "",
         "## Files",
         "",
-        "`locust_*.csv` (locust), `samples.json` (Redis and PostgreSQL every 0.5 s), "
+        "`locust.html` (locust's own report), `locust_*.csv` (locust), `samples.json` "
+        "(Redis and PostgreSQL every 0.5 s), "
         "`haproxy.cfg` (as run), `logs/` (every process), `orders-*.jsonl` (what the "
         "shoppers saw)",
         "",
     ]
     return "\n".join(lines)
-
-
-def final_line(out: dict[str, Any]) -> None:
-    print(json.dumps(out, separators=(",", ":"), default=str), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -926,17 +807,17 @@ def main(argv: list[str] | None = None) -> int:
     public, internal = free_port(), free_port()
     cfg = folder / "haproxy.cfg"
     run_dir = Path(tempfile.mkdtemp(prefix="fs-spike-"))  # a unix socket's path is short
-    cfg.write_text(render_haproxy(args, run_dir, public, internal, api_ports))
-    env = install_env(
-        urls,
-        settings,
-        **{
-            "FLASHSALE_ADMITTER_TICK_MS": "50",
-            "FLASHSALE_ADMITTER_REFRESH_SECONDS": "1",
-            "FLASHSALE_SWEEP_INTERVAL_MS": "250",
-            "FLASHSALE_PERSISTER_CLAIM_IDLE_MS": "2000",
-        },
+    cfg.write_text(
+        ingress.render(
+            run_dir,
+            public,
+            internal,
+            [("127.0.0.1", port) for port in api_ports],
+            rate_requests=args.rate_limit,
+            threads=args.haproxy_threads,
+        )
     )
+    env = install_env(urls, settings, **FAST_ROLES)
     sampler: Sampler | None = None
     results: list[dict[str, Any]] = []
     hastats: list[dict[str, str]] = []
@@ -945,18 +826,14 @@ def main(argv: list[str] | None = None) -> int:
     settle_s: float | None = None
     try:
         with processes(folder / "logs") as procs:
-            problem = haproxy_config_problem(haproxy, cfg)
+            problem = ingress.config_problem(haproxy, cfg)
             if problem:
                 raise RuntimeError(f"haproxy refused {cfg}: {problem}")
-            python = [sys.executable, "-m", "flashsale.cli"]
+            api = [*FLASHSALE, "api", "--workers", "1", "--host", "127.0.0.1"]
             for n, port in enumerate(api_ports):
-                procs.start(
-                    f"api{n + 1}",
-                    [*python, "api", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                    env,
-                )
-            procs.start("admitter", [*python, "admitter"], env)
-            procs.start("persister", [*python, "persister"], env)
+                procs.start(f"api{n + 1}", [*api, "--port", str(port)], env)
+            procs.start("admitter", [*FLASHSALE, "admitter"], env)
+            procs.start("persister", [*FLASHSALE, "persister"], env)
             procs.start("haproxy", [haproxy, "-db", "-f", str(cfg)], env)
             for port in api_ports:
                 wait_ready(f"http://127.0.0.1:{port}/readyz", 60, procs)
@@ -1010,6 +887,8 @@ def main(argv: list[str] | None = None) -> int:
                 str(folder / "locust"),
                 "--csv-full-history",
                 "--only-summary",
+                "--html",
+                str(folder / "locust.html"),
                 "--loglevel",
                 "WARNING",
                 "--stop-timeout",
@@ -1026,7 +905,11 @@ def main(argv: list[str] | None = None) -> int:
             locust = procs.start("locust", argv, locust_env)
             deadline = time.monotonic() + run_time + 120
             cpu: dict[str, float] = {}
+            shown = time.monotonic()
             while locust.poll() is None:
+                if time.monotonic() - shown >= args.progress_seconds:
+                    shown = time.monotonic()
+                    log(progress_line(time.time() - started, folder, sampler.samples))
                 cpu.update(procs.cpu())  # the last reading before each process ends
                 for name, proc in procs.procs.items():
                     if name != "locust" and proc.poll() is not None:
@@ -1054,7 +937,7 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     )
                 )
-            hastats = haproxy_stats(run_dir / "haproxy.sock")
+            hastats = ingress.stats(run_dir / "haproxy.sock")
             cpu.update(procs.cpu())
             out["cpu_seconds"] = {k: round(v, 1) for k, v in sorted(cpu.items())}
             scraped = [r for r in records if r.get("event") == "scraper"]
@@ -1072,8 +955,10 @@ def main(argv: list[str] | None = None) -> int:
             sampler.stop.set()
         shutil.rmtree(run_dir, ignore_errors=True)
         if args.cleanup:
-            with contextlib.suppress(Exception):
+            try:
                 asyncio.run(reset(settings, drop_only=True))
+            except Exception as exc:  # the report matters more than the clean-up
+                log(f"spike: clean-up failed: {exc}")
 
     stats = locust_stats(folder / "locust")
     samples = sampler.samples if sampler else []
@@ -1159,14 +1044,6 @@ def _num(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
-
-
-def haproxy_config_problem(haproxy: str, cfg: Path) -> str:
-    """'' when HAProxy accepts the configuration, else what it says."""
-    import subprocess
-
-    result = subprocess.run([haproxy, "-c", "-q", "-f", str(cfg)], capture_output=True, text=True)
-    return "" if result.returncode == 0 else (result.stderr or result.stdout)[-800:]
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from flashsale.operator.kube import Kube, KubeError, Login
 from flashsale.operator.scaling import Scaler, ScalingError, Target
 from flashsale.operator.spec import GROUP, PLURAL, VERSION, translate, validate
 from flashsale.operator.spec import sale_id as sale_id_of
+from flashsale.waiting_room.isolation import guarded
 from flashsale.waiting_room.redis_client import text
 from flashsale.waiting_room.room import NoSuchRoom
 from flashsale.waiting_room.sale import Sale, ValidationError
@@ -389,7 +390,16 @@ class FlashSaleOperator:
         async with mem.lock:
             if mem.deleted or meta.get("deletionTimestamp"):
                 return
-            await self._tick(name, namespace, spec, meta, status, body, mem, now, kwargs.get(INDEX))
+            # one FlashSale whose Redis shard is down or slow is logged and counted, and
+            # never holds this object's lock (nor the deletion behind it) past the timeout
+            await guarded(
+                "operator",
+                mem.sale_id or status.get("saleId") or name,
+                self.services.settings.sale_timeout_seconds,
+                lambda: self._tick(
+                    name, namespace, spec, meta, status, body, mem, now, kwargs.get(INDEX)
+                ),
+            )
 
     async def _tick(
         self,

@@ -1,19 +1,23 @@
 """The admitter: lets the next batch of every live sale in when it is due.
 
 Any number of admitters may run; the admission script is atomic and compares the frontier it
-was given, so concurrent admitters never admit beyond the limits, they only lose races.
+was given, so concurrent admitters never admit beyond the limits, they only lose races. Each
+sale's share of a tick runs on its own (waiting_room/isolation.py): a sale whose Redis shard is
+down or slow never holds up admission for the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client import Counter, Gauge
 
+from flashsale.waiting_room.isolation import PerSale
 from flashsale.waiting_room.room import NoSuchRoom, WaitingRoom
 from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.sales import Sales
@@ -89,6 +93,7 @@ class Admitter:
         refresh_seconds: float,
         prewarm_lead_seconds: int = 300,
         gauges_every_seconds: float = 1.0,
+        sale_timeout_seconds: float = 10.0,
     ) -> None:
         self.sales = sales
         self.room = room
@@ -102,35 +107,48 @@ class Admitter:
         self.gauges_every = gauges_every_seconds
         self._gauged = 0.0
         self._gauged_sales: set[str] = set()
+        self.per_sale = PerSale("admitter", sale_timeout_seconds)
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("admitter started")
-        while not stop.is_set():
-            try:
-                await self.step()
-            except Exception:  # a failed tick must not stop admission for every sale
-                log.exception("admitter tick failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.tick)
+        try:
+            while not stop.is_set():
+                try:
+                    await self.step()
+                except Exception:  # PostgreSQL did not list the sales: the next tick retries
+                    log.exception("admitter tick failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.tick)
+        finally:
+            await self.per_sale.close()
         log.info("admitter stopped")
 
     async def step(self) -> None:
+        """One tick: every live sale's pre-warm (when due), batch and gauges, each sale on
+        its own."""
         if time.monotonic() - self._refreshed >= self.refresh_seconds:
             self._live = await self.sales.live()
             self._refreshed = time.monotonic()
         now = datetime.now(UTC)
-        for sale in self._live:
-            if sale.id not in self._warm and now >= sale.opens_at - timedelta(
-                seconds=self.prewarm_lead
-            ):
-                try:
-                    await self.prewarm(sale)
-                except Exception:  # one sale's failed pre-warm must not stop the others
-                    log.exception("pre-warm failed", extra={"sale": sale.id})
-            await self.admit(sale.id)
-        if time.monotonic() - self._gauged >= self.gauges_every:
+        gauges = time.monotonic() - self._gauged >= self.gauges_every
+        if gauges:
             self._gauged = time.monotonic()
-            await self.export_gauges(now)
+            self._forget_gone()
+        await self.per_sale.run(
+            {sale.id: functools.partial(self._sale_step, sale, now, gauges) for sale in self._live}
+        )
+
+    async def _sale_step(self, sale: Sale, now: datetime, gauges: bool) -> None:
+        if sale.id not in self._warm and now >= sale.opens_at - timedelta(
+            seconds=self.prewarm_lead
+        ):
+            try:
+                await self.prewarm(sale)
+            except Exception:  # admission goes on, on whatever stock was loaded before
+                log.exception("pre-warm failed", extra={"sale": sale.id})
+        await self.admit(sale.id)
+        if gauges:
+            await self.export_gauges(sale, now)
 
     async def prewarm(self, sale: Sale) -> None:
         """Load stock ahead of the opening if nothing (the operator, an admin) did: the
@@ -170,21 +188,23 @@ class Admitter:
                 },
             )
 
-    async def export_gauges(self, now: datetime) -> None:
-        """Set the per-sale gauges from Redis: three round trips per live sale. A sale that
-        left the list (closed) keeps its last stock figures; nobody waits in it any more."""
+    def _forget_gone(self) -> None:
+        """A sale that left the list (closed) keeps its last stock figures; nobody waits in
+        it any more."""
         live = {sale.id for sale in self._live}
         for sale_id in self._gauged_sales - live:
             SALE_OPEN.labels(sale_id).set(0)
             WAITING.labels(sale_id).set(0)
         self._gauged_sales = live
-        for sale in self._live:
-            try:
-                await self._export_sale(sale, now)
-            except Exception:  # metrics must never stop admission
-                log.warning(
-                    "could not read the room for metrics", extra={"sale": sale.id}, exc_info=True
-                )
+
+    async def export_gauges(self, sale: Sale, now: datetime) -> None:
+        """Set the sale's gauges from Redis: three round trips."""
+        try:
+            await self._export_sale(sale, now)
+        except Exception:  # metrics must never stop admission
+            log.warning(
+                "could not read the room for metrics", extra={"sale": sale.id}, exc_info=True
+            )
 
     async def _export_sale(self, sale: Sale, now: datetime) -> None:
         OPENS_AT.labels(sale.id).set(sale.opens_at.timestamp())

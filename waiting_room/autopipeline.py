@@ -13,24 +13,49 @@ persister keeps redis-py. The connection is opened on first use, and reopened af
 commands in flight when it fails raise `redis.exceptions.ConnectionError` (like redis-py's),
 and when Redis stops answering for `timeout` seconds the connection is dropped and they raise
 `redis.exceptions.TimeoutError`.
+
+On a Redis Cluster (`ClusterAutoPipeline`) there is one such connection per primary, and the
+slot of a command's key (a script's KEYS[1]) chooses it, from redis-py's own slot map
+(`RedisCluster.nodes_manager`): a sale's keys share one hash tag, so a request's commands
+all go to one node. MOVED is followed and refreshes the map, ASK is followed with ASKING,
+TRYAGAIN and CLUSTERDOWN are retried for up to `timeout`, and a connection that cannot be
+opened (a primary that died) refreshes the map and retries, so a failover is followed. A
+command already sent when its connection drops is never resent (it may have run): it fails,
+and the map is refreshed for the commands after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
+import logging
 import ssl
+import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar, cast
 
 import hiredis
-from redis.asyncio import Redis
-from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import AbstractConnection, SSLConnection, UnixDomainSocketConnection
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    RedisClusterException,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Arg = str | bytes | int | float
 
@@ -39,7 +64,35 @@ _pack = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
 
 
 def _reply_error(message: str) -> ResponseError:
-    return (NoScriptError if message.startswith("NOSCRIPT") else ResponseError)(message)
+    """An error reply as the exception redis-py raises for it (the cluster's redirections
+    carry their slot and node)."""
+    kind, _, rest = message.partition(" ")
+    if kind == "MOVED":
+        return MovedError(rest)
+    if kind == "ASK":
+        return AskError(rest)
+    if kind == "TRYAGAIN":
+        return TryAgainError(message)
+    if kind == "CLUSTERDOWN":
+        return ClusterDownError(message)
+    return (NoScriptError if kind == "NOSCRIPT" else ResponseError)(message)
+
+
+class NotConnected(RedisConnectionError):
+    """No connection could be opened: the command was never sent, so trying again elsewhere
+    (after a failover) cannot run it twice."""
+
+
+class Pipelined(Protocol):
+    """The hot path's connection to Redis: one node (`AutoPipeline`) or a cluster."""
+
+    async def execute(self, *args: Arg) -> Any: ...
+
+    async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]: ...
+
+    async def evalsha(self, source: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any: ...
+
+    async def aclose(self) -> None: ...
 
 
 class _Connection(asyncio.Protocol):
@@ -135,23 +188,24 @@ class AutoPipeline:
         """An auto-pipeline to the server (and database, credentials, TLS, decoding) of a
         redis-py client."""
         pool = redis.connection_pool
-        kwargs = pool.connection_kwargs
-        context = None
-        if issubclass(pool.connection_class, SSLConnection):
-            context = ssl.create_default_context(cafile=kwargs.get("ssl_ca_certs"))
-            if kwargs.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-        unix = issubclass(pool.connection_class, UnixDomainSocketConnection)
+        return cls.of(pool.connection_class(**pool.connection_kwargs), timeout=timeout)
+
+    @classmethod
+    def of(cls, connection: AbstractConnection, *, timeout: float = 5.0) -> AutoPipeline:
+        """An auto-pipeline opened as redis-py would open `connection` (which it never
+        connects): same server, database, credentials, decoding, and the very TLS context
+        redis-py builds from its options (certificates, keys and their password, CA file, path
+        or data, hostname check, minimum version, ciphers...)."""
+        context = connection.ssl_context.get() if isinstance(connection, SSLConnection) else None
         return cls(
-            host=kwargs.get("host", "127.0.0.1"),
-            port=int(kwargs.get("port", 6379)),
-            path=kwargs.get("path") if unix else None,
-            db=int(kwargs.get("db") or 0),
-            username=kwargs.get("username"),
-            password=kwargs.get("password"),
+            host=getattr(connection, "host", "127.0.0.1"),
+            port=int(getattr(connection, "port", 6379)),
+            path=connection.path if isinstance(connection, UnixDomainSocketConnection) else None,
+            db=int(connection.db or 0),
+            username=connection.username,
+            password=connection.password,
             ssl_context=context,
-            decode=bool(kwargs.get("decode_responses")),
+            decode=bool(connection.encoder.decode_responses),
             timeout=timeout,
         )
 
@@ -164,9 +218,13 @@ class AutoPipeline:
             connection = await self._connect()
         return await self._queue(connection, _pack(args))
 
-    async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
-        """Several commands sent together (not a transaction); their replies in order. Like
-        a redis-py pipeline, raises the first command's error after every reply is in."""
+    async def execute_many(
+        self, commands: Sequence[Sequence[Arg]], *, errors_in_place: bool = False
+    ) -> list[Any]:
+        """Several commands sent together, one after the other on the connection (not a
+        transaction); their replies in order. Like a redis-py pipeline, raises the first
+        command's error after every reply is in; `errors_in_place` returns each command's
+        error as its reply instead."""
         connection = self._connection
         if connection is None or connection.error is not None:
             connection = await self._connect()
@@ -179,7 +237,7 @@ class AutoPipeline:
             except Exception as exc:
                 replies.append(exc)
                 error = error or exc
-        if error is not None:
+        if error is not None and not errors_in_place:
             raise error
         return replies
 
@@ -231,15 +289,25 @@ class AutoPipeline:
         self._watchdog = asyncio.get_running_loop().call_later(self.timeout, self._watch)
 
     async def _connect(self) -> _Connection:
-        """The live connection, opening one (shared by every caller meanwhile) if needed."""
-        if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._open())
+        """The live connection, opening one (shared by every caller meanwhile) if needed.
+
+        The opening belongs to no caller: it goes on when they are cancelled, and forgets
+        itself when it ends whoever is left waiting, so the next command never gets an old
+        opening's connection (dead since, or failed) back."""
         connecting = self._connecting
-        try:
-            return await asyncio.shield(connecting)
-        finally:
-            if connecting.done() and self._connecting is connecting:
-                self._connecting = None
+        if connecting is None:
+            connecting = self._connecting = asyncio.ensure_future(self._open())
+            connecting.add_done_callback(self._opened)
+        connection = await asyncio.shield(connecting)
+        if connection.error is not None:  # lost between its opening and this caller's turn
+            raise RedisConnectionError(f"connection to Redis lost: {connection.error}")
+        return connection
+
+    def _opened(self, done: asyncio.Future[_Connection]) -> None:
+        if self._connecting is done:
+            self._connecting = None
+        if not done.cancelled():
+            done.exception()  # retrieved: the callers still waiting (if any) raise it
 
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -276,36 +344,222 @@ class AutoPipeline:
                     f"could not connect to Redis in {self.timeout:g} s"
                 ) from exc
             if isinstance(exc, OSError):
-                raise RedisConnectionError(f"could not connect to Redis: {exc}") from exc
+                raise NotConnected(f"could not connect to Redis: {exc}") from exc
             raise
         self._connection = connection
         return connection
 
 
-_shared: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[tuple[Any, ...], AutoPipeline]
-] = weakref.WeakKeyDictionary()
+# Errors after which a cluster command is tried again: redirections, a shard busy or without
+# a primary for a moment, a connection that could not be opened (nothing was sent).
+_REDIRECTED = (AskError, TryAgainError, ClusterDownError, NotConnected, RedisClusterException)
+_MAX_REDIRECTS = 16  # as redis-py's RedisClusterRequestTTL
+_REFRESH_EVERY_S = 0.5  # topology refreshes asked for by errors, at most this often
 
 
-def shared_for(redis: Redis, timeout: float) -> AutoPipeline:
-    """This event loop's auto-pipeline to the server of `redis` (one per server, database,
-    credentials and decoding: a connection belongs to one loop)."""
-    per_loop = _shared.setdefault(asyncio.get_running_loop(), {})
-    kwargs = redis.connection_pool.connection_kwargs
-    key: tuple[object, ...] = tuple(
-        str(kwargs.get(k))
-        for k in (
-            "host",
-            "port",
-            "path",
-            "db",
-            "username",
-            "password",
-            "decode_responses",
-            "ssl_cert_reqs",
+def _key_of(command: Sequence[Arg]) -> Arg:
+    """The key that routes a command on a cluster: a script's KEYS[1], a stream read's
+    stream, else the first argument."""
+    name = str(command[0]).upper()
+    if name in ("EVALSHA", "EVAL", "EVALSHA_RO", "EVAL_RO"):
+        return command[3]
+    if name in ("XREADGROUP", "XREAD"):
+        words = [str(word).upper() for word in command]
+        return command[words.index("STREAMS") + 1]
+    return command[1]
+
+
+class ClusterAutoPipeline:
+    """The auto-pipeline on a Redis Cluster: one `AutoPipeline` per primary, the slot of each
+    command's key choosing it from redis-py's slot map."""
+
+    def __init__(self, cluster: RedisCluster, *, timeout: float = 5.0) -> None:
+        self.cluster = cluster
+        self.timeout = timeout
+        self._nodes: dict[tuple[str, int], AutoPipeline] = {}
+        self._ready = False
+        self._refreshing: asyncio.Future[None] | None = None
+        self._refreshed = 0.0
+        self._shas: dict[str, str] = {}
+
+    # -- commands ----------------------------------------------------------------------------
+
+    async def execute(self, *args: Arg) -> Any:
+        return await self._routed(
+            self._slot(_key_of(args)), lambda node, asking: self._send(node, asking, command=args)
         )
+
+    async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Several commands of one slot (a sale's keys), sent together to its node; a command
+        redirected on its own (its key already moved by a migration) follows its redirection
+        alone, so nothing that ran is run again."""
+        slot = self._slot(_key_of(commands[0]))
+        replies = await self._routed(
+            slot, lambda node, _: node.execute_many(commands, errors_in_place=True)
+        )
+        for n, reply in enumerate(replies):
+            if isinstance(reply, _REDIRECTED):
+                try:
+                    replies[n] = await self._routed(
+                        slot, functools.partial(self._send, command=commands[n]), reply
+                    )
+                except Exception as exc:
+                    replies[n] = exc
+        for reply in replies:
+            if isinstance(reply, Exception):
+                if isinstance(reply, RedisConnectionError | RedisTimeoutError):
+                    self._stale()
+                raise reply
+        return replies
+
+    async def evalsha(self, source: str, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        """A script on the node of its KEYS[1]'s slot, loaded there on NOSCRIPT (a node new
+        to the cluster, or the one a slot is migrating to)."""
+        sha = self._shas.get(source)
+        if sha is None:
+            sha = self._shas[source] = hashlib.sha1(source.encode()).hexdigest()
+        command = ("EVALSHA", sha, len(keys), *keys, *args)
+
+        async def attempt(node: AutoPipeline, asking: bool) -> Any:
+            try:
+                return await self._send(node, asking, command=command)
+            except NoScriptError:
+                await node.execute("SCRIPT", "LOAD", source)
+                return await self._send(node, asking, command=command)
+
+        return await self._routed(self._slot(keys[0]), attempt)
+
+    async def aclose(self) -> None:
+        if self._refreshing is not None:
+            self._refreshing.cancel()
+        for node in self._nodes.values():
+            await node.aclose()
+        self._nodes.clear()
+
+    # -- routing -----------------------------------------------------------------------------
+
+    def _slot(self, key: Arg) -> int:
+        return self.cluster.keyslot(key)
+
+    @staticmethod
+    async def _send(node: AutoPipeline, asking: bool, *, command: Sequence[Arg]) -> Any:
+        if not asking:
+            return await node.execute(*command)
+        # ASKING applies to the next command on the connection: both leave in one write
+        return (await node.execute_many([("ASKING",), command]))[1]
+
+    async def _routed(
+        self,
+        slot: int,
+        attempt: Callable[[AutoPipeline, bool], Awaitable[T]],
+        error: Exception | None = None,
+    ) -> T:
+        """`attempt` on the primary of `slot`, following redirections (`error`: one the
+        caller already met there)."""
+        if not self._ready:
+            await self.cluster.initialize()
+            self._ready = True
+        node: AutoPipeline | None = None
+        asking = False
+        deadline: float | None = None  # retries of a shard without a primary end then
+        for tries in range(_MAX_REDIRECTS):
+            if error is None:
+                try:
+                    node = node or self._primary(slot)
+                    return await attempt(node, asking)
+                except _REDIRECTED as exc:
+                    error = exc
+                except (RedisConnectionError, RedisTimeoutError):
+                    self._stale()  # it may have run: not resent; the next command follows
+                    raise
+            met, error, asking = error, None, False
+            if isinstance(met, AskError):  # MOVED as well
+                node = self._at(met.host or (node.host if node else ""), met.port)
+                if isinstance(met, MovedError):
+                    self._stale()
+                else:
+                    asking = True
+                continue
+            # no primary for a moment (a failover), a node gone, a migration's TRYAGAIN
+            if deadline is None:
+                deadline = time.monotonic() + self.timeout
+            if time.monotonic() >= deadline:
+                raise met
+            await asyncio.sleep(min(0.05 * 2**tries, 0.5))
+            if not isinstance(met, TryAgainError):
+                await self._refresh()
+            node = None
+        raise ClusterDownError(f"slot {slot}: still redirected after {_MAX_REDIRECTS} tries")
+
+    def _primary(self, slot: int) -> AutoPipeline:
+        owner: ClusterNode = self.cluster.nodes_manager.get_node_from_slot(slot)
+        return self._at(owner.host, int(owner.port))
+
+    def _at(self, host: str, port: int) -> AutoPipeline:
+        pipeline = self._nodes.get((host, port))
+        if pipeline is None:
+            # opened exactly as redis-py opens a connection to that node
+            kwargs: dict[str, Any] = dict(self.cluster.get_connection_kwargs())
+            node = ClusterNode(host, port, **kwargs)
+            connection = node.connection_class(**node.connection_kwargs)
+            pipeline = self._nodes[(host, port)] = AutoPipeline.of(connection, timeout=self.timeout)
+        return pipeline
+
+    def _stale(self) -> None:
+        """Refresh the slot map soon, in the background (at most every _REFRESH_EVERY_S)."""
+        if self._refreshing is None and time.monotonic() - self._refreshed >= _REFRESH_EVERY_S:
+            self._start_refresh()
+
+    async def _refresh(self) -> None:
+        """Refresh the slot map now (one refresh shared by every caller meanwhile)."""
+        refreshing = self._refreshing or self._start_refresh()
+        with contextlib.suppress(Exception):  # no node answered: the caller's retry decides
+            await asyncio.shield(refreshing)
+
+    def _start_refresh(self) -> asyncio.Future[None]:
+        refreshing = self._refreshing = asyncio.ensure_future(
+            self.cluster.nodes_manager.initialize()
+        )
+        refreshing.add_done_callback(self._refresh_done)
+        return refreshing
+
+    def _refresh_done(self, done: asyncio.Future[None]) -> None:
+        self._refreshing = None
+        self._refreshed = time.monotonic()
+        if not done.cancelled() and done.exception() is not None:
+            log.warning("could not refresh the Redis Cluster's slot map: %s", done.exception())
+
+
+_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], Pipelined]] = (
+    weakref.WeakKeyDictionary()
+)
+
+# what makes two clients' connections alike: server, database, credentials, decoding, TLS
+_IDENTITY = ("host", "port", "path", "db", "username", "password", "decode_responses")
+
+
+def shared_for(redis: Redis | RedisCluster, timeout: float) -> Pipelined:
+    """This event loop's auto-pipeline to the server of `redis` (one per server, database,
+    credentials, TLS options and decoding: a connection belongs to one loop), or to the
+    cluster of that client."""
+    per_loop = _shared.setdefault(asyncio.get_running_loop(), {})
+    if isinstance(redis, RedisCluster):
+        # it follows that client's slot map: one per client
+        key: tuple[object, ...] = ("cluster", id(redis), timeout)
+        cluster = per_loop.get(key)
+        if not isinstance(cluster, ClusterAutoPipeline) or cluster.cluster is not redis:
+            cluster = per_loop[key] = ClusterAutoPipeline(redis, timeout=timeout)
+        return cluster
+    kwargs = redis.connection_pool.connection_kwargs
+    key = (
+        redis.connection_pool.connection_class,
+        timeout,
+        *(
+            (name, str(value))
+            for name, value in sorted(kwargs.items())
+            if name in _IDENTITY or name.startswith("ssl")
+        ),
     )
-    key += (redis.connection_pool.connection_class, timeout)
     pipeline = per_loop.get(key)
     if pipeline is None:
         pipeline = per_loop[key] = AutoPipeline.like(redis, timeout=timeout)

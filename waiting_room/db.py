@@ -23,6 +23,19 @@ MIGRATION_LOCK = 0x0F1A5A1E  # advisory lock id shared by every migrator
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 
+# what a query raises while PostgreSQL cannot be reached (down, restarting, a broken
+# connection, a stalled server timing out), as opposed to what it says about the data
+UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.InterfaceError,
+)
+
+
 def one(row: asyncpg.Record | None) -> asyncpg.Record:
     """The row a query cannot miss (RETURNING, or a row this transaction holds locked)."""
     if row is None:
@@ -30,14 +43,30 @@ def one(row: asyncpg.Record | None) -> asyncpg.Record:
     return row
 
 
+# A FlashSale transaction never waits on its client: a session idle inside a transaction this
+# long belongs to a process that stalled (SIGSTOP, a frozen VM, a partition) while holding row
+# locks, the sale's inventory row among them, which would stop every payment of the sale for as
+# long as the stall lasts. PostgreSQL ends such a session, its locks go, its work is rolled
+# back, and the process retries when it wakes (the persister from its pending entries).
+IDLE_IN_TRANSACTION_S = 10.0
+
+
 async def connect_pool(
-    settings: Settings, *, min_size: int = 1, max_size: int = 10
+    settings: Settings,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    idle_in_transaction_s: float = IDLE_IN_TRANSACTION_S,
 ) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         settings.database_url,
         min_size=min_size,
         max_size=max_size,
-        server_settings={"search_path": settings.database_schema, "application_name": "flashsale"},
+        server_settings={
+            "search_path": settings.database_schema,
+            "application_name": "flashsale",
+            "idle_in_transaction_session_timeout": str(int(idle_in_transaction_s * 1000)),
+        },
         command_timeout=30,
     )
 

@@ -14,16 +14,17 @@ breaker counts, and only on different orders, so no single shopper can open it f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, TypeVar
 
-from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from flashsale.waiting_room.redis_client import text
+from flashsale.waiting_room.redis_client import RedisClient, text
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -81,24 +82,33 @@ class SimulatedProvider:
     a token's, as with a real one: `set_mode("error")` makes every call fail as an outage
     would, `set_mode("slow")` makes every call take `slow_s` (charges go through but the
     answer comes too late: money moved and the shop never heard).
+
+    Each payment's record is a key of its own, hash-tagged by its order, so on a Redis Cluster
+    the records spread over every shard with the orders. The mode is one key, so it is read at
+    most every MODE_CHECK_S by each process (and at once by the process that changes it),
+    never by every payment: no single key carries all the payments of all the sales, and a
+    shard that is down only takes its own payments' records with it.
     """
 
     MODES = ("up", "error", "slow")
+    MODE_CHECK_S = 0.5
 
     def __init__(
-        self, redis: Redis, prefix: str, *, latency_s: float = 0.0, slow_s: float = 30.0
+        self, redis: RedisClient, prefix: str, *, latency_s: float = 0.0, slow_s: float = 30.0
     ) -> None:
         self.redis = redis
         self.prefix = f"{prefix}:paysim"
         self.latency_s = latency_s
         self.slow_s = slow_s
+        self._mode_seen = "up"
+        self._checked = float("-inf")  # when the mode key was last read
 
     @property
     def outage_key(self) -> str:
         return f"{self.prefix}:outage"
 
     def _record(self, order_id: str) -> str:
-        return f"{self.prefix}:pay:{order_id}"
+        return f"{self.prefix}:{{{order_id}}}"
 
     async def set_mode(self, mode: str) -> None:
         """`up`, `error` (every call fails) or `slow` (every call answers too late)."""
@@ -108,20 +118,44 @@ class SimulatedProvider:
             await self.redis.delete(self.outage_key)
         else:
             await self.redis.set(self.outage_key, mode)
+        self._mode_seen, self._checked = mode, time.monotonic()
 
     async def set_outage(self, down: bool) -> None:
         await self.set_mode("error" if down else "up")
+
+    async def forget(self, order_ids: Sequence[str]) -> int:
+        """Remove the records of these orders (a demo's clean-up); how many there were."""
+        removed = 0
+        for start in range(0, len(order_ids), 500):
+            chunk = order_ids[start : start + 500]
+            removed += await self.redis.unlink(*(self._record(o) for o in chunk))
+        return removed
 
     async def _mode(self) -> str:
         """Waits out the configured latency, fails in an outage; the mode it is in."""
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        mode = text(await self.redis.get(self.outage_key) or "up")
-        if mode not in ("up", "slow"):  # "error", or "1" as older versions set it
+        if time.monotonic() - self._checked >= self.MODE_CHECK_S:
+            self._checked = time.monotonic()
+            with contextlib.suppress(RedisError):  # its shard unreachable: as last known
+                self._mode_seen = text(await self.redis.get(self.outage_key) or "up")
+        if self._mode_seen not in ("up", "slow"):  # "error", or "1" as older versions set it
             raise ProviderError("simulated outage")
-        return mode
+        return self._mode_seen
+
+    # The simulator's own records unreachable (their shard failing over) is the provider
+    # failing: the caller cannot know the outcome, as with a real provider that went silent.
 
     async def charge(self, order_id: str, amount_cents: int, currency: str, token: str) -> Charge:
+        return await _reached(self._charge(order_id, amount_cents, currency, token))
+
+    async def status(self, order_id: str) -> PaymentStatus:
+        return await _reached(self._status(order_id))
+
+    async def refund(self, order_id: str) -> None:
+        await _reached(self._refund(order_id))
+
+    async def _charge(self, order_id: str, amount_cents: int, currency: str, token: str) -> Charge:
         mode = await self._mode()
         if token == "tok_approve":
             status, reason = PaymentStatus.PAID, ""
@@ -145,16 +179,23 @@ class SimulatedProvider:
             return Charge(Outcome.DECLINED, reference=f"sim-{order_id}", reason="refunded")
         return Charge(Outcome.DECLINED, reference=f"sim-{order_id}", reason=stored_reason or reason)
 
-    async def status(self, order_id: str) -> PaymentStatus:
+    async def _status(self, order_id: str) -> PaymentStatus:
         await self._mode()
         value = await self.redis.hget(self._record(order_id), "status")
         return PaymentStatus(text(value)) if value else PaymentStatus.NONE
 
-    async def refund(self, order_id: str) -> None:
+    async def _refund(self, order_id: str) -> None:
         await self._mode()
         record = self._record(order_id)
         if text(await self.redis.hget(record, "status") or "") == PaymentStatus.PAID.value:
             await self.redis.hset(record, "status", PaymentStatus.REFUNDED.value)
+
+
+async def _reached(call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except RedisError as exc:
+        raise ProviderError(f"simulated provider unreachable: {exc}") from exc
 
 
 class CircuitBreaker:
@@ -273,7 +314,9 @@ class GuardedProvider:
         await self._call(order_id, lambda: self.provider.refund(order_id))
 
 
-def make_provider(name: str, redis: Redis, prefix: str, *, latency_ms: int = 0) -> PaymentProvider:
+def make_provider(
+    name: str, redis: RedisClient, prefix: str, *, latency_ms: int = 0
+) -> PaymentProvider:
     """The provider named by FLASHSALE_PAYMENT_PROVIDER."""
     if name == "simulated":
         return SimulatedProvider(redis, prefix, latency_s=latency_ms / 1000)

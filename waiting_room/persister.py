@@ -5,13 +5,16 @@ after the commit, so a persister killed at any instant loses nothing: its unackn
 entries are taken over by another persister (or itself, restarted) and replayed, and the
 idempotent writes make the replay harmless. An entry that can never be applied goes to the
 sale's dead-letter stream with the reason, instead of blocking the ones behind it.
-It also sweeps expired holds back into stock.
+It also sweeps expired holds back into stock. Each sale's share of a pass runs on its own
+(waiting_room/isolation.py): a sale whose Redis shard is down or slow never holds up the others'
+orders and expiries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import time
@@ -20,14 +23,14 @@ from typing import Any
 
 import asyncpg
 from prometheus_client import Counter, Gauge
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
 from flashsale.waiting_room import ledger
+from flashsale.waiting_room.isolation import PerSale
 from flashsale.waiting_room.ledger import HoldRecord, MalformedEntry, Release
 from flashsale.waiting_room.purchase import Purchases, label_for
-from flashsale.waiting_room.redis_client import text, text_map
+from flashsale.waiting_room.redis_client import RedisClient, text, texts
 from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.sales import Sales
 from flashsale.waiting_room.stock import PERSISTER_GROUP
@@ -70,7 +73,7 @@ DRAIN_SLICE_S = 1.0  # one sale's backlog is drained this long at a time
 class Persister:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         pool: asyncpg.Pool,
         sales: Sales,
         purchases: Purchases,
@@ -83,6 +86,7 @@ class Persister:
         refresh_seconds: float = 5.0,
         reconcile_every_seconds: float = 30.0,
         reconcile_confirm_seconds: float = 2.0,
+        sale_timeout_seconds: float = 10.0,
     ) -> None:
         self.redis = redis
         self.pool = pool
@@ -103,21 +107,25 @@ class Persister:
         self.reconcile_confirm = reconcile_confirm_seconds
         self._reconcile_due: dict[str, float] = {}
         self._suspect: set[str] = set()
+        self.per_sale = PerSale("persister", sale_timeout_seconds)
 
     def stream(self, sale_id: str) -> str:
         return self.purchases.keys(sale_id).orders_stream
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("persister started", extra={"consumer": self.consumer})
-        while not stop.is_set():
-            try:
-                moved = await self.step()
-            except Exception:  # keep going: the next tick retries from the pending list
-                log.exception("persister tick failed")
-                moved = 0
-            if not moved:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=0.05)
+        try:
+            while not stop.is_set():
+                try:
+                    moved = await self.step()
+                except Exception:  # keep going: the next tick retries from the pending list
+                    log.exception("persister tick failed")
+                    moved = 0
+                if not moved:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=0.05)
+        finally:
+            await self.per_sale.close()
         log.info("persister stopped")
 
     async def step(self) -> int:
@@ -128,21 +136,30 @@ class Persister:
             self._refreshed = now
         claim = now - self._last_claim >= self.claim_idle_ms / 3000
         sweep = now - self._last_sweep >= self.sweep_interval
-        moved = 0
-        for sale in self._sales:
-            if claim:
-                moved += await self.take_over(sale)
-            moved += await self.drain(sale)
-            if sweep:
-                counts = await self.purchases.sweep(sale)
-                EXPIRED.labels(sale.id).inc(counts["expired"])
-                await self._measure_lag(sale)
-            if self.reconcile_every > 0 and now >= self._reconcile_due.get(sale.id, 0.0):
-                await self.check_stock(sale, now)
+        moved = await self.per_sale.run(
+            {
+                sale.id: functools.partial(self._sale_step, sale, now, claim, sweep)
+                for sale in self._sales
+            }
+        )
         if claim:
             self._last_claim = now
         if sweep:
             self._last_sweep = now
+        return sum(moved.values())
+
+    async def _sale_step(self, sale: Sale, now: float, claim: bool, sweep: bool) -> int:
+        """One sale's share of a pass: take over, drain, sweep and check; entries handled."""
+        moved = 0
+        if claim:
+            moved += await self.take_over(sale)
+        moved += await self.drain(sale)
+        if sweep:
+            counts = await self.purchases.sweep(sale)
+            EXPIRED.labels(sale.id).inc(counts["expired"])
+            await self._measure_lag(sale)
+        if self.reconcile_every > 0 and now >= self._reconcile_due.get(sale.id, 0.0):
+            await self.check_stock(sale, now)
         return moved
 
     async def _sales_to_drain(self) -> list[Sale]:
@@ -195,10 +212,19 @@ class Persister:
                 reading.exception()  # retrieved: the error that ended the drain is raised
 
     async def _read(self, sale: Sale, count: int) -> list[Entry]:
+        """New entries of the sale's stream, read on the auto-pipeline: on a cluster it goes
+        straight to the sale's node (no blocking read, so it holds up nothing behind it)."""
         try:
-            # redis-py types the reply as every shape RESP2 and RESP3 could give
-            reply: Any = await self.redis.xreadgroup(
-                PERSISTER_GROUP, self.consumer, {self.stream(sale.id): ">"}, count=count
+            reply: Any = await self.purchases.room.scripts.pipeline().execute(
+                "XREADGROUP",
+                "GROUP",
+                PERSISTER_GROUP,
+                self.consumer,
+                "COUNT",
+                count,
+                "STREAMS",
+                self.stream(sale.id),
+                ">",
             )
         except ResponseError as exc:  # NOGROUP: the stream was removed; recreate next time
             self._groups.discard(sale.id)
@@ -206,7 +232,10 @@ class Persister:
             return []
         if not reply:
             return []
-        return [(text(entry_id), text_map(fields)) for entry_id, fields in reply[0][1]]
+        return [
+            (text(entry_id), dict(zip(texts(fields[::2]), texts(fields[1::2]), strict=True)))
+            for entry_id, fields in reply[0][1]
+        ]
 
     async def take_over(self, sale: Sale) -> int:
         """Claim entries a silent consumer (dead, or this one before a crash) left unacked."""
@@ -215,14 +244,19 @@ class Persister:
         moved = 0
         start = "0-0"
         while True:
-            reply = await self.redis.xautoclaim(
-                self.stream(sale.id),
-                PERSISTER_GROUP,
-                self.consumer,
-                self.claim_idle_ms,
-                start_id=start,
-                count=self.batch,
-            )
+            try:
+                reply = await self.redis.xautoclaim(
+                    self.stream(sale.id),
+                    PERSISTER_GROUP,
+                    self.consumer,
+                    self.claim_idle_ms,
+                    start_id=start,
+                    count=self.batch,
+                )
+            except ResponseError as exc:  # NOGROUP: Redis lost the group; recreate it next
+                self._groups.discard(sale.id)
+                log.warning("stream claim failed", extra={"sale": sale.id, "error": str(exc)})
+                return moved
             start, claimed = reply[0], [e for e in reply[1] if e[1]]
             if claimed:
                 log.info("took over entries", extra={"sale": sale.id, "count": len(claimed)})

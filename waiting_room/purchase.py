@@ -20,11 +20,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from flashsale.waiting_room import ledger
 from flashsale.waiting_room.autopipeline import Arg
+from flashsale.waiting_room.db import UNAVAILABLE
 from flashsale.waiting_room.keys import SaleKeys
 from flashsale.waiting_room.ledger import HoldRecord, Release
 from flashsale.waiting_room.payments import (
@@ -34,7 +34,7 @@ from flashsale.waiting_room.payments import (
     ProviderError,
     ProviderUnavailable,
 )
-from flashsale.waiting_room.redis_client import text, text_map, texts
+from flashsale.waiting_room.redis_client import RedisClient, text, text_map, texts
 from flashsale.waiting_room.room import WaitingRoom
 from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.seating import Layout
@@ -44,6 +44,8 @@ from flashsale.waiting_room.tokens import Claims
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 # while the provider is failing a hold is kept at least this long after a refused attempt
 HOLD_GRACE_MS = 60_000
+# a payment taken while PostgreSQL cannot confirm it: the shopper is asked to come back then
+CONFIRM_RETRY_S = 2.0
 # a paid hold waits at most this long for a live persister to write it before confirming
 PERSIST_WAIT_S = 5.0
 # a persister that was handed entries this recently is live (Redis < 7.2 counts a consumer's
@@ -160,7 +162,7 @@ def label_for(sale: Sale) -> Callable[[int], str]:
 class Purchases:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         pool: asyncpg.Pool,
         room: WaitingRoom,
         stock: Stock,
@@ -516,9 +518,20 @@ class Purchases:
                 "the payment was declined; the hold was released",
                 order=await self.order(sale, visitor, order_id),
             )
-        return self._settled(
-            await self.settle_paid(sale, HoldRecord.from_fields(fields), charge.reference)
-        )
+        try:
+            settled = await self.settle_paid(sale, HoldRecord.from_fields(fields), charge.reference)
+        except UNAVAILABLE as exc:
+            # charged, not yet confirmed: held again, so the shopper's retry confirms it on
+            # this very charge (or the expiry sweep does, asking the provider first)
+            await asyncio.shield(self._abort_payment(sale, order_id, 0))
+            raise PurchaseRefused(
+                Refusal.UNAVAILABLE,
+                "confirmation_pending",
+                "the payment went through but the order cannot be confirmed right now; it "
+                "will be: ask again shortly",
+                retry_after=CONFIRM_RETRY_S,
+            ) from exc
+        return self._settled(settled)
 
     async def _abort_payment(self, sale: Sale, order_id: str, keep_ms: int) -> None:
         """A payment that did not finish: `paying` back to `held` (pay.lua; a no-op when the

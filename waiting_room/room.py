@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
 from flashsale.config import Settings
@@ -26,6 +25,7 @@ from flashsale.waiting_room.keys import (
     heartbeat_slice,
     heartbeat_slices,
 )
+from flashsale.waiting_room.redis_client import RedisClient, remove_matching
 from flashsale.waiting_room.scripts import Scripts
 from flashsale.waiting_room.shuffle import Permutation
 from flashsale.waiting_room.status import Outcome, RoomView, State, Status, decide
@@ -97,7 +97,7 @@ def index_at(view: RoomView, position: int) -> int:
 class WaitingRoom:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         settings: Settings,
         signer: Signer,
         clock: Callable[[], float] = time.time,
@@ -158,9 +158,7 @@ class WaitingRoom:
 
     async def remove(self, sale_id: str) -> int:
         """Delete every key of the sale's room; returns how many were deleted."""
-        removed = 0
-        async for key in self.redis.scan_iter(match=self.keys(sale_id).pattern, count=1000):
-            removed += await self.redis.unlink(key)
+        removed = await remove_matching(self.redis, self.keys(sale_id).pattern)
         self._views.pop(sale_id, None)
         return removed
 

@@ -9,9 +9,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from redis.asyncio import Redis
-
-from flashsale.waiting_room.autopipeline import Arg, AutoPipeline, shared_for
+from flashsale.waiting_room.autopipeline import Arg, Pipelined, shared_for
+from flashsale.waiting_room.redis_client import RedisClient
 
 # Lua libraries (files of local functions) put in front of the scripts that call them
 LIBRARIES = {"hold": ("seating",)}
@@ -28,21 +27,22 @@ def source(name: str) -> str:
 
 
 class PipelineOf:
-    """The running event loop's auto-pipeline to the server of a redis-py client, looked up
-    once per loop (a connection belongs to one loop; tests run several)."""
+    """The running event loop's auto-pipeline to the server (or cluster) of a redis-py client,
+    looked up once per loop (a connection belongs to one loop; tests run several)."""
 
-    def __init__(self, redis: Redis, timeout: float) -> None:
+    def __init__(self, redis: RedisClient, timeout: float) -> None:
         self.redis = redis
         self.timeout = timeout
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pipeline: AutoPipeline | None = None
+        self._pipeline: Pipelined | None = None
 
-    def __call__(self) -> AutoPipeline:
+    def __call__(self) -> Pipelined:
         loop = asyncio.get_running_loop()
-        if loop is not self._loop or self._pipeline is None:
-            self._pipeline = shared_for(self.redis, self.timeout)
+        pipeline = self._pipeline
+        if loop is not self._loop or pipeline is None:
+            pipeline = self._pipeline = shared_for(self.redis, self.timeout)
             self._loop = loop
-        return self._pipeline
+        return pipeline
 
 
 class Script:
@@ -60,7 +60,7 @@ class Script:
 class Scripts:
     """The scripts, run on the server of one redis-py client."""
 
-    def __init__(self, redis: Redis, timeout: float = 5.0) -> None:
+    def __init__(self, redis: RedisClient, timeout: float = 5.0) -> None:
         self.pipeline = PipelineOf(redis, timeout)
         self.join = Script("join", self.pipeline)
         self.admit = Script("admit", self.pipeline)

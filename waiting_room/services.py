@@ -10,11 +10,12 @@ import time
 from dataclasses import dataclass, field
 
 import asyncpg
-from redis.asyncio import Redis
 
 from flashsale.config import Settings
+from flashsale.waiting_room.db import UNAVAILABLE
 from flashsale.waiting_room.payments import CircuitBreaker, GuardedProvider, make_provider
 from flashsale.waiting_room.purchase import Purchases
+from flashsale.waiting_room.redis_client import RedisClient
 from flashsale.waiting_room.room import WaitingRoom
 from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.sales import SaleNotFound, Sales
@@ -30,8 +31,8 @@ _CACHE_LIMIT = 10_000
 @dataclass
 class Services:
     settings: Settings
-    redis: Redis
-    raw_redis: Redis
+    redis: RedisClient
+    raw_redis: RedisClient
     pool: asyncpg.Pool
     signer: Signer
     room: WaitingRoom
@@ -45,8 +46,8 @@ class Services:
     def build(
         cls,
         settings: Settings,
-        redis: Redis,
-        raw_redis: Redis,
+        redis: RedisClient,
+        raw_redis: RedisClient,
         pool: asyncpg.Pool,
         *,
         room: WaitingRoom | None = None,
@@ -82,7 +83,9 @@ class Services:
             raise
 
     async def sale_cached(self, sale_id: str) -> Sale:
-        """The sale, re-read from PostgreSQL at most once a second per process."""
+        """The sale, re-read from PostgreSQL at most once a second per process. While
+        PostgreSQL cannot be reached the copy in hand serves on (a sale's definition seldom
+        changes), so the hot path, which needs only Redis, goes on through an outage."""
         self._check_known(sale_id)
         cached = self._sales.get(sale_id)
         if cached and time.monotonic() - cached[0] < SALE_TTL_S:
@@ -92,6 +95,10 @@ class Services:
         except SaleNotFound:
             self._remember_unknown(sale_id)
             raise
+        except UNAVAILABLE:
+            if cached is None:
+                raise
+            return cached[1]
         if len(self._sales) >= _CACHE_LIMIT:
             self._sales.clear()
         self._sales[sale_id] = (time.monotonic(), sale)

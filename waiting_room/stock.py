@@ -14,12 +14,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from redis.asyncio import Redis
 
 from flashsale.waiting_room.db import one
 from flashsale.waiting_room.ledger import Release, release_orders
 from flashsale.waiting_room.payments import GuardedProvider, PaymentStatus, ProviderError
-from flashsale.waiting_room.redis_client import binary
+from flashsale.waiting_room.redis_client import RedisClient, binary, texts
 from flashsale.waiting_room.room import WaitingRoom
 from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.seating import taken_from_bitmap
@@ -48,8 +47,8 @@ class Report:
 class Stock:
     def __init__(
         self,
-        redis: Redis,
-        raw_redis: Redis,
+        redis: RedisClient,
+        raw_redis: RedisClient,
         pool: asyncpg.Pool,
         room: WaitingRoom,
         payments: GuardedProvider | None = None,
@@ -193,6 +192,13 @@ class Stock:
                 redis_seats = taken_from_bitmap(bitmap, sale.stock)
                 if redis_seats != seats:
                     diffs.append(f"seats: {len(redis_seats ^ seats)} differ")
+            if drained:
+                unknown = await self._holds_redis_forgot(sale)
+                if unknown:
+                    diffs.append(
+                        f"postgres: {len(unknown)} holds Redis does not know "
+                        f"({sum(unknown.values())} units)"
+                    )
         report = Report(
             sale.id,
             ok=not diffs,
@@ -216,6 +222,33 @@ class Stock:
             report.repaired = True
         return report
 
+    async def _holds_redis_forgot(self, sale: Sale) -> dict[str, int]:
+        """Holds PostgreSQL counts (order id -> units) that are not among Redis's open holds:
+        Redis lost them (a restart without persistence, a failover), and a pre-warm then
+        copied PostgreSQL's held units into Redis, where no expiry will ever release them.
+        Read with the stream drained; a hold released meanwhile (its release written since)
+        is read again from PostgreSQL before it counts."""
+        keys = self.room.keys(sale.id)
+        rows = await self.pool.fetch(
+            "SELECT id::text AS id, quantity FROM orders WHERE sale_id = $1 AND status = 'held'",
+            sale.id,
+        )
+        if not rows:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for r in rows:
+                pipe.zscore(keys.holds, r["id"])
+            scores = await pipe.execute()
+        missing = [r["id"] for r, score in zip(rows, scores, strict=True) if score is None]
+        if not missing:
+            return {}
+        still = await self.pool.fetch(
+            "SELECT id::text AS id, quantity FROM orders"
+            " WHERE id = ANY($1::uuid[]) AND status = 'held'",
+            missing,
+        )
+        return {r["id"]: int(r["quantity"]) for r in still}
+
     async def _release_orphans(self, sale: Sale) -> list[str]:
         """Holds PostgreSQL still counts but Redis no longer knows (Redis lost them): once
         expired they are released in PostgreSQL, as the sweeper would have done, after the
@@ -224,12 +257,13 @@ class Stock:
         rows = await self.pool.fetch(
             "SELECT id FROM orders WHERE sale_id = $1 AND status = 'held' AND hold_expires_at < $2",
             sale.id,
-            datetime.now(UTC),
+            datetime.fromtimestamp(self.clock(), UTC),  # the clock the holds' expiries come from
         )
         orphans, unsettled = [], []
+        open_holds = set(texts(await self.redis.zrange(keys.holds, 0, -1)))
         for r in rows:
             order_id = str(r["id"])
-            if await self.redis.exists(keys.hold(order_id)):
+            if order_id in open_holds:
                 continue
             if self.payments is not None:
                 try:

@@ -397,6 +397,26 @@ def test_flashsale_env_names_are_settings(scenario: str) -> None:
             Settings.from_env(literal)
 
 
+def test_every_role_is_told_whether_redis_is_a_cluster() -> None:
+    """externalRedis.cluster reaches every FlashSale container as FLASHSALE_REDIS_CLUSTER;
+    the chart's own development Redis is one node."""
+    for values, wanted in (
+        ({}, "auto"),
+        ({"externalRedis": {"cluster": "true"}}, "true"),
+        ({"externalRedis": {"cluster": "true"}, "redis": {"enabled": True}}, "false"),
+    ):
+        seen = []
+        for obj in render(values):
+            if obj["kind"] not in ("Deployment", "StatefulSet", "Job"):
+                continue
+            for container in obj["spec"]["template"]["spec"]["containers"]:
+                if "REDIS_URL" in env_of(container) and component(obj) != "redis":
+                    seen.append(env_of(container).get("FLASHSALE_REDIS_CLUSTER"))
+        assert len(seen) >= 4 and set(seen) == {wanted}, (values, seen)
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):
+        chart.render({"externalRedis": {"cluster": "yes"}}, name=RELEASE, namespace=NAMESPACE)
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_ingress_speaks_haproxy(scenario: str) -> None:
     ingress = one(scenario, "Ingress", api_name())

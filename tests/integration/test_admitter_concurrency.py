@@ -36,14 +36,14 @@ MakeSale = Callable[..., Awaitable[Sale]]
 
 ADMITTER = """
 import asyncio, json, sys, time
-from redis.asyncio import Redis
 from flashsale.config import Settings
+from flashsale.waiting_room.redis_client import open_redis
 from flashsale.waiting_room.room import WaitingRoom
 from flashsale.waiting_room.tokens import Signer
 
 async def main(sale_id, stop):
     settings = Settings.from_env()
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = await open_redis(settings)
     room = WaitingRoom(redis, settings, Signer(settings.signing_keys()))
     outcomes, admitted, after_opening = {}, 0, 0
     # until `stop`, and in any case for 10 calls after the opening (should start-up be slow)

@@ -1,16 +1,31 @@
 """The auto-pipeline (waiting_room/autopipeline.py) against a real Redis: replies reach the
-right callers, concurrent commands share writes, errors stay with their command, and a dead or
-silent connection fails what it holds and is replaced."""
+right callers, concurrent commands share writes, errors stay with their command, a dead or
+silent connection fails what it holds and is replaced (also when the caller that opened it
+gave up), and TLS is set up exactly as redis-py sets it up (a real redis-server on TLS)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import secrets
-from collections.abc import AsyncIterator
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -19,6 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from flashsale.config import Settings
 from flashsale.waiting_room import autopipeline
 from flashsale.waiting_room.autopipeline import AutoPipeline, shared_for
+from tests.support import free_port
 
 
 @pytest.fixture
@@ -186,3 +202,160 @@ async def test_one_shared_pipeline_per_server_and_loop(redis: Redis, settings: S
     assert shared_for(redis, 5) is shared_for(again, 5)
     assert shared_for(redis, 5) is not shared_for(Redis.from_url(settings.redis_url), 5)
     await again.aclose()
+
+
+async def test_a_caller_cancelled_while_connecting_leaves_nothing_stale(
+    pipe: AutoPipeline, redis: Redis
+) -> None:
+    # the only caller gives up while the connection is being opened; the opening goes on
+    first = asyncio.ensure_future(pipe.execute("PING"))
+    await asyncio.sleep(0)
+    first.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    await asyncio.sleep(0.1)
+    client_id = await pipe.execute("CLIENT", "ID")
+    # that connection dies: the next command opens another at once, instead of being queued
+    # on the dead one until the watchdog gives up on it (the opening was once kept, stale)
+    assert await redis.client_kill_filter(_id=client_id) == 1
+    await asyncio.sleep(0.1)
+    async with asyncio.timeout(1):
+        assert await pipe.execute("PING") == "PONG"
+    assert await pipe.execute("CLIENT", "ID") != client_id
+
+
+# -- TLS: every option of redis-py reaches the hot path ---------------------------------------
+
+
+def _certificate(
+    subject: str, key: Any, issuer: tuple[Any, Any] | None = None, *, ca: bool = False
+) -> Any:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    issuer_name, issuer_key = issuer or (name, key)
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@dataclass(frozen=True)
+class Tls:
+    port: int
+    ca: str  # PEM
+    other_ca: str  # PEM of a CA that signed nothing here
+    client_cert: Path
+    client_key: Path  # encrypted with `password`
+    password: str
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tls]:
+    """A redis-server of its own that speaks only TLS and wants a client certificate."""
+    if not shutil.which("redis-server"):
+        pytest.skip("Debian's redis-server is not installed")
+    directory = tmp_path_factory.mktemp("tls")
+    pem = serialization.Encoding.PEM
+    plain = serialization.NoEncryption()
+    ca_key, other_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    ca = _certificate("FlashSale test CA", ca_key, ca=True)
+    other = _certificate("Unrelated CA", other_key, ca=True)
+    files: dict[str, bytes] = {"ca.pem": ca.public_bytes(pem)}
+    for who in ("server", "client"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        files[f"{who}.pem"] = _certificate(who, key, (ca.subject, ca_key)).public_bytes(pem)
+        encryption = (
+            serialization.BestAvailableEncryption(b"key-password") if who == "client" else plain
+        )
+        files[f"{who}.key"] = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, encryption)
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port", "0",
+            "--tls-port", str(port),
+            "--bind", "127.0.0.1",
+            "--tls-cert-file", str(directory / "server.pem"),
+            "--tls-key-file", str(directory / "server.key"),
+            "--tls-ca-cert-file", str(directory / "ca.pem"),
+            "--tls-auth-clients", "yes",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(directory),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            assert server.poll() is None, "redis-server refused --tls-port: built without TLS?"
+            assert time.monotonic() < deadline, "redis-server did not listen on its TLS port"
+            time.sleep(0.05)
+        yield Tls(
+            port,
+            ca.public_bytes(pem).decode(),
+            other.public_bytes(pem).decode(),
+            directory / "client.pem",
+            directory / "client.key",
+            "key-password",
+        )
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+async def test_every_tls_option_reaches_the_hot_path(tls_redis: Tls) -> None:
+    """The client certificate, its key's password, the CA given as data, the hostname check,
+    the minimum version and the ciphers: the auto-pipeline connects as redis-py does (the
+    server refuses a client without the certificate), and refuses a server it must not trust."""
+
+    def client(ca: str) -> Redis:
+        return Redis.from_url(
+            f"rediss://localhost:{tls_redis.port}",
+            decode_responses=True,
+            ssl_certfile=str(tls_redis.client_cert),
+            ssl_keyfile=str(tls_redis.client_key),
+            ssl_password=tls_redis.password,
+            ssl_ca_data=ca,
+            ssl_check_hostname=True,
+            ssl_min_version=ssl.TLSVersion.TLSv1_2,
+            ssl_ciphers="ECDHE+AESGCM",
+        )
+
+    trusting, wary = client(tls_redis.ca), client(tls_redis.other_ca)
+    pipe, refused = AutoPipeline.like(trusting), AutoPipeline.like(wary)
+    try:
+        assert await trusting.ping()  # redis-py itself, for comparison
+        assert await pipe.execute("PING") == "PONG"
+        assert await pipe.evalsha("return ARGV[1]", ["k"], ["over TLS"]) == "over TLS"
+        with pytest.raises(RedisConnectionError, match="could not connect"):
+            await refused.execute("PING")  # the server's certificate is not from that CA
+        # the TLS options tell shared pipelines apart
+        assert shared_for(trusting, 5) is not shared_for(wary, 5)
+    finally:
+        for closing in (pipe, refused):
+            await closing.aclose()
+        for redis_client in (trusting, wary):
+            await redis_client.aclose()

@@ -635,9 +635,10 @@ async def test_a_payment_the_database_cannot_confirm_is_finished_by_the_retry(
     room: WaitingRoom,
 ) -> None:
     """The charge goes through but PostgreSQL cannot be reached to confirm it (here a pool that
-    is closed: asyncpg refuses every query): the shopper gets the error, the hold goes back to
-    `held` instead of staying `paying` until it expires, and the retry, with the database
-    back, confirms it on the first charge."""
+    is closed: asyncpg refuses every query): the shopper is told to ask again shortly
+    (`confirmation_pending`, a 503 with Retry-After), the hold goes back to `held` instead of
+    staying `paying` until it expires, and the retry, with the database back, confirms it on
+    the first charge."""
     purchases = services.purchases
     sale = await make_sale(stock=5, price_cents=700)
     [shopper] = await admit(sale, 1)
@@ -647,8 +648,9 @@ async def test_a_payment_the_database_cannot_confirm_is_finished_by_the_retry(
     await broken.close()
     purchases.pool = broken
     try:
-        with pytest.raises(asyncpg.InterfaceError):
-            await purchases.pay(sale, shopper.visitor, order_id, "tok_approve")
+        pending = await refusal_of(purchases.pay(sale, shopper.visitor, order_id, "tok_approve"))
+        assert (pending.kind, pending.code) == (Refusal.UNAVAILABLE, "confirmation_pending")
+        assert pending.retry_after
     finally:
         purchases.pool = working
     fields = await redis.hgetall(room.keys(sale.id).hold(order_id))

@@ -36,10 +36,9 @@ from flashsale.logs import JsonFormatter
 from flashsale.waiting_room.admitter import Admitter
 from flashsale.waiting_room.persister import Persister
 from flashsale.waiting_room.sale import Sale
-from flashsale.waiting_room.sales import Sales
 from flashsale.waiting_room.services import Services
 from tests.deploy.test_chart import CHART, render
-from tests.support import REPO, Clock, app_for, free_port
+from tests.support import REPO, Clock, app_for, free_port, only
 
 MakeSale = Callable[..., Awaitable[Sale]]
 DASHBOARD = CHART / "dashboards" / "flashsale.json"
@@ -260,16 +259,6 @@ def test_alerts_cover_what_ops_need() -> None:
 def exported_names() -> set[str]:
     """Sample names in the registry: counters with _total, histograms' _bucket/_count/_sum."""
     return {s.name for metric in REGISTRY.collect() for s in metric.samples}
-
-
-def only(sales: Sales, sale_id: str) -> Sales:
-    """`sales` whose live list holds one sale (other tests' sales stay out of the steps)."""
-
-    class One(Sales):
-        async def live(self, horizon_seconds: int = 86_400) -> list[Sale]:
-            return [s for s in await super().live(horizon_seconds) if s.id == sale_id]
-
-    return One(sales.pool, sales.room, clock=sales.clock)
 
 
 def persister_for(services: Services, sale: Sale, **options: Any) -> Persister:

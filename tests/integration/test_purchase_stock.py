@@ -8,12 +8,13 @@ import asyncio
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 
 from flashsale.config import Settings
 from flashsale.waiting_room import ledger
@@ -26,6 +27,7 @@ from flashsale.waiting_room.payments import (
 )
 from flashsale.waiting_room.persister import Persister
 from flashsale.waiting_room.purchase import Held, PurchaseRefused, Purchases, Refusal, layout_of
+from flashsale.waiting_room.redis_client import connect_redis, is_cluster
 from flashsale.waiting_room.room import WaitingRoom
 from flashsale.waiting_room.sale import Sale, ValidationError
 from flashsale.waiting_room.sales import Sales
@@ -125,15 +127,10 @@ async def crowd_purchases(
 ) -> AsyncIterator[Purchases]:
     """Purchases over Redis clients whose pools make callers wait for a connection (at most
     200 each) instead of refusing them, so thousands of coroutines can buy at once."""
-
-    def client(**options: Any) -> Redis:
-        return Redis(
-            connection_pool=BlockingConnectionPool.from_url(
-                settings.redis_url, max_connections=200, timeout=30, **options
-            )
-        )
-
-    redis, raw_redis = client(decode_responses=True), client()
+    crowd = replace(settings, redis_max_connections=200, redis_pool_timeout_seconds=30)
+    cluster = await is_cluster(settings)
+    redis = connect_redis(crowd, cluster=cluster)
+    raw_redis = connect_redis(crowd, cluster=cluster, decode=False)
     room = WaitingRoom(redis, settings, signer, clock=clock)
     services = Services.build(
         settings, redis, raw_redis, pool, room=room, sales=Sales(pool, room, clock=clock.now)

@@ -96,6 +96,7 @@ def test_a_short_spike_keeps_every_invariant(settings: Settings, tmp_path: Path)
     assert out["rate_limited_429"] > 0, "the ingress never answered 429 to the scraper"
     report = Path(out["report"])
     assert (report / "report.md").exists() and (report / "locust_stats.csv").exists()
+    assert (report / "locust.html").exists(), "locust's HTML report is kept beside ours"
     assert {p.name for p in report.glob("*.png")} >= {
         "arrivals.png",
         "waiting.png",

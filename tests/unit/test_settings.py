@@ -118,6 +118,8 @@ def test_token_key_of_32_accepted() -> None:
         ("FLASHSALE_RATE_WINDOW_SECONDS", "-1", "FLASHSALE_RATE_WINDOW_SECONDS"),
         ("FLASHSALE_STATUS_CACHE_MS", "-1", "FLASHSALE_STATUS_CACHE_MS"),
         ("FLASHSALE_REDIS_COMMAND_TIMEOUT_SECONDS", "0", "FLASHSALE_REDIS_COMMAND_TIMEOUT_SECONDS"),
+        ("FLASHSALE_REDIS_CLUSTER", "yes", "FLASHSALE_REDIS_CLUSTER must be auto, true or false"),
+        ("FLASHSALE_SALE_TIMEOUT_SECONDS", "0", "FLASHSALE_SALE_TIMEOUT_SECONDS"),
     ],
 )
 def test_invalid_values_rejected(env: str, raw: str, words: str) -> None:

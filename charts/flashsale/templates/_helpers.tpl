@@ -219,6 +219,7 @@ token keys come from Secrets through secretKeyRef.
 {{- $settings := dict
       "FLASHSALE_DATABASE_SCHEMA" $v.config.databaseSchema
       "FLASHSALE_REDIS_PREFIX" $v.config.redisPrefix
+      "FLASHSALE_REDIS_CLUSTER" (ternary "false" $v.externalRedis.cluster $v.redis.enabled)
       "FLASHSALE_LOG_LEVEL" $v.config.logLevel
       "FLASHSALE_LOG_JSON" $v.config.logJson -}}
 {{- /* later wins: the chart's settings, config.extraEnv, the role's own (extra) */}}

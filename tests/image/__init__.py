@@ -1,0 +1,1 @@
+"""The container image, built without Docker and run as the Helm chart runs it."""
