@@ -134,8 +134,8 @@ test: check $(CHECKOV_STAMP) terraform-tools packages services redis-cluster env
 	. $(SERVICES_ENV) && . $(CLUSTER_ENV) && REDIS_URL=$$REDIS_CLUSTER_URL \
 	    $(VENV)/bin/pytest -q $(PYTEST_ARGS) $(CLUSTER_TESTS) || [ $$? -eq 5 ]
 
-cluster-check: $(STAMP) envtest ## Tests against a real kube-apiserver (-m kubernetes); ends with one JSON line of facts
-	$(VENV)/bin/python scripts/cluster_check.py $(PYTEST_ARGS)
+cluster-check: $(STAMP) services envtest ## Tests against a real kube-apiserver (-m kubernetes); ends with one JSON line of facts
+	. $(SERVICES_ENV) && $(VENV)/bin/python scripts/cluster_check.py $(PYTEST_ARGS)
 
 demo: $(STAMP) services ## Migrate the database and run the demo
 	. $(SERVICES_ENV) && $(VENV)/bin/flashsale migrate && $(VENV)/bin/python -m loadtest.demo $(DEMO_ARGS)

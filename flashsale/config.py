@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class SettingsError(ValueError):
@@ -258,6 +259,13 @@ class Settings:
         "kopf peering object the operator coordinates through, so only one operator acts at a "
         "time; empty: standalone (run one replica).",
     )
+    operator_priority: int = _s(
+        "FLASHSALE_OPERATOR_PRIORITY",
+        0,
+        "With peering: this operator's priority; the live one of highest priority acts, the "
+        "others pause (equal priorities pause each other), e.g. 100 for one run by hand to "
+        "take over from the cluster's.",
+    )
     operator_liveness: str = _s(
         "FLASHSALE_OPERATOR_LIVENESS",
         "http://0.0.0.0:8080/healthz",
@@ -316,6 +324,8 @@ class Settings:
             raise SettingsError("FLASHSALE_REDIS_CLUSTER must be auto, true or false")
         if self.operator_tick_seconds <= 0:
             raise SettingsError("FLASHSALE_OPERATOR_TICK_SECONDS must be positive")
+        if self.operator_liveness:
+            self.liveness_address()
         if self.reconcile_interval_seconds < 0:
             raise SettingsError("FLASHSALE_RECONCILE_INTERVAL_SECONDS must not be negative")
         for name in (
@@ -371,6 +381,20 @@ class Settings:
     def identity_hash_key(self) -> bytes:
         """The key of visitor ids derived from identities (see FLASHSALE_IDENTITY_KEY)."""
         return (self.identity_key or self.token_key or _process_key()).encode()
+
+    def liveness_address(self) -> tuple[str, int]:
+        """(host, port) of FLASHSALE_OPERATOR_LIVENESS: kopf serves plain http only."""
+        parts = urlsplit(self.operator_liveness)
+        try:
+            port = parts.port or 80
+        except ValueError:
+            port = -1
+        if parts.scheme != "http" or not parts.hostname or port < 0:
+            raise SettingsError(
+                f"FLASHSALE_OPERATOR_LIVENESS={self.operator_liveness!r} is not "
+                "http://HOST:PORT/PATH (kopf serves plain http only); empty turns it off"
+            )
+        return parts.hostname, port
 
     def signing_keys(self) -> tuple[bytes, ...]:
         """Current key first, then the previous one; a random key when none is configured."""

@@ -4,8 +4,10 @@ from the load balancer through every process it touches."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import ssl
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -43,3 +45,27 @@ def setup_logging(level: str = "INFO", json_lines: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def reason(error: BaseException) -> str:
+    """A short why of a failure to reach a server ("connection refused", "timed out", ...),
+    for the one line a person reads: the plainest cause in the chain of causes."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for cause in chain:
+        if isinstance(cause, ConnectionRefusedError) or (
+            isinstance(cause, OSError) and cause.errno == errno.ECONNREFUSED
+        ):
+            return "connection refused"
+        if isinstance(cause, TimeoutError):
+            return "timed out"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"certificate not trusted: {cause.verify_message}"
+    for cause in chain:
+        if isinstance(cause, OSError) and cause.strerror:
+            return str(cause.strerror).lower()
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 INDEX = "flashsale_windows"
 FINALIZER = "flashsale.io/finalizer"
+CANCELLATION_POLLING_SECONDS = 0.5  # how often kopf looks whether a deleted sale's tick ended
 _WRITABLE = (
     "name",
     "stock",
@@ -146,7 +147,9 @@ class FlashSaleOperator:
     @staticmethod
     def configure(settings: kopf.OperatorSettings) -> kopf.OperatorSettings:
         """kopf's own bookkeeping under our prefix. Events are the operator's own (one per
-        phase change, per applied or refused spec), not copies of its log lines."""
+        phase change, per applied or refused spec), not copies of its log lines. A FlashSale
+        deleted while its tick runs is released once the tick ends: kopf looks again after
+        `cancellation_polling`, 60 s by default, which held deletions that long."""
         settings.persistence.finalizer = FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
             prefix="flashsale.io"
@@ -155,9 +158,13 @@ class FlashSaleOperator:
             prefix="flashsale.io", key="last-handled-spec"
         )
         settings.posting.loggers = False
+        settings.background.cancellation_polling = CANCELLATION_POLLING_SECONDS
         return settings
 
-    async def on_login(self, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    async def on_login(
+        self, settings: kopf.OperatorSettings, **kwargs: Any
+    ) -> kopf.ConnectionInfo | None:
+        self.kube.settings = settings
         return await self.kube.login()
 
     async def on_cleanup(self, **_: Any) -> None:
@@ -196,7 +203,6 @@ class FlashSaleOperator:
         spec: Any,
         meta: Any,
         status: Any,
-        patch: kopf.Patch,
         body: kopf.Body,
         old: Any = None,
         new: Any = None,
@@ -219,7 +225,8 @@ class FlashSaleOperator:
                 await self._claim(wanted.id, namespace, name)
             except ValidationError as error:
                 await self._refuse(
-                    patch,
+                    namespace,
+                    name,
                     body,
                     mem,
                     status,
@@ -233,7 +240,8 @@ class FlashSaleOperator:
                 sale, what = await self._apply(wanted, api_body)
             except ValidationError as error:
                 await self._refuse(
-                    patch,
+                    namespace,
+                    name,
                     body,
                     mem,
                     status,
@@ -245,7 +253,8 @@ class FlashSaleOperator:
                 )
             except SaleConflict as error:
                 await self._refuse(
-                    patch,
+                    namespace,
+                    name,
                     body,
                     mem,
                     status,
@@ -264,11 +273,18 @@ class FlashSaleOperator:
                 now=now,
                 generation=generation,
             )
-            patch.status["saleId"] = sale.id
-            patch.status["observedGeneration"] = generation
-            patch.status["conditions"] = st.merge_conditions(status.get("conditions"), mem.accepted)
-            if what != "unchanged":
+            if what != "unchanged":  # told now: a retry after a refused write finds it unchanged
                 kopf.info(body, reason="Applied", message=f"sale {sale.id} {what}")
+            await self._write_or_retry(
+                namespace,
+                name,
+                status,
+                {
+                    "saleId": sale.id,
+                    "observedGeneration": generation,
+                    "conditions": st.merge_conditions(status.get("conditions"), mem.accepted),
+                },
+            )
         # a target this sale no longer scales goes back to what the other sales want of it
         if old is not None and new is not None:
             await self._release_old_target(namespace, name, old, new, kwargs.get(INDEX))
@@ -311,7 +327,8 @@ class FlashSaleOperator:
 
     async def _refuse(
         self,
-        patch: kopf.Patch,
+        namespace: str,
+        name: str,
         body: kopf.Body,
         mem: _Memory,
         status: Any,
@@ -326,10 +343,13 @@ class FlashSaleOperator:
         mem.accepted = st.condition(
             "Accepted", False, reason, message, now=now, generation=generation
         )
-        patch.status["observedGeneration"] = generation
-        patch.status["conditions"] = st.merge_conditions(status.get("conditions"), mem.accepted)
+        refused: dict[str, Any] = {
+            "observedGeneration": generation,
+            "conditions": st.merge_conditions(status.get("conditions"), mem.accepted),
+        }
         if not accepted_id:
-            patch.status["phase"] = schedule.Phase.INVALID.value
+            refused["phase"] = schedule.Phase.INVALID.value
+        await self._write_or_retry(namespace, name, status, refused)
         kopf.warn(body, reason=reason, message=message)
         raise kopf.PermanentError(message)
 
@@ -361,7 +381,6 @@ class FlashSaleOperator:
         spec: Any,
         meta: Any,
         status: Any,
-        patch: kopf.Patch,
         body: kopf.Body,
         **kwargs: Any,
     ) -> None:
@@ -378,7 +397,7 @@ class FlashSaleOperator:
                 mem.sale_id or status.get("saleId") or name,
                 self.services.settings.sale_timeout_seconds,
                 lambda: self._tick(
-                    name, namespace, spec, meta, status, patch, body, mem, now, kwargs.get(INDEX)
+                    name, namespace, spec, meta, status, body, mem, now, kwargs.get(INDEX)
                 ),
             )
 
@@ -389,7 +408,6 @@ class FlashSaleOperator:
         spec: Any,
         meta: Any,
         status: Any,
-        patch: kopf.Patch,
         body: kopf.Body,
         mem: _Memory,
         now: datetime,
@@ -400,8 +418,11 @@ class FlashSaleOperator:
         if not sale_id:  # not accepted (yet): the change handlers say why
             accepted = st.get_condition(conditions, "Accepted")
             if accepted is not None and accepted.get("status") == "False":
-                self._write(
-                    status, patch, {"phase": schedule.Phase.INVALID.value, "conditions": conditions}
+                await self._write(
+                    namespace,
+                    name,
+                    status,
+                    {"phase": schedule.Phase.INVALID.value, "conditions": conditions},
                 )
             return
         try:
@@ -479,7 +500,8 @@ class FlashSaleOperator:
             "transitions": transitions,
             "conditions": conditions,
         }
-        self._write(status, patch, wanted)
+        if not await self._write(namespace, name, status, wanted):
+            return  # the next tick writes it, and only then tells of a new phase
         if phase != old_phase:
             message = _PHASE_MESSAGES.get(decision.phase, phase).format(
                 opens=st.iso(plan.opens_at), **figures
@@ -487,10 +509,37 @@ class FlashSaleOperator:
             kopf.info(body, reason=phase, message=f"{sale.id} {message}")
             log.info("phase", extra={"sale": sale.id, "phase": phase, "was": old_phase})
 
-    @staticmethod
-    def _write(status: Any, patch: kopf.Patch, wanted: dict[str, Any]) -> None:
-        for key, value in st.changes(status, wanted).items():
-            patch.status[key] = value
+    async def _write_or_retry(
+        self, namespace: str, name: str, status: Any, wanted: dict[str, Any]
+    ) -> None:
+        """`_write` for the change handlers: a refused write has kopf call the handler again
+        (its work is idempotent: a spec applied twice is "unchanged")."""
+        if not await self._write(namespace, name, status, wanted):
+            raise kopf.TemporaryError("the status was not written", delay=max(1.0, self.tick))
+
+    async def _write(self, namespace: str, name: str, status: Any, wanted: dict[str, Any]) -> bool:
+        """Write what changed of the status through the status subresource; False when the
+        API server refused or did not answer (the next tick tries again, from the status it
+        then sees). Every handler writes the status this way, with the operator's own client,
+        rather than through kopf's patch: kopf 1.45 ends an object's timer for good when the
+        patch it applies after the timer fails (a 409, a 500, a timeout), so the sale would
+        never move on, and it drops a change handler's failed status patch without calling
+        the handler again."""
+        changes = st.changes(status, wanted)
+        if not changes:
+            return True
+        try:
+            await self.kube.patch(
+                f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status",
+                {"status": changes},
+            )
+        except KubeError as error:
+            log.warning(
+                "status not written; the next tick tries again",
+                extra={"flashsale": f"{namespace}/{name}", "error": str(error)},
+            )
+            return False
+        return True
 
     async def _scale(
         self, target: Target, index: Any, *, exclude: str | None = None, now: datetime | None = None

@@ -1,8 +1,8 @@
 """The Kubernetes API calls the operator makes, and the RBAC rules they need, as data.
 
-`operator/RBAC.md` says the same for people; the chart (issue 5) renders these rules and a test
-checks the chart against them. The kmock test checks that every request the running operator
-sends is covered by `rules(...)`.
+`operator/RBAC.md` says the same for people; the chart renders these rules and a test checks
+the chart against them; tests/kubernetes/test_operator_server.py runs the operator against a
+real API server with exactly the chart's rules and fails on any refused request.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ CALLS: list[dict[str, Any]] = [
     },
     {
         "calls": ["PATCH /apis/flashsale.io/v1alpha1/namespaces/NS/flashsales/NAME/status"],
-        "why": "phase, counters, conditions and transition times",
+        "why": "phase, counters, conditions and transition times, written by the operator's "
+        "own client (operator/kube.py), not by kopf",
         "scope": "namespace",
         "rule": {
             "apiGroups": ["flashsale.io"],
@@ -104,7 +105,10 @@ CALLS: list[dict[str, Any]] = [
 # Only with FLASHSALE_OPERATOR_PEERING set (kopf's peering CRDs must be installed).
 PEERING_CALLS: list[dict[str, Any]] = [
     {
-        "calls": ["LIST + WATCH + PATCH /apis/kopf.dev/v1/namespaces/NS/kopfpeerings/NAME"],
+        "calls": [
+            "GET (the start-up check) + LIST + WATCH + PATCH "
+            "/apis/kopf.dev/v1/namespaces/NS/kopfpeerings/NAME"
+        ],
         "why": "kopf peering when the operator serves chosen namespaces",
         "scope": "namespace",
         "rule": {
@@ -114,7 +118,10 @@ PEERING_CALLS: list[dict[str, Any]] = [
         },
     },
     {
-        "calls": ["LIST + WATCH + PATCH /apis/kopf.dev/v1/clusterkopfpeerings/NAME"],
+        "calls": [
+            "GET (the start-up check) + LIST + WATCH + PATCH "
+            "/apis/kopf.dev/v1/clusterkopfpeerings/NAME"
+        ],
         "why": "kopf peering when the operator serves every namespace",
         "scope": "cluster",
         "rule": {

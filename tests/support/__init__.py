@@ -6,15 +6,20 @@ plain helpers, imported as `tests.support`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
+import shutil
+import signal
 import socket
+import subprocess
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from starlette.applications import Starlette
 
 from flashsale.api.app import create_app
@@ -87,6 +92,49 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+@dataclass
+class RedisServer:
+    """A redis-server process of a test's own."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@contextlib.contextmanager
+def redis_server(folder: Path, *, password: str = "") -> Iterator[RedisServer]:
+    """A Redis of a test's own on a free port, for what the shared one must not go through:
+    a password, an outage. Skips the test where no redis-server binary is installed (REDIS_URL
+    then points at a server made elsewhere)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no redis-server binary here to start a Redis of the test's own")
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(folder)]
+    if password:
+        argv += ["--requirepass", password]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, "redis-server exited"
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        yield RedisServer(proc, port)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)  # in case a test left it stopped
+            proc.terminate()
+        proc.wait(timeout=10)
 
 
 def make_admit(room: WaitingRoom, clock: Clock, signer: Signer) -> Admit:
