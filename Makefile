@@ -134,7 +134,9 @@ test: check $(CHECKOV_STAMP) terraform-tools packages services redis-cluster env
 	. $(SERVICES_ENV) && . $(CLUSTER_ENV) && REDIS_URL=$$REDIS_CLUSTER_URL \
 	    $(VENV)/bin/pytest -q $(PYTEST_ARGS) $(CLUSTER_TESTS) || [ $$? -eq 5 ]
 
-cluster-check: $(STAMP) services envtest ## Tests against a real kube-apiserver (-m kubernetes); ends with one JSON line of facts
+# The image tests build the image themselves (scripts/image.sh, cached in .cache/) and install
+# buildah and debootstrap when missing.
+cluster-check: $(STAMP) services envtest ## Tests against a real kube-apiserver and of the built image (-m 'kubernetes or image'); ends with one JSON line of facts
 	. $(SERVICES_ENV) && $(VENV)/bin/python scripts/cluster_check.py $(PYTEST_ARGS)
 
 demo: $(STAMP) services ## Migrate the database and run the demo

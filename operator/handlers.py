@@ -62,6 +62,8 @@ _WRITABLE = (
     "max_active",
     "admission_ttl_seconds",
     "abandon_after_seconds",
+    "identity_required",
+    "pow_difficulty",
 )
 _PHASE_MESSAGES = {
     schedule.Phase.SCHEDULED: "scheduled: opens at {opens}",

@@ -19,6 +19,7 @@ from typing import Any
 from flashsale.operator import schedule
 from flashsale.waiting_room.sale import (
     ADMISSION_DEFAULTS,
+    DEFAULT_POW_DIFFICULTY,
     SALE_ID,
     Sale,
     ValidationError,
@@ -50,6 +51,11 @@ _FIELDS = {
     "admission.max_active": "spec.admission.maxActive",
     "admission.admission_ttl_seconds": "spec.admission.admissionTtlSeconds",
     "admission.abandon_after_seconds": "spec.admission.abandonAfterSeconds",
+    "identity": "spec.shoppers",
+    "identity.required": "spec.shoppers.identityRequired",
+    "proof_of_work": "spec.shoppers.proofOfWork",
+    "proof_of_work.enabled": "spec.shoppers.proofOfWork.enabled",
+    "proof_of_work.difficulty": "spec.shoppers.proofOfWork.difficulty",
 }
 _ADMISSION = {  # FlashSale spec.admission key -> admin API key
     "batchSize": "batch_size",
@@ -58,6 +64,8 @@ _ADMISSION = {  # FlashSale spec.admission key -> admin API key
     "admissionTtlSeconds": "admission_ttl_seconds",
     "abandonAfterSeconds": "abandon_after_seconds",
 }
+_SHOPPERS = ("identityRequired", "proofOfWork")
+_PROOF_OF_WORK = ("enabled", "difficulty")
 _DEFAULTS = {f.name: f.default for f in fields(Sale)}
 # names worth translating inside a message: the API's snake_case ones
 _IN_MESSAGES = sorted((k for k in _FIELDS if "_" in k), key=len, reverse=True)
@@ -182,15 +190,34 @@ def to_sale_body(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     else:
         body["seat_map"] = _seat_map(_object(inventory["seatMap"], "spec.inventory.seatMap"))
     admission = _object(spec.get("admission"), "spec.admission")
-    unknown = sorted(set(admission) - set(_ADMISSION))
-    if unknown:
-        raise ValidationError(
-            f"spec.admission.{unknown[0]}", f"unknown field; allowed: {', '.join(_ADMISSION)}"
-        )
+    _no_unknown(admission, tuple(_ADMISSION), "spec.admission")
     body["admission"] = {
         api: admission.get(cr, ADMISSION_DEFAULTS[api]) for cr, api in _ADMISSION.items()
     }
+    body.update(_shoppers(_object(spec.get("shoppers"), "spec.shoppers")))
     return body
+
+
+def _shoppers(shoppers: Mapping[str, Any]) -> dict[str, Any]:
+    """spec.shoppers as the API's `identity` and `proof_of_work`, both always written out:
+    removing them from the manifest turns them off."""
+    _no_unknown(shoppers, _SHOPPERS, "spec.shoppers")
+    pow_spec = _object(shoppers.get("proofOfWork"), "spec.shoppers.proofOfWork")
+    _no_unknown(pow_spec, _PROOF_OF_WORK, "spec.shoppers.proofOfWork")
+    return {
+        "identity": {"required": shoppers.get("identityRequired", False)},
+        "proof_of_work": {
+            "enabled": pow_spec.get("enabled", False),
+            "difficulty": pow_spec.get("difficulty", DEFAULT_POW_DIFFICULTY),
+        },
+    }
+
+
+def _no_unknown(given: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        allowed_names = ", ".join(allowed)
+        raise ValidationError(f"{where}.{unknown[0]}", f"unknown field; allowed: {allowed_names}")
 
 
 def validate(name: str, spec: Mapping[str, Any]) -> tuple[dict[str, Any], Sale]:

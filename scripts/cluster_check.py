@@ -1,10 +1,14 @@
-"""`make cluster-check`: run the tests against the real control plane and end with one JSON line.
+"""`make cluster-check`: run the tests against the real control plane and the built image, and
+end with one JSON line.
 
 The line holds the facts the tests established (tests/support/facts.py: a test records a fact
 only after asserting it), e.g. {"apiserver": "v1.37.2", "crd_accepted": true,
-"bad_specs_refused": 18, "chart_scenarios_installed": 5, ..., "passed": true}. Other test groups
-add theirs by recording into the same `cluster_facts` fixture and by being selected here
-(CLUSTER_CHECK_MARKERS, default "kubernetes"). Exit status: pytest's (non-zero if a test failed).
+"bad_specs_refused": 20, "chart_scenarios_installed": 5, "operator_phases": [...],
+"rbac_ok": true, "image_built": true, "image_mb": 187.0, "image_operator_status": "Scheduled",
+..., "passed": true, "seconds": 300.1}. The test groups are chosen by CLUSTER_CHECK_MARKERS
+(default "kubernetes or image": tests/kubernetes and tests/image share one control plane);
+others add theirs by recording into the same `cluster_facts` fixture and being selected here.
+Exit status: pytest's (non-zero if a test failed).
 
     scripts/cluster_check.py [pytest options...]
 """
@@ -23,7 +27,7 @@ FACTS = REPO / ".run" / "cluster-facts.json"
 
 
 def main(argv: list[str]) -> int:
-    markers = os.environ.get("CLUSTER_CHECK_MARKERS", "kubernetes")
+    markers = os.environ.get("CLUSTER_CHECK_MARKERS", "kubernetes or image")
     FACTS.parent.mkdir(parents=True, exist_ok=True)
     FACTS.unlink(missing_ok=True)
     started = time.monotonic()

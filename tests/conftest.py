@@ -7,13 +7,18 @@ server is asked, as FLASHSALE_REDIS_CLUSTER=auto does), and the same tests run o
 
 Each test session works in its own PostgreSQL schema and under its own Redis key prefix, and
 removes both at the end, so tests never disturb other data on the same servers.
+
+One Kubernetes control plane (etcd + kube-apiserver, built by `make envtest`) serves the whole
+session: `kube`, `admin` and `flashsale_crd` are shared by tests/kubernetes and tests/image, and
+started only when a test asks for them. `cluster_facts` gathers what those tests establish for
+`make cluster-check` (tests/support/facts.py).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +36,8 @@ from flashsale.waiting_room.sales import Sales
 from flashsale.waiting_room.services import Services
 from flashsale.waiting_room.tokens import Signer
 from tests.support import ADMIN_TOKEN, Admit, Clock, app_for, make_admit, sale_body
+from tests.support.facts import cluster_facts  # noqa: F401  (a fixture)
+from tests.support.kubernetes import ControlPlane, control_plane, install_crd
 
 KINDS = ("unit", "integration", "system", "browser", "kubernetes", "image", "deploy", "cluster")
 
@@ -159,3 +166,28 @@ def admin_headers() -> dict[str, str]:
 def admit(room: WaitingRoom, clock: Clock, signer: Signer) -> Admit:
     """`await admit(sale, shoppers)`: see tests.support.make_admit."""
     return make_admit(room, clock, signer)
+
+
+# -- the Kubernetes control plane (tests/kubernetes, tests/image) -----------------------------
+
+
+@pytest.fixture(scope="session")
+def kube() -> Iterator[ControlPlane]:
+    """etcd and kube-apiserver, started once for the session by the first test that asks,
+    stopped at its end (tests/support/kubernetes.py)."""
+    with control_plane() as plane:
+        yield plane
+
+
+@pytest.fixture(scope="session")
+def admin(kube: ControlPlane) -> Iterator[httpx.Client]:
+    """A client of the API server in `system:masters`."""
+    with kube.client() as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def flashsale_crd(admin: httpx.Client) -> dict[str, Any]:
+    """The FlashSale CRD of the chart, applied and Established (a chart test may have replaced
+    it: each module puts the file's back)."""
+    return install_crd(admin)

@@ -28,7 +28,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from flashsale.config import SETTINGS
+from flashsale.config import ASYMMETRIC_ALGORITHMS, SETTINGS
 from flashsale.operator.rbac import rules as operator_rules
 
 REPO = Path(__file__).resolve().parents[2]
@@ -568,6 +568,8 @@ def test_operator_deployment(scenario: str) -> None:
     )
     assert env["FLASHSALE_OPERATOR_NAMESPACE"] == served
     assert bool(env["FLASHSALE_OPERATOR_PEERING"]) == operator["peering"]["enabled"]
+    # kopf's identity among peers is the pod's name
+    assert env["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
 
 
 def secret_data(secret: dict[str, Any]) -> dict[str, str]:
@@ -584,7 +586,11 @@ def test_token_secret(scenario: str) -> None:
         secret = one(scenario, "Secret", name)
         assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
         data = secret_data(secret)
-        for key, given in (("token-key", tokens["key"]), ("admin-token", tokens["adminToken"])):
+        for key, given in (
+            ("token-key", tokens["key"]),
+            ("admin-token", tokens["adminToken"]),
+            ("identity-key", tokens["identityKey"]),
+        ):
             if given:
                 assert data[key] == given
             else:
@@ -598,6 +604,110 @@ def test_token_secret(scenario: str) -> None:
         assert env["FLASHSALE_TOKEN_KEY_PREVIOUS"]["secretKeyRef"]["key"] == "token-key-previous"
         admin = "FLASHSALE_ADMIN_TOKEN" in env
         assert admin == (component(workload) == "api"), "only the API holds the admin token"
+        # the identity key: where identity is verified (optional: an existingSecret made before
+        # it existed falls back to the token key, as FLASHSALE_IDENTITY_KEY's default does)
+        if component(workload) in ("api", "operator"):
+            assert env["FLASHSALE_IDENTITY_KEY"]["secretKeyRef"] == {
+                "name": name,
+                "key": "identity-key",
+                "optional": True,
+            }
+        else:
+            assert "FLASHSALE_IDENTITY_KEY" not in env
+
+
+IDENTITY_SETTINGS = {
+    "FLASHSALE_IDENTITY_JWKS_URL",
+    "FLASHSALE_IDENTITY_JWKS_FILE",
+    "FLASHSALE_IDENTITY_ISSUER",
+    "FLASHSALE_IDENTITY_AUDIENCE",
+    "FLASHSALE_IDENTITY_ALGORITHMS",
+}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_identity_provider_reaches_the_api_and_the_operator(scenario: str) -> None:
+    """identity.* becomes the FLASHSALE_IDENTITY_* settings of the API (it verifies shoppers'
+    JWTs) and the operator (it refuses sales requiring identity without a provider), never of
+    the other roles; a JWKS from an existing Secret is mounted read-only where
+    FLASHSALE_IDENTITY_JWKS_FILE says; a JWKS URL opens the API's egress to its port."""
+    identity = merged_values(scenario)["identity"]
+    configured = bool(identity["jwksUrl"] or identity["jwksSecret"]["name"])
+    for workload, pod in pod_specs(scenario):
+        if component(workload) not in ("api", "admitter", "persister", "operator", "migrate"):
+            continue
+        (container,) = pod["containers"]
+        env = env_of(container)
+        mounts = {m["name"]: m for m in container.get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        if component(workload) not in ("api", "operator") or not configured:
+            assert not IDENTITY_SETTINGS & set(env), workload["metadata"]["name"]
+            assert "identity-jwks" not in mounts and "identity-jwks" not in volumes
+            continue
+        assert env["FLASHSALE_IDENTITY_ISSUER"] == identity["issuer"]
+        assert env["FLASHSALE_IDENTITY_AUDIENCE"] == identity["audience"]
+        assert env["FLASHSALE_IDENTITY_ALGORITHMS"] == identity["algorithms"]
+        if identity["jwksUrl"]:
+            assert env["FLASHSALE_IDENTITY_JWKS_URL"] == identity["jwksUrl"]
+            assert "FLASHSALE_IDENTITY_JWKS_FILE" not in env and "identity-jwks" not in volumes
+        else:
+            assert "FLASHSALE_IDENTITY_JWKS_URL" not in env
+            mount = mounts["identity-jwks"]
+            assert mount["readOnly"] is True
+            assert env["FLASHSALE_IDENTITY_JWKS_FILE"] == f"{mount['mountPath']}/jwks.json"
+            assert volumes["identity-jwks"]["secret"] == {
+                "secretName": identity["jwksSecret"]["name"],
+                "items": [{"key": identity["jwksSecret"]["key"], "path": "jwks.json"}],
+            }
+    if merged_values(scenario)["networkPolicy"]["enabled"]:
+        policy = one(scenario, "NetworkPolicy", api_name())
+        ports = [
+            (p["port"], [t["ipBlock"]["cidr"] for t in rule.get("to", []) if "ipBlock" in t])
+            for rule in policy["spec"]["egress"]
+            for p in rule.get("ports", [])
+        ]
+        cidrs = merged_values(scenario)["networkPolicy"]["identityProviderCidrs"]
+        assert ((443, cidrs) in ports) == bool(identity["jwksUrl"]), ports
+
+
+def test_identity_values_the_processes_would_refuse_fail_the_install() -> None:
+    """What FlashSale's settings refuse at start fails `helm install` instead of a
+    crash-looping pod; an explicit port in the JWKS URL is the port the NetworkPolicy opens."""
+    provider = {"issuer": "https://id.example/", "audience": "flashsale"}
+    url = {"jwksUrl": "http://id.example:8443/jwks.json"}
+    secret = {"jwksSecret": {"name": "jwks"}}
+    with helm.Chart.load(CHART) as chart:
+        for values, message in (
+            ({**url, **secret, **provider}, "set identity.jwksUrl or identity.jwksSecret.name"),
+            ({**url, "issuer": "https://id.example/"}, "identity.issuer and identity.audience"),
+            (secret, "identity.issuer and identity.audience"),
+        ):
+            with pytest.raises(helm.HelmError, match=re.escape(message)):
+                chart.render({"identity": values}, name=RELEASE, namespace=NAMESPACE)
+        for values in (
+            {"identity": {"jwksUrl": "ftp://id.example/jwks.json"}},
+            {"identity": {"algorithms": "HS256"}},  # anyone holding the JWKS could sign
+            {"identity": {"algorithms": "RS256,none"}},
+            {"tokens": {"identityKey": "too-short"}},
+        ):
+            with pytest.raises(helm.HelmValuesError):
+                chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    policy = next(
+        o
+        for o in render({"identity": {**url, **provider}})
+        if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == api_name()
+    )
+    ports = [p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])]
+    assert 8443 in ports
+
+
+def test_identity_algorithms_the_schema_allows_are_the_settings() -> None:
+    """values.schema.json's pattern for identity.algorithms names exactly the algorithms
+    flashsale/config.py accepts."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    pattern = schema["properties"]["identity"]["properties"]["algorithms"]["pattern"]
+    named = set(re.findall(r"[A-Za-z0-9]+", pattern.split(")")[0]))
+    assert named == set(ASYMMETRIC_ALGORITHMS)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -735,6 +845,8 @@ def test_monitoring_objects(scenario: str) -> None:
             "FlashSalePersisterLagging",
             "FlashSaleAdmitterStalled",
             "FlashSaleAPIErrorRate",
+            "FlashSaleSaleFailing",
+            "FlashSaleProofOfWorkAtCeiling",
         } <= alerts
 
 

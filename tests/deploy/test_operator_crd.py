@@ -15,7 +15,14 @@ import pytest
 import yaml
 
 from flashsale.operator import rbac, spec
-from flashsale.waiting_room.sale import ADMISSION_BOUNDS, ADMISSION_DEFAULTS, Sale, ValidationError
+from flashsale.waiting_room.sale import (
+    ADMISSION_BOUNDS,
+    ADMISSION_DEFAULTS,
+    DEFAULT_POW_DIFFICULTY,
+    POW_DIFFICULTY_BOUNDS,
+    Sale,
+    ValidationError,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "charts" / "flashsale" / "files" / "crds" / "flashsales.flashsale.io.yaml"
@@ -68,6 +75,28 @@ def test_the_crd_agrees_with_the_sale_model(schema: dict[str, Any]) -> None:
     assert props["product"]["properties"]["currency"]["default"] == defaults.currency
     assert props["product"]["properties"]["priceCents"]["default"] == defaults.price_cents
     assert props["saleId"]["pattern"] == "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+    shoppers = props["shoppers"]["properties"]
+    assert shoppers["identityRequired"]["default"] is defaults.identity_required is False
+    pow_fields = shoppers["proofOfWork"]["properties"]
+    assert pow_fields["enabled"]["default"] is (defaults.pow_difficulty > 0) is False
+    difficulty = pow_fields["difficulty"]
+    assert (difficulty["minimum"], difficulty["maximum"]) == POW_DIFFICULTY_BOUNDS
+    assert difficulty["default"] == DEFAULT_POW_DIFFICULTY
+
+
+def test_every_field_says_what_it_is_for(schema: dict[str, Any]) -> None:
+    """`kubectl explain flashsale.spec...` has something to say about every field."""
+
+    def undescribed(node: dict[str, Any], path: str) -> list[str]:
+        missing = [] if node.get("description") else [path]
+        for name, child in (node.get("properties") or {}).items():
+            missing += undescribed(child, f"{path}.{name}")
+        if isinstance(node.get("items"), dict):
+            missing += undescribed(node["items"], f"{path}[]")
+        return missing
+
+    assert undescribed(schema["properties"]["spec"], "spec") == []
+    assert undescribed(schema["properties"]["status"], "status") == []
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
@@ -139,6 +168,19 @@ BAD = {
         "spec.inventory.seatMap.sections[0].rows[0].seats: is 3 but 2 labels are given; make "
         "them agree (or leave seats out)",
     ),
+    "identity required and proof of work": (
+        lambda s: s.update(shoppers={"identityRequired": True, "proofOfWork": {"enabled": True}}),
+        "spec.shoppers.proofOfWork.enabled: a sale that requires identity gives one place per "
+        "shopper already: proof of work is for anonymous sales",
+    ),
+    "a proof of work too hard for a phone": (
+        lambda s: s.update(shoppers={"proofOfWork": {"enabled": True, "difficulty": 27}}),
+        "spec.shoppers.proofOfWork.difficulty: must be between 4 and 26",
+    ),
+    "a misspelt shoppers field": (
+        lambda s: s.update(shoppers={"identityRequierd": True}),
+        "spec.shoppers.identityRequierd: unknown field; allowed: identityRequired, proofOfWork",
+    ),
 }
 
 
@@ -177,8 +219,37 @@ def test_the_operator_needs_no_defaults_from_the_server() -> None:
         },
         "perShopperLimit": 2,
         "holdSeconds": 300,
+        "shoppers": {
+            "identityRequired": False,
+            "proofOfWork": {"enabled": False, "difficulty": 18},
+        },
     }
     assert spec.validate("tiny", minimal)[1] == spec.validate("tiny", defaulted)[1]
+
+
+@pytest.mark.parametrize(
+    ("shoppers", "identity_required", "pow_difficulty"),
+    [
+        ({}, False, 0),
+        ({"identityRequired": True}, True, 0),
+        ({"identityRequired": True, "proofOfWork": {"difficulty": 22}}, True, 0),
+        ({"proofOfWork": {"enabled": True}}, False, DEFAULT_POW_DIFFICULTY),
+        ({"proofOfWork": {"enabled": True, "difficulty": 22}}, False, 22),
+        ({"proofOfWork": {"enabled": False, "difficulty": 22}}, False, 0),
+    ],
+)
+def test_shoppers_become_the_sales_identity_and_proof_of_work(
+    shoppers: dict[str, Any], identity_required: bool, pow_difficulty: int
+) -> None:
+    """spec.shoppers is the sale's `identity` and `proof_of_work`, always written out, so a
+    field removed from the manifest turns its setting off (a sale's proof of work is 0 bits
+    when off)."""
+    manifest = example_manifest()
+    manifest["spec"]["shoppers"] = shoppers
+    body, sale = spec.validate("spring-drop", manifest["spec"])
+    assert body["identity"] == {"required": identity_required}
+    assert body["proof_of_work"]["enabled"] is (pow_difficulty > 0)
+    assert (sale.identity_required, sale.pow_difficulty) == (identity_required, pow_difficulty)
 
 
 # -- the operator's field names --------------------------------------------------------------
@@ -197,6 +268,8 @@ def test_the_operator_needs_no_defaults_from_the_server() -> None:
         ),
         ("id", "spec.saleId"),
         ("currency", "spec.product.currency"),
+        ("identity.required", "spec.shoppers.identityRequired"),
+        ("proof_of_work.difficulty", "spec.shoppers.proofOfWork.difficulty"),
     ],
 )
 def test_api_fields_are_named_as_in_the_manifest(api: str, manifest: str) -> None:

@@ -212,6 +212,8 @@ def test_dashboard_json() -> None:
         "p50 / p95 / p99",
         "status class",
         "last batch age",
+        "proof of work",
+        "sale failures",
     ):
         assert needed in titles, needed
 
@@ -246,6 +248,8 @@ def test_alerts_cover_what_ops_need() -> None:
         "alert FlashSaleAdmitterStalled",
         "alert FlashSaleAPIErrorRate",
         "alert FlashSaleAPILatencyHigh",
+        "alert FlashSaleSaleFailing",
+        "alert FlashSaleProofOfWorkAtCeiling",
     } <= set(alerts)
     (rule,) = [o for o in monitoring() if o["kind"] == "PrometheusRule"]
     for alert in (r for g in rule["spec"]["groups"] for r in g["rules"]):
@@ -292,6 +296,13 @@ async def test_every_metric_the_dashboard_and_alerts_query_is_exported(
     redis: Redis,
 ) -> None:
     sale = await make_sale(stock=5)
+    # a sale asking new places for a proof of work, admitted beside it: its difficulty gauge
+    priced = await make_sale(
+        stock=5,
+        opens_at=sale.opens_at.isoformat(),
+        closes_at=sale.closes_at.isoformat(),
+        proof_of_work={"enabled": True, "difficulty": 18},
+    )
     # a shopper joins through the API before the opening, and polls once it has come
     joined = (await client.post(f"/api/sales/{sale.id}/join")).json()
     ticket = {"X-Queue-Ticket": joined["ticket"]}
@@ -299,7 +310,7 @@ async def test_every_metric_the_dashboard_and_alerts_query_is_exported(
     status = f"/api/sales/{sale.id}/status"
     assert (await client.get(status, headers=ticket)).status_code == 200
     admitter = Admitter(
-        only(services.sales, sale.id),
+        only(services.sales, sale.id, priced.id),
         services.room,
         services.stock,
         tick_ms=10,
@@ -356,6 +367,28 @@ async def test_every_metric_the_dashboard_and_alerts_query_is_exported(
     assert sample("flashsale_dead_letter_entries_total", sale) == 1
     assert sample("flashsale_stock_mismatch", sale) == 0, "Redis and PostgreSQL agree"
     assert time.time() - sample("flashsale_reconcile_last_run_timestamp_seconds", sale) < 60
+    assert sample("flashsale_pow_difficulty_bits", priced) == 18
+    assert sample("flashsale_pow_difficulty_bits", sale) is None, "no proof of work asked"
+
+    # one sale's share of a tick fails (its room's meta key of the wrong type: Redis refuses
+    # the admission script): counted for that sale and role, the other sale goes on
+    broken = await make_sale(stock=5)
+    meta = services.room.keys(broken.id).meta
+    await redis.delete(meta)
+    await redis.set(meta, "not a hash")
+    pair = Admitter(
+        only(services.sales, priced.id, broken.id),
+        services.room,
+        services.stock,
+        tick_ms=10,
+        refresh_seconds=0,
+        prewarm_lead_seconds=7200,
+        gauges_every_seconds=0,
+    )
+    await pair.step()
+    assert sample("flashsale_sale_failures_total", broken, role="admitter") == 1
+    assert sample("flashsale_sale_failures_total", priced, role="admitter") is None
+    await redis.delete(meta)
 
     exported = exported_names()
     queries = {**dashboard_queries(), **alert_queries()}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import ssl
 import subprocess
@@ -21,6 +22,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,35 @@ RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "Ro
 
 def flashsales(namespace: str, name: str = "") -> str:
     return f"/apis/{GROUP_VERSION}/namespaces/{namespace}/flashsales" + (f"/{name}" if name else "")
+
+
+def flashsale(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A FlashSale manifest."""
+    return {
+        "apiVersion": GROUP_VERSION,
+        "kind": "FlashSale",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def spec_for(opens: datetime, closes: datetime, **extra: Any) -> dict[str, Any]:
+    """A FlashSale spec of 12 units between `opens` and `closes` (UTC), with a sale id of its
+    own, plus `extra` fields."""
+    spec: dict[str, Any] = {
+        "saleId": f"k8s-{secrets.token_hex(4)}",
+        "product": {"name": "Real server sale", "priceCents": 1000, "currency": "EUR"},
+        "inventory": {"quantity": 12},
+        "schedule": {
+            "opensAt": opens.isoformat(),
+            "closesAt": closes.isoformat(),
+            "timeZone": "UTC",
+        },
+        "admission": {"batchSize": 5, "batchIntervalMs": 100, "maxActive": 20},
+        "perShopperLimit": 2,
+    }
+    spec.update(extra)
+    return spec
 
 
 def hpa_path(namespace: str, name: str) -> str:

@@ -92,7 +92,7 @@ def test_the_crd_is_established_with_every_rule_compiled(
     served = flashsale_crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     sent = yaml.safe_load(CRD_FILE.read_text())["spec"]["versions"][0]["schema"]
     rules = list(every_rule(served))
-    assert len(rules) == len(list(every_rule(sent["openAPIV3Schema"]))) == 7
+    assert len(rules) == len(list(every_rule(sent["openAPIV3Schema"]))) == 8
     assert all(rule.get("message") for rule in rules), "every rule says why to people"
     cluster_facts.record("crd_accepted", True)
     cluster_facts.record("crd_cel_rules", len(rules))
@@ -136,6 +136,38 @@ def test_the_server_fills_in_the_defaults(admin: httpx.Client, clean: None) -> N
     assert spec["schedule"]["timeZone"] == "UTC"
     assert (spec["perShopperLimit"], spec["holdSeconds"]) == (2, 300)
     assert spec["product"] == {"name": "Tiny", "priceCents": 0, "currency": "USD"}
+    assert spec["shoppers"] == {
+        "identityRequired": False,
+        "proofOfWork": {"enabled": False, "difficulty": 18},
+    }
+
+
+@pytest.mark.parametrize(
+    "shoppers",
+    [
+        {"identityRequired": True},
+        {"identityRequired": True, "proofOfWork": {"enabled": False, "difficulty": 20}},
+        {"proofOfWork": {"enabled": True}},
+        {"identityRequired": False, "proofOfWork": {"enabled": True, "difficulty": 26}},
+    ],
+)
+def test_who_may_take_a_place_is_accepted(
+    admin: httpx.Client, clean: None, shoppers: dict[str, Any], cluster_facts: Facts
+) -> None:
+    """spec.shoppers: identity or a proof of work (not both: BAD), stored with the defaults
+    of what was left out."""
+    manifest = quantity_sale()
+    manifest["spec"]["shoppers"] = shoppers
+    answer = create(admin, manifest)
+    assert answer.status_code == 201, answer.text
+    stored = answer.json()["spec"]["shoppers"]
+    assert stored["identityRequired"] is shoppers.get("identityRequired", False)
+    sent_pow = shoppers.get("proofOfWork", {})
+    assert stored["proofOfWork"] == {
+        "enabled": sent_pow.get("enabled", False),
+        "difficulty": sent_pow.get("difficulty", 18),
+    }
+    cluster_facts.add("shoppers_specs_accepted")
 
 
 def seat_map(*rows: dict[str, Any]) -> dict[str, Any]:
@@ -285,6 +317,23 @@ BAD: dict[str, tuple[Callable[[dict[str, Any]], None], int, str]] = {
         invalid(
             "[spec.inventory.seatMap.sections: Too many: 101: must have at most 100 items, "
             f"{NOT_CHECKED}]"
+        ),
+    ),
+    "identity required and a proof of work": (
+        lambda s: s.update(shoppers={"identityRequired": True, "proofOfWork": {"enabled": True}}),
+        422,
+        invalid(
+            "spec.shoppers: Invalid value: shoppers.identityRequired and "
+            "shoppers.proofOfWork.enabled cannot both be true: a signed-in shopper has one place "
+            "already, proof of work is for anonymous sales"
+        ),
+    ),
+    "a proof of work harder than 26 bits": (
+        lambda s: s.update(shoppers={"proofOfWork": {"enabled": True, "difficulty": 27}}),
+        422,
+        invalid(
+            "spec.shoppers.proofOfWork.difficulty: Invalid value: 27: "
+            "spec.shoppers.proofOfWork.difficulty in body should be less than or equal to 26"
         ),
     ),
     "no replicas wanted": (

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import signal
 import subprocess
 import time
@@ -36,7 +35,6 @@ from flashsale.waiting_room.services import Services
 from tests.kubernetes.operator_process import (
     ACCOUNT,
     FLASHSALE,
-    GROUP_VERSION,
     TEST_MANAGER,
     Grant,
     Operator,
@@ -45,15 +43,18 @@ from tests.kubernetes.operator_process import (
     create,
     events_of,
     eventually,
+    flashsale,
     flashsales,
     get,
     grant,
     hpa_path,
     operator_environment,
     scaled_objects,
+    spec_for,
 )
 from tests.support import REPO, Admit, redis_server
 from tests.support.facts import Facts
+from tests.support.identity import AUDIENCE, ISSUER, Issuer
 from tests.support.kubernetes import ControlPlane, apply, established, wait_for
 
 ORIGINAL, APPLIED = ANNOTATIONS[HPA]
@@ -71,32 +72,6 @@ def shop(
 ) -> Grant:
     """The chart's operator RBAC for a release in op-system serving op-shop."""
     return grant(kube, admin, folder, "op-system", ["op-shop"])
-
-
-def flashsale(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": GROUP_VERSION,
-        "kind": "FlashSale",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-
-
-def spec_for(opens: datetime, closes: datetime, **extra: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "saleId": f"k8s-{secrets.token_hex(4)}",
-        "product": {"name": "Real server sale", "priceCents": 1000, "currency": "EUR"},
-        "inventory": {"quantity": 12},
-        "schedule": {
-            "opensAt": opens.isoformat(),
-            "closesAt": closes.isoformat(),
-            "timeZone": "UTC",
-        },
-        "admission": {"batchSize": 5, "batchIntervalMs": 100, "maxActive": 20},
-        "perShopperLimit": 2,
-    }
-    spec.update(extra)
-    return spec
 
 
 @pytest.fixture
@@ -265,9 +240,9 @@ async def test_a_flashsale_from_declaration_to_archive_through_a_restart(
         for process in (first, second):
             if process.alive():
                 process.kill()
-    cluster_facts.record("operator_phases_seen", seen)
+    cluster_facts.record("operator_phases", seen)
     cluster_facts.record("operator_restart_lost_nothing", True)
-    cluster_facts.record("operator_rbac_ok", True)
+    cluster_facts.record("rbac_ok", True)
 
 
 def spec_with_defaults(sent: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
@@ -468,8 +443,15 @@ async def test_peering_the_highest_priority_acts(
         ],
     ), err
 
-    low = Operator({**base, "FLASHSALE_OPERATOR_PRIORITY": "0"}, folder / "peer-low.log").start()
-    high = Operator({**base, "FLASHSALE_OPERATOR_PRIORITY": "10"}, folder / "peer-high.log")
+    # POD_ID, as the chart sets it from metadata.name: kopf's identity in the peering records
+    low = Operator(
+        {**base, "FLASHSALE_OPERATOR_PRIORITY": "0", "POD_ID": "flashsale-operator-low"},
+        folder / "peer-low.log",
+    ).start()
+    high = Operator(
+        {**base, "FLASHSALE_OPERATOR_PRIORITY": "10", "POD_ID": "flashsale-operator-high"},
+        folder / "peer-high.log",
+    )
     try:
         await low.ready()
 
@@ -496,6 +478,8 @@ async def test_peering_the_highest_priority_acts(
             30,
         )
         assert await priorities() == [0, 10]
+        live = {name for name, peer in (await peers()).items() if peer and peer.get("lifetime")}
+        assert live == {"flashsale-operator-low", "flashsale-operator-high"}, await peers()
 
         soon = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
         await create(
@@ -729,3 +713,98 @@ async def _sale(services: Services, sale_id: str) -> Any:
         return await services.sales.get(sale_id)
     except SaleNotFound:
         return None
+
+
+async def test_a_sale_requiring_identity_needs_an_identity_provider(
+    admin_async: httpx.AsyncClient, rules_operator: Operator, services: Services
+) -> None:
+    """The server accepts spec.shoppers.identityRequired; an operator whose install has no
+    identity provider refuses it with the field and what to set, and makes no sale."""
+    admin, ns = admin_async, "op-rules"
+    soon = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    spec = spec_for(soon, soon + timedelta(hours=1), shoppers={"identityRequired": True})
+    await create(admin, flashsales(ns), flashsale("gated", spec))
+
+    async def judged() -> dict[str, Any]:
+        return condition(await get(admin, flashsales(ns, "gated")), "Accepted")
+
+    refused = await eventually(judged, "gated is judged")
+    assert (refused["status"], refused["reason"]) == ("False", "Refused"), refused
+    assert refused["message"] == (
+        "spec.shoppers.identityRequired: this install has no identity provider: set "
+        "FLASHSALE_IDENTITY_JWKS_URL (or _FILE), FLASHSALE_IDENTITY_ISSUER and "
+        "FLASHSALE_IDENTITY_AUDIENCE"
+    )
+    assert await _sale(services, spec["saleId"]) is None
+    assert (await admin.delete(flashsales(ns, "gated"))).status_code == 200
+    await eventually(lambda: _gone(admin, flashsales(ns, "gated")), "gated is gone")
+
+
+async def test_who_may_take_a_place_reaches_the_sale(
+    kube: ControlPlane,
+    admin: httpx.Client,
+    admin_async: httpx.AsyncClient,
+    flashsale_crd: dict[str, Any],
+    folder: Path,
+    settings: Settings,
+    services: Services,
+    cluster_facts: Facts,
+) -> None:
+    """spec.shoppers through an operator whose install has an identity provider (a JWKS file,
+    an issuer and an audience, as the chart's identity values set them): identity required
+    and a proof of work of 22 bits become the sales' settings; removing spec.shoppers from
+    the manifest turns the proof of work off (the server defaults it to disabled)."""
+    granted = grant(kube, admin, folder, "op-system", ["op-shoppers"])
+    ns = granted.served[0]
+    issuer = Issuer()
+    issuer.new_key("shop-1")
+    env = operator_environment(
+        settings,
+        granted.kubeconfig,
+        FLASHSALE_OPERATOR_NAMESPACE=ns,
+        FLASHSALE_IDENTITY_JWKS_FILE=str(issuer.write(folder / "jwks.json")),
+        FLASHSALE_IDENTITY_ISSUER=ISSUER,
+        FLASHSALE_IDENTITY_AUDIENCE=AUDIENCE,
+    )
+    operator = Operator(env, folder / "shoppers.log").start()
+    try:
+        await operator.ready()
+        soon = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+        signed = spec_for(soon, soon + timedelta(hours=1), shoppers={"identityRequired": True})
+        priced = spec_for(
+            soon,
+            soon + timedelta(hours=1),
+            shoppers={"proofOfWork": {"enabled": True, "difficulty": 22}},
+        )
+        for name, spec in (("signed", signed), ("priced", priced)):
+            await create(admin_async, flashsales(ns), flashsale(name, spec))
+
+        async def accepted(name: str, generation: int) -> dict[str, Any] | None:
+            found = condition(await get(admin_async, flashsales(ns, name)), "Accepted")
+            return found if found.get("observedGeneration") == generation else None
+
+        for name in ("signed", "priced"):
+            judged = await eventually(lambda n=name: accepted(n, 1), f"{name} is judged")
+            assert judged["status"] == "True", judged
+        sale = await services.sales.get(signed["saleId"])
+        assert (sale.identity_required, sale.pow_difficulty) == (True, 0)
+        sale = await services.sales.get(priced["saleId"])
+        assert (sale.identity_required, sale.pow_difficulty) == (False, 22)
+
+        remove = {"spec": {"shoppers": None}}
+        await merge(admin_async, flashsales(ns, "priced"), remove)
+        stored = (await get(admin_async, flashsales(ns, "priced")))["spec"]["shoppers"]
+        assert stored["proofOfWork"]["enabled"] is False, stored
+        judged = await eventually(lambda: accepted("priced", 2), "the change is judged")
+        assert judged["status"] == "True", judged
+        assert (await services.sales.get(priced["saleId"])).pow_difficulty == 0
+        for name in ("signed", "priced"):
+            assert (await admin_async.delete(flashsales(ns, name))).status_code == 200
+        for name in ("signed", "priced"):
+            await eventually(
+                lambda n=name: _gone(admin_async, flashsales(ns, n)), f"{name} is gone"
+            )
+        assert operator.forbidden() == [], operator.forbidden()
+    finally:
+        assert operator.stop() == 0, operator.tail()
+    cluster_facts.record("operator_maps_shoppers", True)

@@ -13,6 +13,7 @@ deleted namespace stays Terminating (nothing finalizes it).
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 import json
@@ -227,6 +228,20 @@ class ControlPlane:
             )
         )
         path.chmod(0o600)
+        return path
+
+    def portable_kubeconfig(self, source: Path, path: Path) -> Path:
+        """`source` with the CA inlined (certificate-authority-data) and readable by anyone:
+        a kubeconfig that names no other file, for a process that sees other paths or runs as
+        another user (the image's operator, UID 10001 in a mount namespace of its own)."""
+        config = yaml.safe_load(source.read_text())
+        for cluster in config["clusters"]:
+            ca = Path(cluster["cluster"].pop("certificate-authority"))
+            cluster["cluster"]["certificate-authority-data"] = base64.b64encode(
+                ca.read_bytes()
+            ).decode()
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o644)
         return path
 
     def kubectl(

@@ -176,7 +176,9 @@ metadata.annotations of a top-level object, from commonAnnotations plus extra on
 {{/* --- What every FlashSale container shares ------------------------------------------ */}}
 
 {{/*
-Environment of a FlashSale process: (dict "root" $ "tokens" bool "admin" bool "extra" map);
+Environment of a FlashSale process: (dict "root" $ "tokens" bool "admin" bool "identity" bool
+"extra" map); identity: the shop's identity provider (the API verifies shoppers' JWTs with it,
+the operator refuses sales requiring identity without it) and, with tokens, the identity key;
 extra is the role's settings with its extraEnv merged in (extraEnv first: it wins).
 Settings are environment variables only (flashsale/settings.py), so the data-store URLs and
 token keys come from Secrets through secretKeyRef.
@@ -209,6 +211,14 @@ token keys come from Secrets through secretKeyRef.
       key: token-key-previous
       optional: true
 {{- end }}
+{{- if and .tokens .identity }}
+- name: FLASHSALE_IDENTITY_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "flashsale.tokenSecretName" $root | quote }}
+      key: identity-key
+      optional: true
+{{- end }}
 {{- if .admin }}
 - name: FLASHSALE_ADMIN_TOKEN
   valueFrom:
@@ -222,11 +232,64 @@ token keys come from Secrets through secretKeyRef.
       "FLASHSALE_REDIS_CLUSTER" (ternary "false" $v.externalRedis.cluster $v.redis.enabled)
       "FLASHSALE_LOG_LEVEL" $v.config.logLevel
       "FLASHSALE_LOG_JSON" $v.config.logJson -}}
+{{- if .identity }}
+{{- $settings = merge $settings (include "flashsale.identitySettings" $root | fromYaml) }}
+{{- end }}
 {{- /* later wins: the chart's settings, config.extraEnv, the role's own (extra) */}}
 {{- $settings = merge (deepCopy (default dict .extra)) (deepCopy (default dict $v.config.extraEnv)) $settings -}}
 {{- range $name, $value := $settings }}
 - name: {{ $name }}
   value: {{ $value | toString | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* --- The shop's identity provider ------------------------------------------------- */}}
+
+{{/* Where a JWKS from identity.jwksSecret is mounted (read-only) in the API and operator pods. */}}
+{{- define "flashsale.identityJwksDir" -}}/etc/flashsale/identity{{- end -}}
+
+{{/*
+The FLASHSALE_IDENTITY_* settings of identity.* (YAML, name: value); nothing when no provider is
+set. Fails on what the process would refuse at start (flashsale/config.py), so a bad value stops
+`helm install` instead of a crash-looping pod.
+*/}}
+{{- define "flashsale.identitySettings" -}}
+{{- $id := .Values.identity -}}
+{{- if and $id.jwksUrl $id.jwksSecret.name -}}
+{{- fail "identity: set identity.jwksUrl or identity.jwksSecret.name, not both" -}}
+{{- end -}}
+{{- if or $id.jwksUrl $id.jwksSecret.name -}}
+{{- if not (and $id.issuer $id.audience) -}}
+{{- fail "identity: with a JWKS (identity.jwksUrl or identity.jwksSecret.name), identity.issuer and identity.audience are required" -}}
+{{- end -}}
+{{- if $id.jwksUrl }}
+FLASHSALE_IDENTITY_JWKS_URL: {{ $id.jwksUrl | quote }}
+{{- else }}
+FLASHSALE_IDENTITY_JWKS_FILE: {{ printf "%s/jwks.json" (include "flashsale.identityJwksDir" .) | quote }}
+{{- end }}
+FLASHSALE_IDENTITY_ISSUER: {{ $id.issuer | quote }}
+FLASHSALE_IDENTITY_AUDIENCE: {{ $id.audience | quote }}
+FLASHSALE_IDENTITY_ALGORITHMS: {{ $id.algorithms | quote }}
+{{- end -}}
+{{- end -}}
+
+{{/* The JWKS Secret's volume (with flashsale.volumes), when identity.jwksSecret.name is set. */}}
+{{- define "flashsale.identityVolumes" -}}
+{{- with .Values.identity.jwksSecret.name }}
+- name: identity-jwks
+  secret:
+    secretName: {{ . | quote }}
+    items:
+      - key: {{ $.Values.identity.jwksSecret.key | quote }}
+        path: jwks.json
+{{- end }}
+{{- end -}}
+
+{{- define "flashsale.identityVolumeMounts" -}}
+{{- if .Values.identity.jwksSecret.name }}
+- name: identity-jwks
+  mountPath: {{ include "flashsale.identityJwksDir" . }}
+  readOnly: true
 {{- end }}
 {{- end -}}
 
