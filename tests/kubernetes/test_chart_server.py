@@ -180,6 +180,36 @@ def check_operator_rbac(
             assert answer.status_code == 200, answer.text
 
 
+def check_identity(admin: httpx.Client, namespace: str, values: dict[str, Any]) -> None:
+    """The shop's identity provider as the server stored the API and operator Deployments:
+    its settings in both, the JWKS Secret mounted read-only where the settings say; nothing
+    of it where the scenario sets no provider. (No pod runs, so no process reads them here:
+    tests/deploy/test_chart.py parses them as settings.)"""
+    identity = values.get("identity") or {}
+    secret = (identity.get("jwksSecret") or {}).get("name")
+    for role in ("api", "operator"):
+        deployment = admin.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{RELEASE}-{role}")
+        assert deployment.status_code == 200, deployment.text
+        pod = deployment.json()["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert ("FLASHSALE_IDENTITY_ISSUER" in env) == bool(identity), (role, env)
+        if not identity:
+            continue
+        assert env["FLASHSALE_IDENTITY_ISSUER"] == identity["issuer"]
+        assert env["FLASHSALE_IDENTITY_AUDIENCE"] == identity["audience"]
+        assert env.get("FLASHSALE_IDENTITY_JWKS_URL") == identity.get("jwksUrl")
+        mounts = {m["name"]: m for m in container.get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        if secret:
+            path = env["FLASHSALE_IDENTITY_JWKS_FILE"]
+            assert path == f"{mounts['identity-jwks']['mountPath']}/jwks.json"
+            assert mounts["identity-jwks"]["readOnly"] is True
+            assert volumes["identity-jwks"]["secret"]["secretName"] == secret
+        else:
+            assert "identity-jwks" not in volumes
+
+
 def kept_after_uninstall(values: dict[str, Any], hooks: list[dict[str, Any]]) -> set[str]:
     """What `helm uninstall` leaves on purpose (chart README): the token Secret
     (helm.sh/resource-policy: keep) and hook objects other than succeeded Jobs."""
@@ -259,11 +289,15 @@ def test_scenario_installs_upgrades_and_uninstalls(
         for p in ingress["spec"]["rules"][0]["http"]["paths"]
     ] == PUBLIC_PATHS
     check_operator_rbac(kube, admin, namespace, values)
-    token_key = (
-        None
+    generated = (
+        {}
         if values.get("tokens", {}).get("existingSecret")
-        else secret_value(admin, namespace, f"{RELEASE}-tokens", "token-key")
+        else {
+            key: secret_value(admin, namespace, f"{RELEASE}-tokens", key)
+            for key in ("token-key", "admin-token", "identity-key")
+        }
     )
+    check_identity(admin, namespace, values)
     cluster_facts.add("chart_scenarios_installed")
 
     # upgrade: a changed value reaches the cluster, generated keys stay (lookup), hooks rerun
@@ -278,8 +312,8 @@ def test_scenario_installs_upgrades_and_uninstalls(
         e["name"]: e.get("value") for e in api["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert env["FLASHSALE_LOG_LEVEL"] == "ERROR"
-    if token_key is not None:
-        assert secret_value(admin, namespace, f"{RELEASE}-tokens", "token-key") == token_key
+    for key, value in generated.items():
+        assert secret_value(admin, namespace, f"{RELEASE}-tokens", key) == value, key
     cluster_facts.add("chart_scenarios_upgraded")
 
     # uninstall: only what the chart keeps on purpose is left, cluster-wide objects included
