@@ -9,9 +9,11 @@ Redis wrongly believed existed): then the payment is refunded and the order ends
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -40,6 +42,8 @@ from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.seating import Layout
 from flashsale.waiting_room.stock import PERSISTER_GROUP, Stock
 from flashsale.waiting_room.tokens import Claims
+
+log = logging.getLogger(__name__)
 
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 # while the provider is failing a hold is kept at least this long after a refused attempt
@@ -620,7 +624,9 @@ class Purchases:
             await asyncio.sleep(0.05)
 
     async def cancel(self, sale: Sale, visitor: str, order_id: str) -> dict[str, Any]:
-        """Cancel a hold (stock returns) or a confirmed order (refund, then stock returns)."""
+        """Cancel a hold (stock returns) or a confirmed order: recorded in PostgreSQL first
+        (`cancelling`), then refunded, then its stock returns (`finish_cancel`). A retry, or
+        the persister's sweep, finishes a cancellation that was interrupted."""
         order = await self.order(sale, visitor, order_id)
         if order["status"] == "held":
             # the admission stays active: a shopper who cancels a hold (to choose other seats,
@@ -646,40 +652,64 @@ class Purchases:
                 retry_after=2,
                 order=order,
             )
-        if order["status"] != "confirmed":
+        if order["status"] not in ("confirmed", "cancelling"):
             raise PurchaseRefused(
                 Refusal.CONFLICT,
                 f"order_{order['status']}",
                 f"an order that is {order['status']} cannot be cancelled",
                 order=order,
             )
+        # the intent first: nothing is refunded that PostgreSQL does not know is being
+        # cancelled (down now: a 503, and nothing has happened)
+        async with self.pool.acquire() as conn:
+            recorded = await ledger.begin_cancel(conn, sale.id, order_id)
+        if recorded not in ("cancelling", "cancelled"):
+            raise PurchaseRefused(
+                Refusal.CONFLICT,
+                f"order_{recorded}",
+                f"an order that is {recorded} cannot be cancelled",
+                order=order,
+            )
+        await self.finish_cancel(sale, order_id)
+        return await self.order(sale, visitor, order_id)
+
+    async def finish_cancel(self, sale: Sale, order_id: str) -> None:
+        """The rest of a cancellation PostgreSQL has recorded: refund, the stock back in
+        Redis, the order `cancelled` in PostgreSQL. Every step is idempotent (the provider
+        refunds an order once; the release acts only on a confirmed order; PostgreSQL ends
+        only a `cancelling` one), so it is safe to run again after any interruption. The
+        release also goes to the stream, so the persister ends the order in PostgreSQL in
+        stream order if this process cannot: before any later hold takes its units."""
         try:
             await self.payments.refund(order_id)
         except ProviderError as exc:
             retry = getattr(exc, "retry_after", None) or 5.0
             raise PurchaseRefused(
                 Refusal.UNAVAILABLE,
-                "payment_unavailable",
-                "the refund could not be made now; try again shortly",
+                "refund_pending",
+                "the cancellation is recorded but the refund could not be made now; it will "
+                "be: ask again shortly",
                 retry_after=retry,
             ) from exc
-        async with self.pool.acquire() as conn, conn.transaction():
-            await ledger.lock_inventory(conn, sale.id)
-            await ledger.release_orders(
-                conn,
-                [Release(order_id, "cancelled", "cancelled and refunded")],
-                from_status="confirmed",
-            )
         await self._release(
             sale,
             order_id,
             status="cancelled",
-            reason="cancelled and refunded",
+            reason=ledger.CANCELLED,
             leaving="confirmed",
             counter="sold",
-            emit=False,
+            emit=True,
         )
-        return await self.order(sale, visitor, order_id)
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await ledger.lock_inventory(conn, sale.id)
+                await ledger.release_orders(
+                    conn, [Release(order_id, "cancelled", ledger.CANCELLED, "cancelling")]
+                )
+        except UNAVAILABLE:
+            # refunded and released: what is left is the stream's release, which the
+            # persister writes once PostgreSQL answers (and the sweep, if Redis lost it)
+            log.warning("cancellation left to the persister", extra={"order": order_id})
 
     async def mark_failed(self, sale: Sale, order_id: str, reason: str) -> None:
         """PostgreSQL refused a hold: end it in Redis as `failed`. Refused for stock or seats,
@@ -737,46 +767,108 @@ class Purchases:
     # -- expiry ----------------------------------------------------------------------------
 
     async def sweep(self, sale: Sale, *, limit: int = 200) -> dict[str, int]:
-        """Release holds past their expiry, unless their payment in fact went through (then
-        confirm them). While the provider cannot be asked, holds that tried to pay are kept."""
+        """The whole sweep: `expire`, then `settle` (the persister runs them as tasks of their
+        own, so the first never waits on the second's PostgreSQL or provider)."""
+        counts = await self.expire(sale, limit=limit)
+        for name, n in (await self.settle(sale, limit=limit)).items():
+            counts[name] = counts.get(name, 0) + n
+        return counts
+
+    async def _due(self, sale: Sale, limit: int) -> list[tuple[str, dict[str, str]]]:
+        """Open holds past their expiry, with their fields; entries of holds that have
+        ended meanwhile are dropped from the set."""
         keys = self.keys(sale.id)
-        now = self.now_ms()
-        due = texts(await self.redis.zrangebyscore(keys.holds, "-inf", now, start=0, num=limit))
-        counts = {"expired": 0, "confirmed": 0, "kept": 0}
-        payment_window = int(self.payments.timeout_s * 2000)
+        due = texts(
+            await self.redis.zrangebyscore(keys.holds, "-inf", self.now_ms(), start=0, num=limit)
+        )
+        found = []
         for order_id in due:
             fields = await self._hold_fields(sale.id, order_id)
-            status = fields.get("status")
-            if status not in ("held", "paying"):
+            if fields.get("status") not in ("held", "paying"):
                 await self.redis.zrem(keys.holds, order_id)
                 continue
-            if status == "paying" and now - int(fields.get("paying_since") or 0) < payment_window:
-                counts["kept"] += 1  # a payment is under way right now
-                continue
-            if fields.get("pay_attempted") == "1":
-                try:
-                    paid = await self.payments.status(order_id)
-                except ProviderError:
-                    counts["kept"] += 1
-                    continue
-                if paid is PaymentStatus.PAID:
-                    try:
-                        await self.settle_paid(
-                            sale, HoldRecord.from_fields(fields), f"late-{order_id}"
-                        )
-                        counts["confirmed"] += 1
-                    except PurchaseRefused:
-                        pass  # refused by the database and refunded; nothing to release
-                    continue
-            outcome = await self._release(
-                sale,
-                order_id,
-                status="released",
-                reason="hold expired",
-                leaving="held,paying",
-                counter="held",
-                emit=True,
-            )
-            if outcome == "ok":
+            found.append((order_id, fields))
+        return found
+
+    async def _expire_one(self, sale: Sale, order_id: str) -> bool:
+        outcome = await self._release(
+            sale,
+            order_id,
+            status="released",
+            reason="hold expired",
+            leaving="held,paying",
+            counter="held",
+            emit=True,
+        )
+        return outcome == "ok"
+
+    async def expire(self, sale: Sale, *, limit: int = 200) -> dict[str, int]:
+        """Release holds past their expiry that never tried to pay: Redis alone (the release
+        reaches PostgreSQL through the stream), so their stock returns while PostgreSQL or the
+        payment provider is down. Holds that tried to pay are `settle`'s."""
+        counts = {"expired": 0}
+        for order_id, fields in await self._due(sale, limit):
+            if fields.get("pay_attempted") != "1" and await self._expire_one(sale, order_id):
                 counts["expired"] += 1
         return counts
+
+    async def settle(
+        self, sale: Sale, *, limit: int = 200, cancelling_after_s: float | None = None
+    ) -> dict[str, int]:
+        """Holds past their expiry that tried to pay: confirm those the provider says were
+        paid, release the others; while the provider or PostgreSQL cannot be asked they are
+        kept. Then finish the cancellations an interruption left `cancelling` for longer than
+        `cancelling_after_s` (default: twice the provider's timeout, so never one still under
+        way)."""
+        now = self.now_ms()
+        counts = {"expired": 0, "confirmed": 0, "kept": 0, "cancelled": 0}
+        payment_window = int(self.payments.timeout_s * 2000)
+        for order_id, fields in await self._due(sale, limit):
+            if fields.get("pay_attempted") != "1":
+                continue
+            if (
+                fields["status"] == "paying"
+                and now - int(fields.get("paying_since") or 0) < payment_window
+            ):
+                counts["kept"] += 1  # a payment is under way right now
+                continue
+            try:
+                paid = await self.payments.status(order_id)
+            except ProviderError:
+                counts["kept"] += 1
+                continue
+            if paid is not PaymentStatus.PAID:
+                counts["expired"] += await self._expire_one(sale, order_id)
+                continue
+            try:
+                await self.settle_paid(sale, HoldRecord.from_fields(fields), f"late-{order_id}")
+                counts["confirmed"] += 1
+            except PurchaseRefused:
+                pass  # refused by the database and refunded; nothing to release
+            except UNAVAILABLE:  # PostgreSQL: kept for the next sweep, as are the rest
+                counts["kept"] += 1
+                return counts
+        if cancelling_after_s is None:
+            cancelling_after_s = 2 * self.payments.timeout_s
+        with contextlib.suppress(*UNAVAILABLE):  # PostgreSQL: the next sweep asks again
+            counts["cancelled"] = await self._finish_cancellations(sale, cancelling_after_s, limit)
+        return counts
+
+    async def _finish_cancellations(self, sale: Sale, after_s: float, limit: int) -> int:
+        """Finish cancellations recorded in PostgreSQL that nobody finished (the process that
+        began one died, or the provider or PostgreSQL failed half-way); how many ended."""
+        rows = await self.pool.fetch(
+            "SELECT id::text AS id FROM orders WHERE sale_id = $1 AND status = 'cancelling'"
+            " AND updated_at < now() - make_interval(secs => $2) ORDER BY updated_at LIMIT $3",
+            sale.id,
+            after_s,
+            limit,
+        )
+        finished = 0
+        for row in rows:
+            try:
+                await self.finish_cancel(sale, row["id"])
+            except PurchaseRefused:  # the provider cannot refund now: the next sweep retries
+                continue
+            finished += 1
+        return finished
