@@ -50,6 +50,8 @@ IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 HOLD_GRACE_MS = 60_000
 # a payment taken while PostgreSQL cannot confirm it: the shopper is asked to come back then
 CONFIRM_RETRY_S = 2.0
+# how long a shopper's list of orders waits for PostgreSQL before it is Redis's alone
+ORDERS_READ_S = 2.0
 # a paid hold waits at most this long for a live persister to write it before confirming
 PERSIST_WAIT_S = 5.0
 # a persister that was handed entries this recently is live (Redis < 7.2 counts a consumer's
@@ -442,8 +444,13 @@ class Purchases:
 
     async def orders(self, sale: Sale, visitor: str) -> list[dict[str, Any]]:
         """The shopper's orders, oldest first: PostgreSQL's record, overlaid with Redis's
-        fresher view of holds the persister has not written yet."""
-        found = await self._from_db(sale, None, visitor)
+        fresher view of holds the persister has not written yet. With PostgreSQL down or
+        stalled (no answer within ORDERS_READ_S), Redis's view alone: it holds every order
+        made since the sale was loaded there, so the shopper's page goes on working."""
+        try:
+            found = await asyncio.wait_for(self._from_db(sale, None, visitor), ORDERS_READ_S)
+        except UNAVAILABLE:
+            found = {}
         ids = texts(await self.redis.lrange(self.keys(sale.id).shopper_orders(visitor), 0, -1))
         if ids:
             async with self.redis.pipeline(transaction=False) as pipe:

@@ -13,19 +13,23 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import asyncpg
 import httpx
+import pytest
 from redis.asyncio import Redis
 
 from flashsale.config import Settings
 from flashsale.waiting_room.admitter import Admitter
+from flashsale.waiting_room.db import UNAVAILABLE
 from flashsale.waiting_room.persister import RETRY_POSTGRES_S, Persister
 from flashsale.waiting_room.room import WaitingRoom
 from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.services import SALE_TTL_S
 from flashsale.waiting_room.tokens import Claims, Signer
 from tests.support import Clock, app_for, only, sale_body
-from tests.support.relay import relayed, through_relay
+from tests.support.relay import Relay, relayed, through_relay
 
 MakeSale = Callable[..., Awaitable[Sale]]
 Admit = Callable[..., Awaitable[list[Claims]]]
@@ -67,6 +71,10 @@ async def test_holds_go_on_and_payments_answer_503_while_postgresql_is_down(
             held = await hold(second)
             assert held.status_code == 201, held.text
             order_id = held.json()["id"]
+            # the shopper's list of orders is Redis's alone meanwhile
+            listed = await client.get(f"{base}/orders", headers={"X-Visitor-Id": second.visitor})
+            assert listed.status_code == 200, listed.text
+            assert [o["id"] for o in listed.json()["orders"]] == [order_id]
             paid = await client.post(
                 f"{base}/orders/{order_id}/pay",
                 headers={"X-Visitor-Id": second.visitor},
@@ -159,8 +167,9 @@ async def test_holds_do_not_wait_for_a_stalled_postgresql(
     signer: Signer,
 ) -> None:
     """PostgreSQL stalled (SIGSTOP: connections open, no answer; here for a minute): a hold
-    whose sale is due for a re-read is answered at once from the copy in hand. The API used to
-    re-read it inline, and every hold waited for the stalled PostgreSQL until its timeout."""
+    whose sale is due for a re-read is answered at once from the copy in hand, and the
+    shopper's orders from Redis after a short wait. The API used to re-read the sale inline,
+    and every hold waited for the stalled PostgreSQL until its timeout."""
     async with through_relay(settings, redis, raw_redis, room, clock, command_timeout=60) as (
         services,
         relay,
@@ -189,6 +198,14 @@ async def test_holds_do_not_wait_for_a_stalled_postgresql(
             assert held.status_code == 201, held.text
             info = await asyncio.wait_for(client.get(f"/api/sales/{sale.id}"), timeout=20)
             assert info.status_code == 200, info.text
+            listed = await asyncio.wait_for(
+                client.get(
+                    f"/api/sales/{sale.id}/orders", headers={"X-Visitor-Id": second.visitor}
+                ),
+                timeout=20,
+            )
+            assert listed.status_code == 200, listed.text
+            assert [o["id"] for o in listed.json()["orders"]] == [held.json()["id"]]
             relay.resume()
 
 
@@ -370,3 +387,58 @@ async def test_the_persister_expires_holds_while_postgresql_is_stalled(
         )
         assert {r["id"]: r["status"] for r in statuses} == {o: "released" for o in held}
         await persister.close()
+
+
+# -- a change of stock whose commit fails ------------------------------------------------------
+
+
+class CutAfterRestock(WaitingRoom):
+    """A room whose next restock cuts PostgreSQL off right after Redis took the new stock:
+    before the transaction that changes it in PostgreSQL commits."""
+
+    relay: Relay | None = None
+
+    async def restock(self, sale_id: str, stock: int) -> list[Any]:
+        result = await super().restock(sale_id, stock)
+        if self.relay is not None:
+            await self.relay.cut()
+            self.relay = None
+        return result
+
+
+async def test_a_stock_change_whose_commit_failed_is_not_applied_twice_by_the_retry(
+    settings: Settings,
+    redis: Redis,
+    raw_redis: Redis,
+    clock: Clock,
+    signer: Signer,
+    pool: asyncpg.Pool,
+) -> None:
+    """Redis changes the stock inside the transaction that changes PostgreSQL's; PostgreSQL
+    lost before the commit leaves Redis at the new stock and PostgreSQL at the old. The
+    admin's (or the operator's) retry then changes it in PostgreSQL, and Redis stays at the
+    new stock. Redis used to be given the change, not the stock, and applied it twice: a sale
+    of 10 raised to 15 offered 20 in Redis, which PostgreSQL then refused as oversold."""
+    room = CutAfterRestock(redis, settings, signer, clock=clock)
+    async with through_relay(settings, redis, raw_redis, room, clock) as (services, relay):
+        sale = await services.sales.create(sale_body(stock=10))
+        await services.stock.prewarm(sale)
+        keys = room.keys(sale.id)
+        room.relay = relay
+        with pytest.raises(UNAVAILABLE):
+            await services.sales.update(sale.id, {"stock": 15})
+        assert (
+            await pool.fetchval("SELECT stock FROM sale_inventory WHERE sale_id = $1", sale.id)
+            == 10
+        )
+        assert await redis.hmget(keys.inventory, ["stock", "avail"]) == ["15", "15"]
+
+        await relay.mend()
+        await services.sales.update(sale.id, {"stock": 15})  # the retry
+        assert (
+            await pool.fetchval("SELECT stock FROM sale_inventory WHERE sale_id = $1", sale.id)
+            == 15
+        )
+        assert await redis.hmget(keys.inventory, ["stock", "avail"]) == ["15", "15"]
+        report = await services.stock.reconcile(await services.sales.get(sale.id))
+        assert report.ok, report.differences
