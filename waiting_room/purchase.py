@@ -131,6 +131,18 @@ def request_fingerprint(sale_id: str, visitor: str, quantity: int, seats: list[i
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
+def confirmation_pending() -> PurchaseRefused:
+    """A payment that went through and that PostgreSQL cannot confirm yet: the shopper is
+    asked to come back (the retry, or the expiry sweep, confirms it on that very charge)."""
+    return PurchaseRefused(
+        Refusal.UNAVAILABLE,
+        "confirmation_pending",
+        "the payment went through but the order cannot be confirmed right now; it will be: "
+        "ask again shortly",
+        retry_after=CONFIRM_RETRY_S,
+    )
+
+
 def key_reused() -> PurchaseRefused:
     return PurchaseRefused(
         Refusal.INVALID,
@@ -477,6 +489,10 @@ class Purchases:
             keys=[keys.hold(order_id), keys.holds], args=[self.now_ms(), "begin", 0]
         )
         if began[0] == "expired":
+            if fields.get("pay_attempted") == "1":
+                # an earlier attempt may have been charged (the retry of a payment answered
+                # `confirmation_pending`, say): never "expired" for a payment that went through
+                return await self._paid_late(sale, order_id, fields)
             raise PurchaseRefused(Refusal.GONE, "hold_expired", "the hold expired before payment")
         if began[0] != "ok":
             return self._settled(await self.order(sale, visitor, order_id))
@@ -535,13 +551,29 @@ class Purchases:
             # charged, not yet confirmed: held again, so the shopper's retry confirms it on
             # this very charge (or the expiry sweep does, asking the provider first)
             await asyncio.shield(self._abort_payment(sale, order_id, 0))
+            raise confirmation_pending() from exc
+        return self._settled(settled)
+
+    async def _paid_late(self, sale: Sale, order_id: str, fields: dict[str, str]) -> dict[str, Any]:
+        """A payment retried after its hold expired: confirmed if the provider says an
+        earlier attempt was paid (as the expiry sweep would), else the hold has expired."""
+        try:
+            paid = await self.payments.status(order_id)
+        except ProviderError as exc:
             raise PurchaseRefused(
                 Refusal.UNAVAILABLE,
-                "confirmation_pending",
-                "the payment went through but the order cannot be confirmed right now; it "
-                "will be: ask again shortly",
-                retry_after=CONFIRM_RETRY_S,
+                "payment_unavailable",
+                "the payment provider is not answering; try again shortly",
+                retry_after=max(1.0, self.payments.breaker.retry_after()),
             ) from exc
+        if paid is not PaymentStatus.PAID:
+            raise PurchaseRefused(Refusal.GONE, "hold_expired", "the hold expired before payment")
+        try:
+            settled = await self.settle_paid(
+                sale, HoldRecord.from_fields(fields), f"late-{order_id}"
+            )
+        except UNAVAILABLE as exc:
+            raise confirmation_pending() from exc
         return self._settled(settled)
 
     async def _abort_payment(self, sale: Sale, order_id: str, keep_ms: int) -> None:

@@ -24,6 +24,7 @@ from flashsale.config import Settings
 from flashsale.waiting_room.admitter import Admitter
 from flashsale.waiting_room.db import UNAVAILABLE
 from flashsale.waiting_room.persister import RETRY_POSTGRES_S, Persister
+from flashsale.waiting_room.purchase import PurchaseRefused, Refusal
 from flashsale.waiting_room.room import WaitingRoom
 from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.services import SALE_TTL_S
@@ -96,6 +97,45 @@ async def test_holds_go_on_and_payments_answer_503_while_postgresql_is_down(
                 json={"payment_token": "tok_approve"},
             )
             assert again.status_code == 200 and again.json()["status"] == "confirmed", again.text
+
+
+async def test_a_payment_retried_after_its_hold_expired_is_confirmed_not_refused(
+    settings: Settings,
+    redis: Redis,
+    raw_redis: Redis,
+    room: WaitingRoom,
+    clock: Clock,
+    make_sale: MakeSale,
+    admit: Admit,
+) -> None:
+    """The shopper retries a payment answered `confirmation_pending` as told, and its hold
+    expires meanwhile (the outage lasts longer than the hold): the retry asks the provider, and
+    the charge that went through is confirmed, never answered "hold expired". Found by the
+    chaos run (`postgres-down-15s`): shoppers were told 410 `hold_expired`, and the expiry
+    sweep confirmed their orders later."""
+    async with through_relay(settings, redis, raw_redis, room, clock) as (services, relay):
+        purchases = services.purchases
+        sale = await make_sale(stock=3, price_cents=900, hold_seconds=30)
+        await services.stock.prewarm(sale)
+        [shopper] = await admit(sale, 1)
+        order_id = (await purchases.hold(sale, shopper, quantity=1)).order["id"]
+        await relay.cut()
+
+        async def pay_refused() -> str:
+            with pytest.raises(PurchaseRefused) as refused:
+                await purchases.pay(sale, shopper.visitor, order_id, "tok_approve")
+            assert refused.value.kind is Refusal.UNAVAILABLE and refused.value.retry_after
+            return refused.value.code
+
+        assert await pay_refused() == "confirmation_pending"
+        clock.advance(sale.hold_seconds + 1)  # the hold expires; PostgreSQL is still down
+        assert await pay_refused() == "confirmation_pending"
+        await relay.mend()
+        paid = await purchases.pay(sale, shopper.visitor, order_id, "tok_approve")
+        assert paid["status"] == "confirmed"
+        status = await services.pool.fetchval("SELECT status FROM orders WHERE id = $1", order_id)
+        assert status == "confirmed"
+        assert (await purchases.stock.reconcile(sale)).ok
 
 
 # -- readiness ---------------------------------------------------------------------------------
