@@ -455,7 +455,9 @@ SCHEMAS["Order"] = {
     "properties": {
         "id": {"type": "string", "format": "uuid"},
         "sale": {"type": "string"},
-        "status": {"enum": ["held", "paying", "confirmed", "released", "failed", "cancelled"]},
+        "status": {
+            "enum": ["held", "paying", "confirmed", "cancelling", "released", "failed", "cancelled"]
+        },
         "quantity": {"type": "integer"},
         "seats": {
             "type": "array",
