@@ -233,10 +233,10 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/readyz": {
         "get": {
-            "summary": "Readiness: Redis and PostgreSQL answer",
+            "summary": "Readiness: Redis answers (PostgreSQL is reported, not required)",
             "responses": {
-                "200": _json({"type": "object"}, "Ready"),
-                "503": _json({"type": "object"}, "A dependency is down"),
+                "200": _json({"type": "object"}, "Ready, or degraded: PostgreSQL is down"),
+                "503": _json({"type": "object"}, "Redis is down"),
             },
         }
     },
@@ -455,7 +455,9 @@ SCHEMAS["Order"] = {
     "properties": {
         "id": {"type": "string", "format": "uuid"},
         "sale": {"type": "string"},
-        "status": {"enum": ["held", "paying", "confirmed", "released", "failed", "cancelled"]},
+        "status": {
+            "enum": ["held", "paying", "confirmed", "cancelling", "released", "failed", "cancelled"]
+        },
         "quantity": {"type": "integer"},
         "seats": {
             "type": "array",

@@ -428,7 +428,8 @@ class Outcome:
     healed_at: float = 0.0
     verdict: Verdict | None = None
     recovery_s: float | None = None
-    during_5xx: int = 0
+    during_5xx: int = 0  # every 5xx: the API's designed 503s with Retry-After and the others
+    during_retry_after: int = 0  # the API's 503 with Retry-After (an outage, said so)
     after_5xx: int = 0
     during_unanswered: int = 0
     after_unanswered: int = 0
@@ -437,12 +438,15 @@ class Outcome:
     dead_letters: int = 0
     confirmed_seen: int = 0
     settled: bool = False
-    errors: dict[str, int] = field(default_factory=dict)  # "kind status" -> count, 5xx or none
+    # "kind status [who code]" -> count, of the 5xx and the requests without an answer
+    errors: dict[str, int] = field(default_factory=dict)
+    # "kind status" -> count, of every answer during the fault
+    answered_during: dict[str, int] = field(default_factory=dict)
     repaired: str = ""
     error: str = ""
     steps: list[tuple[float, str]] = field(default_factory=list)
     probes: list[tuple[float, bool]] = field(default_factory=list)
-    events: list[tuple[float, str, int]] = field(default_factory=list)
+    events: list[tuple[float, str, int, str]] = field(default_factory=list)
     sold_over_time: list[tuple[float, int]] = field(default_factory=list)
 
     @property
@@ -575,8 +579,8 @@ def make_outcome(
     during the fault (until it healed and the service answered again) and after it."""
     recovery_s, back = recovery(probes, struck)
     end_of_fault = max(back, healed)
-    during = [s for t, _, s in crowd.events if struck <= t <= end_of_fault]
-    after = [s for t, _, s in crowd.events if t > end_of_fault]
+    during = [(k, s, by) for t, k, s, by in crowd.events if struck <= t <= end_of_fault]
+    after = [s for t, _, s, _ in crowd.events if t > end_of_fault]
     return Outcome(
         fault=fault,
         sale=sale_id,
@@ -584,9 +588,10 @@ def make_outcome(
         healed_at=healed,
         verdict=verdict,
         recovery_s=round(recovery_s, 2),
-        during_5xx=sum(1 for s in during if s >= 500),
+        during_5xx=sum(1 for _, s, _ in during if s >= 500),
+        during_retry_after=sum(1 for _, s, by in during if s == 503 and by.endswith("retry-after")),
         after_5xx=sum(1 for s in after if s >= 500),
-        during_unanswered=sum(1 for s in during if s == 0),
+        during_unanswered=sum(1 for _, s, _ in during if s == 0),
         after_unanswered=sum(1 for s in after if s == 0),
         sold=facts.ledger.sold,
         stock=facts.ledger.stock,
@@ -595,10 +600,13 @@ def make_outcome(
         settled=settled_at is not None,
         errors=dict(
             Counter(
-                f"{kind} {status or 'no answer'}"
-                for _, kind, status in crowd.events
+                f"{kind} {status or 'no answer'}" + (f" {by}" if by else "")
+                for _, kind, status, by in crowd.events
                 if status >= 500 or status == 0
             ).most_common()
+        ),
+        answered_during=dict(
+            Counter(f"{kind} {status or 'no answer'}" for kind, status, _ in during).most_common()
         ),
         repaired=repaired,
         steps=steps,
@@ -614,6 +622,7 @@ HEADERS = (
     "fault",
     "recovery s",
     "5xx during",
+    "of which 503 Retry-After",
     "5xx after",
     "no answer during",
     "no answer after",
@@ -637,6 +646,7 @@ def table_rows(outcomes: Sequence[Outcome]) -> list[list[Any]]:
                 o.fault.name,
                 o.recovery_s,
                 o.during_5xx,
+                o.during_retry_after,
                 o.after_5xx,
                 o.during_unanswered,
                 o.after_unanswered,
@@ -657,12 +667,12 @@ def plot_fault(folder: Path, n: int, o: Outcome) -> str | None:
     """Answers per second by kind, and units sold, over the fault's sale."""
     if not o.events:
         return None
-    start = min(t for t, _, _ in o.events)
-    end = max(t for t, _, _ in o.events)
+    start = min(t for t, _, _, _ in o.events)
+    end = max(t for t, _, _, _ in o.events)
     kinds = {
-        "2xx-4xx": [t for t, _, s in o.events if 0 < s < 500],
-        "5xx": [t for t, _, s in o.events if s >= 500],
-        "no answer": [t for t, _, s in o.events if s == 0],
+        "2xx-4xx": [t for t, _, s, _ in o.events if 0 < s < 500],
+        "5xx": [t for t, _, s, _ in o.events if s >= 500],
+        "no answer": [t for t, _, s, _ in o.events if s == 0],
     }
     lines: list[tuple[str, Sequence[float], Sequence[float]]] = []
     for label, times in kinds.items():
@@ -708,7 +718,9 @@ def write_report(
         "Recovery: from the strike until /readyz through HAProxy answered 200 again (0: it "
         "never stopped). 5xx and requests that got no answer are counted during the fault "
         "(until it healed and the service answered again) and after it; the shoppers retried "
-        "them.",
+        "them. Of the 5xx, the API's 503 with Retry-After is its designed answer to an outage "
+        "(a data store not answering, a payment taken that cannot be confirmed yet); the rest "
+        "(a 500, HAProxy with no server to send it to) are not.",
         "",
         *markdown_table(HEADERS, table_rows(outcomes)),
         "",
@@ -731,9 +743,14 @@ def write_report(
                 "answer no shopper got"
             )
             lines += [f"- PROBLEM: {p}" for p in o.verdict.problems]
+        if o.answered_during:
+            lines.append(
+                "- answered during the fault: "
+                + ", ".join(f"{what}: {n}" for what, n in o.answered_during.items())
+            )
         if o.errors:
             lines.append(
-                "- answers the shoppers retried: "
+                "- 5xx and requests without an answer (the shoppers retried them): "
                 + ", ".join(f"{what}: {n}" for what, n in o.errors.items())
             )
         image = plot_fault(folder, n, o)
@@ -841,7 +858,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "ok": o.ok,
                     "recovery_s": o.recovery_s,
                     "5xx_during": o.during_5xx,
+                    "503_retry_after_during": o.during_retry_after,
                     "5xx_after": o.after_5xx,
+                    "answered_during": o.answered_during,
                     "retried": o.errors,
                     "problems": o.verdict.problems if o.verdict else [o.error],
                 }

@@ -19,6 +19,7 @@ from prometheus_client import Counter, Gauge
 
 from flashsale.waiting_room.isolation import PerSale
 from flashsale.waiting_room.pow import Pace, difficulty
+from flashsale.waiting_room.refreshed import Refreshed
 from flashsale.waiting_room.room import Counters, NoSuchRoom, WaitingRoom
 from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.sales import Sales
@@ -111,7 +112,9 @@ class Admitter:
         self.tick = tick_ms / 1000
         self.refresh_seconds = refresh_seconds
         self._live: list[Sale] = []
-        self._refreshed = 0.0
+        # the live sales, re-read from PostgreSQL in the background: admission needs only
+        # Redis and goes on, on the list in hand, while PostgreSQL is down or stalled
+        self._listing = Refreshed(self.sales.live, every=refresh_seconds, what="live sales")
         self.gauges_every = gauges_every_seconds
         self._gauged = 0.0
         self._gauged_sales: set[str] = set()
@@ -124,7 +127,7 @@ class Admitter:
             while not stop.is_set():
                 try:
                     await self.step()
-                except Exception:  # PostgreSQL did not list the sales: the next tick retries
+                except Exception:  # no list of sales yet (PostgreSQL): the next tick retries
                     log.exception("admitter tick failed")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.tick)
@@ -135,9 +138,7 @@ class Admitter:
     async def step(self) -> None:
         """One tick: every live sale's pre-warm (when due), batch and gauges, each sale on
         its own."""
-        if time.monotonic() - self._refreshed >= self.refresh_seconds:
-            self._live = await self.sales.live()
-            self._refreshed = time.monotonic()
+        self._live = await self._listing.get()
         now = datetime.now(UTC)
         gauges = time.monotonic() - self._gauged >= self.gauges_every
         if gauges:

@@ -44,6 +44,7 @@ from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import AbstractConnection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import (
     AskError,
+    BusyLoadingError,
     ClusterDownError,
     MovedError,
     NoScriptError,
@@ -63,10 +64,18 @@ Arg = str | bytes | int | float
 _pack = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
 
 
+class Loading(BusyLoadingError, ResponseError):
+    """LOADING: the server is reading its data back after a restart and runs nothing yet. An
+    outage (a ConnectionError, as redis-py's BusyLoadingError: the API answers 503), carried
+    as the error reply it is."""
+
+
 def _reply_error(message: str) -> ResponseError:
     """An error reply as the exception redis-py raises for it (the cluster's redirections
     carry their slot and node)."""
     kind, _, rest = message.partition(" ")
+    if kind == "LOADING":
+        return Loading(message)
     if kind == "MOVED":
         return MovedError(rest)
     if kind == "ASK":

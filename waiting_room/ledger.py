@@ -19,6 +19,9 @@ import asyncpg
 
 from flashsale.waiting_room.db import Connection, one
 
+CANCELLING = "cancelled by the shopper; the refund is under way"
+CANCELLED = "cancelled and refunded"
+
 REFUSALS = {
     "inventory_never_oversold": "sold out: the database refused a hold beyond the stock",
     "shopper_within_limit": "the per-shopper limit is reached",
@@ -78,6 +81,34 @@ class Release:
     order_id: str
     status: str  # released | cancelled
     reason: str
+    # the status it ends from: a hold (`held`), or an order whose cancellation was recorded
+    # (`cancelling`: confirmed, refund under way); any other status leaves it as it is
+    from_status: str = "held"
+
+
+async def begin_cancel(conn: Connection, sale_id: str, order_id: str) -> str:
+    """Record that a confirmed order is being cancelled (`confirmed` -> `cancelling`) before
+    the refund is asked for: an interruption anywhere later leaves a row that says what is
+    left to do, and the sweeper finishes it. Its units stay sold until the cancellation ends.
+    Returns the order's status now (`cancelling`, or what it already was)."""
+    async with conn.transaction():
+        await lock_inventory(conn, sale_id)
+        row = await conn.fetchrow(
+            "UPDATE orders SET status = 'cancelling', reason = $2, updated_at = now()"
+            " WHERE id = $1 AND status = 'confirmed' RETURNING status",
+            order_id,
+            CANCELLING,
+        )
+        if row is not None:
+            await conn.execute(
+                "INSERT INTO order_events (order_id, status, reason) VALUES ($1, $2, $3)",
+                order_id,
+                "cancelling",
+                CANCELLING,
+            )
+            return "cancelling"
+        current = await conn.fetchval("SELECT status FROM orders WHERE id = $1", order_id)
+        return str(current) if current is not None else "missing"
 
 
 @dataclass
@@ -244,17 +275,16 @@ async def record_holds(
     return applied
 
 
-async def release_orders(
-    conn: Connection, releases: Iterable[Release], *, from_status: str = "held"
-) -> int:
-    """End orders (held -> released/cancelled, or confirmed -> cancelled) and give their
-    units back; orders not in `from_status` are left alone, which makes replays harmless."""
-    counter = "held" if from_status == "held" else "sold"
-    by_status: dict[tuple[str, str], list[str]] = defaultdict(list)
+async def release_orders(conn: Connection, releases: Iterable[Release]) -> int:
+    """End orders (held -> released/cancelled, or cancelling -> cancelled) and give their
+    units back; an order no longer in its release's `from_status` is left alone, which makes
+    replays harmless."""
+    by_status: dict[tuple[str, str, str], list[str]] = defaultdict(list)
     for release in releases:
-        by_status[(release.status, release.reason)].append(release.order_id)
+        by_status[(release.status, release.reason, release.from_status)].append(release.order_id)
     total = 0
-    for (status, reason), ids in by_status.items():
+    for (status, reason, from_status), ids in by_status.items():
+        counter = "held" if from_status == "held" else "sold"
         rows = await conn.fetch(
             """
             UPDATE orders SET status = $2, reason = $3, updated_at = now()

@@ -8,6 +8,12 @@ sale's dead-letter stream with the reason, instead of blocking the ones behind i
 It also sweeps expired holds back into stock. Each sale's share of a pass runs on its own
 (waiting_room/isolation.py): a sale whose Redis shard is down or slow never holds up the others'
 orders and expiries.
+
+PostgreSQL down or stalled stops the writing, nothing else: the sweep (Redis) is a task of its
+own beside the drain, so holds go on expiring and their units return; the entries of a batch
+that could not reach PostgreSQL stay pending, are never counted towards the dead letters (an
+outage is not a poison entry, however long it lasts), and are written first once PostgreSQL
+answers again, without waiting for another persister to claim them.
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
 from flashsale.waiting_room import ledger
+from flashsale.waiting_room.db import UNAVAILABLE
 from flashsale.waiting_room.isolation import PerSale
 from flashsale.waiting_room.ledger import HoldRecord, MalformedEntry, Release
 from flashsale.waiting_room.purchase import Purchases, label_for
 from flashsale.waiting_room.redis_client import RedisClient, text, texts
+from flashsale.waiting_room.refreshed import Refreshed
 from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.sales import Sales
 from flashsale.waiting_room.stock import PERSISTER_GROUP
@@ -68,6 +76,7 @@ Entry = tuple[str, dict[str, str]]
 LIVE_FOR_S = 86_400  # keep draining a sale's stream this long after it closes
 BACKLOG_FACTOR = 4  # batches grow to this many times FLASHSALE_PERSISTER_BATCH in a backlog
 DRAIN_SLICE_S = 1.0  # one sale's backlog is drained this long at a time
+RETRY_POSTGRES_S = 1.0  # a sale whose batch could not reach PostgreSQL tries again this late
 
 
 class Persister:
@@ -99,7 +108,14 @@ class Persister:
         self.sweep_interval = sweep_interval_ms / 1000
         self.refresh_seconds = refresh_seconds
         self._sales: list[Sale] = []
-        self._refreshed = 0.0
+        # the sales to drain, re-read in the background: the sweep goes on, on the list in
+        # hand, while PostgreSQL is down or stalled
+        self._listing = Refreshed(self._sales_to_drain, every=refresh_seconds, what="sales")
+        # sales whose last batch could not reach PostgreSQL: monotonic time of the next try
+        self._unreachable: dict[str, float] = {}
+        # sales whose last drain ended half-way (PostgreSQL down, or stalled past the sale's
+        # timeout): what it had read is pending on this consumer, written first next time
+        self._replay: set[str] = set()
         self._groups: set[str] = set()
         self._last_claim = 0.0
         self._last_sweep = 0.0
@@ -108,6 +124,9 @@ class Persister:
         self._reconcile_due: dict[str, float] = {}
         self._suspect: set[str] = set()
         self.per_sale = PerSale("persister", sale_timeout_seconds)
+        # expiry (Redis) never waits behind a drain or a settling (PostgreSQL, the provider)
+        self.sweeping = PerSale("persister", sale_timeout_seconds)
+        self.settling = PerSale("persister", sale_timeout_seconds)
 
     def stream(self, sale_id: str) -> str:
         return self.purchases.keys(sale_id).orders_stream
@@ -125,22 +144,38 @@ class Persister:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=0.05)
         finally:
-            await self.per_sale.close()
+            await self.close()
         log.info("persister stopped")
+
+    async def close(self) -> None:
+        """Cancel the sales' work still running and wait for it to end."""
+        for runner in (self.per_sale, self.sweeping, self.settling):
+            await runner.close()
 
     async def step(self) -> int:
         """One pass over every sale; returns how many entries were handled."""
         now = time.monotonic()
-        if now - self._refreshed >= self.refresh_seconds:
-            self._sales = await self._sales_to_drain()
-            self._refreshed = now
+        self._sales = await self._listing.get()
         claim = now - self._last_claim >= self.claim_idle_ms / 3000
         sweep = now - self._last_sweep >= self.sweep_interval
-        moved = await self.per_sale.run(
-            {
-                sale.id: functools.partial(self._sale_step, sale, now, claim, sweep)
-                for sale in self._sales
-            }
+        moved, _, _ = await asyncio.gather(
+            self.per_sale.run(
+                {
+                    sale.id: functools.partial(self._sale_step, sale, now, claim)
+                    for sale in self._sales
+                    if now >= self._unreachable.get(sale.id, 0.0)
+                }
+            ),
+            self.sweeping.run(
+                {sale.id: functools.partial(self._sweep, sale) for sale in self._sales}
+                if sweep
+                else {}
+            ),
+            self.settling.run(
+                {sale.id: functools.partial(self._settle, sale) for sale in self._sales}
+                if sweep
+                else {}
+            ),
         )
         if claim:
             self._last_claim = now
@@ -148,19 +183,43 @@ class Persister:
             self._last_sweep = now
         return sum(moved.values())
 
-    async def _sale_step(self, sale: Sale, now: float, claim: bool, sweep: bool) -> int:
-        """One sale's share of a pass: take over, drain, sweep and check; entries handled."""
+    async def _sale_step(self, sale: Sale, now: float, claim: bool) -> int:
+        """One sale's share of a pass: its own entries left by an outage, take over, drain and
+        check; entries handled."""
         moved = 0
-        if claim:
-            moved += await self.take_over(sale)
-        moved += await self.drain(sale)
-        if sweep:
-            counts = await self.purchases.sweep(sale)
-            EXPIRED.labels(sale.id).inc(counts["expired"])
-            await self._measure_lag(sale)
+        try:
+            if sale.id in self._replay:
+                moved += await self.replay(sale)
+                self._replay.discard(sale.id)
+                if self._unreachable.pop(sale.id, None) is not None:
+                    log.info("PostgreSQL answers again; writing on", extra={"sale": sale.id})
+            if claim:
+                moved += await self.take_over(sale)
+            moved += await self.drain(sale)
+        except UNAVAILABLE as exc:
+            if sale.id not in self._unreachable:
+                log.warning(
+                    "PostgreSQL cannot be reached; the entries stay pending",
+                    extra={"sale": sale.id, "error": f"{type(exc).__name__}: {exc}"},
+                )
+            self._replay.add(sale.id)
+            self._unreachable[sale.id] = time.monotonic() + RETRY_POSTGRES_S
+            return moved
+        except asyncio.CancelledError:  # past the sale's timeout (a stall), or stopping
+            self._replay.add(sale.id)
+            raise
         if self.reconcile_every > 0 and now >= self._reconcile_due.get(sale.id, 0.0):
             await self.check_stock(sale, now)
         return moved
+
+    async def _sweep(self, sale: Sale) -> None:
+        counts = await self.purchases.expire(sale)
+        EXPIRED.labels(sale.id).inc(counts["expired"])
+        await self._measure_lag(sale)
+
+    async def _settle(self, sale: Sale) -> None:
+        counts = await self.purchases.settle(sale)
+        EXPIRED.labels(sale.id).inc(counts["expired"])
 
     async def _sales_to_drain(self) -> list[Sale]:
         return await self.sales.recent(LIVE_FOR_S)
@@ -211,9 +270,20 @@ class Persister:
             elif reading is not None and not reading.cancelled():
                 reading.exception()  # retrieved: the error that ended the drain is raised
 
-    async def _read(self, sale: Sale, count: int) -> list[Entry]:
-        """New entries of the sale's stream, read on the auto-pipeline: on a cluster it goes
-        straight to the sale's node (no blocking read, so it holds up nothing behind it)."""
+    async def replay(self, sale: Sale) -> int:
+        """Write this consumer's own pending entries (a batch PostgreSQL did not take), oldest
+        first; returns how many."""
+        moved, after = 0, "0"
+        while entries := await self._read(sale, self.batch, start=after):
+            await self.apply(sale, entries)
+            moved += len(entries)
+            after = entries[-1][0]
+        return moved
+
+    async def _read(self, sale: Sale, count: int, start: str = ">") -> list[Entry]:
+        """Entries of the sale's stream, read on the auto-pipeline: on a cluster it goes
+        straight to the sale's node (no blocking read, so it holds up nothing behind it).
+        `>`: new entries; an id: this consumer's own pending entries after it."""
         try:
             reply: Any = await self.purchases.room.scripts.pipeline().execute(
                 "XREADGROUP",
@@ -224,7 +294,7 @@ class Persister:
                 count,
                 "STREAMS",
                 self.stream(sale.id),
-                ">",
+                start,
             )
         except ResponseError as exc:  # NOGROUP: the stream was removed; recreate next time
             self._groups.discard(sale.id)
@@ -235,6 +305,7 @@ class Persister:
         return [
             (text(entry_id), dict(zip(texts(fields[::2]), texts(fields[1::2]), strict=True)))
             for entry_id, fields in reply[0][1]
+            if fields  # a pending entry deleted from the stream since comes back empty
         ]
 
     async def take_over(self, sale: Sale) -> int:
@@ -275,6 +346,8 @@ class Persister:
             return
         try:
             await self._write(sale, holds, releases, [e[0] for e in good])
+        except UNAVAILABLE:
+            raise  # PostgreSQL unreachable: the batch stays pending, nothing is its fault
         except (asyncpg.PostgresError, OSError, ValueError) as exc:
             log.warning(
                 "batch failed; writing entries one by one",
@@ -301,10 +374,15 @@ class Persister:
                         "order"
                     ):
                         raise MalformedEntry("release without a valid status or order")
+                    # a confirmed order's cancellation ends from PostgreSQL's `cancelling`
+                    # (recorded before its refund); anything else is a hold ending
+                    left = "cancelling" if fields.get("from") == "confirmed" else "held"
                     releases.append(
                         (
                             entry_id,
-                            Release(fields["order"], fields["status"], fields.get("reason", "")),
+                            Release(
+                                fields["order"], fields["status"], fields.get("reason", ""), left
+                            ),
                         )
                     )
                 else:
@@ -359,6 +437,8 @@ class Persister:
         holds, releases, _ = self._parse([entry])
         try:
             await self._write(sale, holds, releases, [entry_id])
+        except UNAVAILABLE:
+            raise
         except (asyncpg.PostgresError, OSError, ValueError) as exc:
             deliveries = await self._deliveries(sale, entry_id)
             if deliveries >= self.max_deliveries:

@@ -9,9 +9,11 @@ Redis wrongly believed existed): then the payment is refunded and the order ends
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -41,16 +43,26 @@ from flashsale.waiting_room.seating import Layout
 from flashsale.waiting_room.stock import PERSISTER_GROUP, Stock
 from flashsale.waiting_room.tokens import Claims
 
+log = logging.getLogger(__name__)
+
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 # while the provider is failing a hold is kept at least this long after a refused attempt
 HOLD_GRACE_MS = 60_000
 # a payment taken while PostgreSQL cannot confirm it: the shopper is asked to come back then
 CONFIRM_RETRY_S = 2.0
+# how long a shopper's list of orders waits for PostgreSQL before it is Redis's alone
+ORDERS_READ_S = 2.0
 # a paid hold waits at most this long for a live persister to write it before confirming
 PERSIST_WAIT_S = 5.0
 # a persister that was handed entries this recently is live (Redis < 7.2 counts a consumer's
 # idle time from its last delivery; the persister's own default for a dead consumer is 15 s)
 PERSISTER_ALIVE_MS = 15_000
+
+
+class NotPersistedYet(TimeoutError):
+    """A live persister has not yet written a paid hold to PostgreSQL; confirming it now would
+    record it ahead of the releases before it in the stream. An outage, as far as the payment
+    is concerned (a TimeoutError, so among db.UNAVAILABLE): confirmed later."""
 
 
 class Refusal(enum.Enum):
@@ -123,6 +135,18 @@ def request_fingerprint(sale_id: str, visitor: str, quantity: int, seats: list[i
         separators=(",", ":"),
     )
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def confirmation_pending() -> PurchaseRefused:
+    """A payment that went through and that PostgreSQL cannot confirm yet: the shopper is
+    asked to come back (the retry, or the expiry sweep, confirms it on that very charge)."""
+    return PurchaseRefused(
+        Refusal.UNAVAILABLE,
+        "confirmation_pending",
+        "the payment went through but the order cannot be confirmed right now; it will be: "
+        "ask again shortly",
+        retry_after=CONFIRM_RETRY_S,
+    )
 
 
 def key_reused() -> PurchaseRefused:
@@ -438,8 +462,13 @@ class Purchases:
 
     async def orders(self, sale: Sale, visitor: str) -> list[dict[str, Any]]:
         """The shopper's orders, oldest first: PostgreSQL's record, overlaid with Redis's
-        fresher view of holds the persister has not written yet."""
-        found = await self._from_db(sale, None, visitor)
+        fresher view of holds the persister has not written yet. With PostgreSQL down or
+        stalled (no answer within ORDERS_READ_S), Redis's view alone: it holds every order
+        made since the sale was loaded there, so the shopper's page goes on working."""
+        try:
+            found = await asyncio.wait_for(self._from_db(sale, None, visitor), ORDERS_READ_S)
+        except UNAVAILABLE:
+            found = {}
         ids = texts(await self.redis.lrange(self.keys(sale.id).shopper_orders(visitor), 0, -1))
         if ids:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -466,6 +495,10 @@ class Purchases:
             keys=[keys.hold(order_id), keys.holds], args=[self.now_ms(), "begin", 0]
         )
         if began[0] == "expired":
+            if fields.get("pay_attempted") == "1":
+                # an earlier attempt may have been charged (the retry of a payment answered
+                # `confirmation_pending`, say): never "expired" for a payment that went through
+                return await self._paid_late(sale, order_id, fields)
             raise PurchaseRefused(Refusal.GONE, "hold_expired", "the hold expired before payment")
         if began[0] != "ok":
             return self._settled(await self.order(sale, visitor, order_id))
@@ -524,13 +557,29 @@ class Purchases:
             # charged, not yet confirmed: held again, so the shopper's retry confirms it on
             # this very charge (or the expiry sweep does, asking the provider first)
             await asyncio.shield(self._abort_payment(sale, order_id, 0))
+            raise confirmation_pending() from exc
+        return self._settled(settled)
+
+    async def _paid_late(self, sale: Sale, order_id: str, fields: dict[str, str]) -> dict[str, Any]:
+        """A payment retried after its hold expired: confirmed if the provider says an
+        earlier attempt was paid (as the expiry sweep would), else the hold has expired."""
+        try:
+            paid = await self.payments.status(order_id)
+        except ProviderError as exc:
             raise PurchaseRefused(
                 Refusal.UNAVAILABLE,
-                "confirmation_pending",
-                "the payment went through but the order cannot be confirmed right now; it "
-                "will be: ask again shortly",
-                retry_after=CONFIRM_RETRY_S,
+                "payment_unavailable",
+                "the payment provider is not answering; try again shortly",
+                retry_after=max(1.0, self.payments.breaker.retry_after()),
             ) from exc
+        if paid is not PaymentStatus.PAID:
+            raise PurchaseRefused(Refusal.GONE, "hold_expired", "the hold expired before payment")
+        try:
+            settled = await self.settle_paid(
+                sale, HoldRecord.from_fields(fields), f"late-{order_id}"
+            )
+        except UNAVAILABLE as exc:
+            raise confirmation_pending() from exc
         return self._settled(settled)
 
     async def _abort_payment(self, sale: Sale, order_id: str, keep_ms: int) -> None:
@@ -604,7 +653,11 @@ class Purchases:
         Recorded here instead (confirm_order does it when the hold is missing), it would jump
         the releases still in the stream and count against units or a per-shopper limit they
         have given back: PostgreSQL would refuse a valid order, and Redis would drop its units.
-        Waits at most PERSIST_WAIT_S, and not at all when no persister drains the stream."""
+        Waits at most PERSIST_WAIT_S, and not at all when no persister drains the stream. A
+        live persister still behind after that (stalled, or one restarted with a backlog)
+        raises NotPersistedYet: the charge stands and the order is confirmed later, by the
+        shopper's retry or the expiry sweep, in stream order (seen in `make test`'s short
+        chaos run, `persister-kill9-backlog`: a valid order refused and its units lost)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + PERSIST_WAIT_S
         stream = self.keys(sale.id).orders_stream
@@ -613,14 +666,16 @@ class Purchases:
                 consumers = await self.redis.xinfo_consumers(stream, PERSISTER_GROUP)
             except ResponseError:  # no stream or no group: nobody drains it
                 return
-            if loop.time() >= deadline or not any(
-                int(c.get("idle", 0)) < PERSISTER_ALIVE_MS for c in consumers
-            ):
+            if not any(int(c.get("idle", 0)) < PERSISTER_ALIVE_MS for c in consumers):
                 return
+            if loop.time() >= deadline:
+                raise NotPersistedYet(f"hold {order_id} not yet written by the persister")
             await asyncio.sleep(0.05)
 
     async def cancel(self, sale: Sale, visitor: str, order_id: str) -> dict[str, Any]:
-        """Cancel a hold (stock returns) or a confirmed order (refund, then stock returns)."""
+        """Cancel a hold (stock returns) or a confirmed order: recorded in PostgreSQL first
+        (`cancelling`), then refunded, then its stock returns (`finish_cancel`). A retry, or
+        the persister's sweep, finishes a cancellation that was interrupted."""
         order = await self.order(sale, visitor, order_id)
         if order["status"] == "held":
             # the admission stays active: a shopper who cancels a hold (to choose other seats,
@@ -646,40 +701,64 @@ class Purchases:
                 retry_after=2,
                 order=order,
             )
-        if order["status"] != "confirmed":
+        if order["status"] not in ("confirmed", "cancelling"):
             raise PurchaseRefused(
                 Refusal.CONFLICT,
                 f"order_{order['status']}",
                 f"an order that is {order['status']} cannot be cancelled",
                 order=order,
             )
+        # the intent first: nothing is refunded that PostgreSQL does not know is being
+        # cancelled (down now: a 503, and nothing has happened)
+        async with self.pool.acquire() as conn:
+            recorded = await ledger.begin_cancel(conn, sale.id, order_id)
+        if recorded not in ("cancelling", "cancelled"):
+            raise PurchaseRefused(
+                Refusal.CONFLICT,
+                f"order_{recorded}",
+                f"an order that is {recorded} cannot be cancelled",
+                order=order,
+            )
+        await self.finish_cancel(sale, order_id)
+        return await self.order(sale, visitor, order_id)
+
+    async def finish_cancel(self, sale: Sale, order_id: str) -> None:
+        """The rest of a cancellation PostgreSQL has recorded: refund, the stock back in
+        Redis, the order `cancelled` in PostgreSQL. Every step is idempotent (the provider
+        refunds an order once; the release acts only on a confirmed order; PostgreSQL ends
+        only a `cancelling` one), so it is safe to run again after any interruption. The
+        release also goes to the stream, so the persister ends the order in PostgreSQL in
+        stream order if this process cannot: before any later hold takes its units."""
         try:
             await self.payments.refund(order_id)
         except ProviderError as exc:
             retry = getattr(exc, "retry_after", None) or 5.0
             raise PurchaseRefused(
                 Refusal.UNAVAILABLE,
-                "payment_unavailable",
-                "the refund could not be made now; try again shortly",
+                "refund_pending",
+                "the cancellation is recorded but the refund could not be made now; it will "
+                "be: ask again shortly",
                 retry_after=retry,
             ) from exc
-        async with self.pool.acquire() as conn, conn.transaction():
-            await ledger.lock_inventory(conn, sale.id)
-            await ledger.release_orders(
-                conn,
-                [Release(order_id, "cancelled", "cancelled and refunded")],
-                from_status="confirmed",
-            )
         await self._release(
             sale,
             order_id,
             status="cancelled",
-            reason="cancelled and refunded",
+            reason=ledger.CANCELLED,
             leaving="confirmed",
             counter="sold",
-            emit=False,
+            emit=True,
         )
-        return await self.order(sale, visitor, order_id)
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await ledger.lock_inventory(conn, sale.id)
+                await ledger.release_orders(
+                    conn, [Release(order_id, "cancelled", ledger.CANCELLED, "cancelling")]
+                )
+        except UNAVAILABLE:
+            # refunded and released: what is left is the stream's release, which the
+            # persister writes once PostgreSQL answers (and the sweep, if Redis lost it)
+            log.warning("cancellation left to the persister", extra={"order": order_id})
 
     async def mark_failed(self, sale: Sale, order_id: str, reason: str) -> None:
         """PostgreSQL refused a hold: end it in Redis as `failed`. Refused for stock or seats,
@@ -737,46 +816,110 @@ class Purchases:
     # -- expiry ----------------------------------------------------------------------------
 
     async def sweep(self, sale: Sale, *, limit: int = 200) -> dict[str, int]:
-        """Release holds past their expiry, unless their payment in fact went through (then
-        confirm them). While the provider cannot be asked, holds that tried to pay are kept."""
+        """The whole sweep: `expire`, then `settle` (the persister runs them as tasks of their
+        own, so the first never waits on the second's PostgreSQL or provider)."""
+        counts = await self.expire(sale, limit=limit)
+        for name, n in (await self.settle(sale, limit=limit)).items():
+            counts[name] = counts.get(name, 0) + n
+        return counts
+
+    async def _due(self, sale: Sale, limit: int) -> list[tuple[str, dict[str, str]]]:
+        """Open holds past their expiry, with their fields; entries of holds that have
+        ended meanwhile are dropped from the set."""
         keys = self.keys(sale.id)
-        now = self.now_ms()
-        due = texts(await self.redis.zrangebyscore(keys.holds, "-inf", now, start=0, num=limit))
-        counts = {"expired": 0, "confirmed": 0, "kept": 0}
-        payment_window = int(self.payments.timeout_s * 2000)
+        due = texts(
+            await self.redis.zrangebyscore(keys.holds, "-inf", self.now_ms(), start=0, num=limit)
+        )
+        found = []
         for order_id in due:
             fields = await self._hold_fields(sale.id, order_id)
-            status = fields.get("status")
-            if status not in ("held", "paying"):
+            if fields.get("status") not in ("held", "paying"):
                 await self.redis.zrem(keys.holds, order_id)
                 continue
-            if status == "paying" and now - int(fields.get("paying_since") or 0) < payment_window:
-                counts["kept"] += 1  # a payment is under way right now
-                continue
-            if fields.get("pay_attempted") == "1":
-                try:
-                    paid = await self.payments.status(order_id)
-                except ProviderError:
-                    counts["kept"] += 1
-                    continue
-                if paid is PaymentStatus.PAID:
-                    try:
-                        await self.settle_paid(
-                            sale, HoldRecord.from_fields(fields), f"late-{order_id}"
-                        )
-                        counts["confirmed"] += 1
-                    except PurchaseRefused:
-                        pass  # refused by the database and refunded; nothing to release
-                    continue
-            outcome = await self._release(
-                sale,
-                order_id,
-                status="released",
-                reason="hold expired",
-                leaving="held,paying",
-                counter="held",
-                emit=True,
-            )
-            if outcome == "ok":
+            found.append((order_id, fields))
+        return found
+
+    async def _expire_one(self, sale: Sale, order_id: str) -> bool:
+        outcome = await self._release(
+            sale,
+            order_id,
+            status="released",
+            reason="hold expired",
+            leaving="held,paying",
+            counter="held",
+            emit=True,
+        )
+        return outcome == "ok"
+
+    async def expire(self, sale: Sale, *, limit: int = 200) -> dict[str, int]:
+        """Release holds past their expiry that never tried to pay: Redis alone (the release
+        reaches PostgreSQL through the stream), so their stock returns while PostgreSQL or the
+        payment provider is down. Holds that tried to pay are `settle`'s."""
+        counts = {"expired": 0}
+        for order_id, fields in await self._due(sale, limit):
+            if fields.get("pay_attempted") != "1" and await self._expire_one(sale, order_id):
                 counts["expired"] += 1
         return counts
+
+    async def settle(
+        self, sale: Sale, *, limit: int = 200, cancelling_after_s: float | None = None
+    ) -> dict[str, int]:
+        """Holds past their expiry that tried to pay: confirm those the provider says were
+        paid, release the others; while the provider or PostgreSQL cannot be asked they are
+        kept. Then finish the cancellations an interruption left `cancelling` for longer than
+        `cancelling_after_s` (default: twice the provider's timeout, so never one still under
+        way)."""
+        now = self.now_ms()
+        counts = {"expired": 0, "confirmed": 0, "kept": 0, "cancelled": 0}
+        payment_window = int(self.payments.timeout_s * 2000)
+        for order_id, fields in await self._due(sale, limit):
+            if fields.get("pay_attempted") != "1":
+                continue
+            if (
+                fields["status"] == "paying"
+                and now - int(fields.get("paying_since") or 0) < payment_window
+            ):
+                counts["kept"] += 1  # a payment is under way right now
+                continue
+            try:
+                paid = await self.payments.status(order_id)
+            except ProviderError:
+                counts["kept"] += 1
+                continue
+            if paid is not PaymentStatus.PAID:
+                counts["expired"] += await self._expire_one(sale, order_id)
+                continue
+            try:
+                await self.settle_paid(sale, HoldRecord.from_fields(fields), f"late-{order_id}")
+                counts["confirmed"] += 1
+            except PurchaseRefused:
+                pass  # refused by the database and refunded; nothing to release
+            except NotPersistedYet:  # the persister is behind: kept for the next sweep
+                counts["kept"] += 1
+            except UNAVAILABLE:  # PostgreSQL: kept for the next sweep, as are the rest
+                counts["kept"] += 1
+                return counts
+        if cancelling_after_s is None:
+            cancelling_after_s = 2 * self.payments.timeout_s
+        with contextlib.suppress(*UNAVAILABLE):  # PostgreSQL: the next sweep asks again
+            counts["cancelled"] = await self._finish_cancellations(sale, cancelling_after_s, limit)
+        return counts
+
+    async def _finish_cancellations(self, sale: Sale, after_s: float, limit: int) -> int:
+        """Finish cancellations recorded in PostgreSQL that nobody finished (the process that
+        began one died, or the provider or PostgreSQL failed half-way); how many ended."""
+        rows = await self.pool.fetch(
+            "SELECT id::text AS id FROM orders WHERE sale_id = $1 AND status = 'cancelling'"
+            " AND updated_at < now() - make_interval(secs => $2) ORDER BY updated_at LIMIT $3",
+            sale.id,
+            after_s,
+            limit,
+        )
+        finished = 0
+        for row in rows:
+            try:
+                await self.finish_cancel(sale, row["id"])
+            except PurchaseRefused:  # the provider cannot refund now: the next sweep retries
+                continue
+            finished += 1
+        return finished

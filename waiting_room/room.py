@@ -160,9 +160,10 @@ class WaitingRoom:
         await self.redis.hset(self.keys(sale_id).meta, "sold_out", 1 if sold_out else 0)
         self._views.pop(sale_id, None)
 
-    async def restock(self, sale_id: str, delta: int) -> list[Any]:
+    async def restock(self, sale_id: str, stock: int) -> list[Any]:
+        """Bring a warm sale's stock to `stock` (restock.lua; running it twice is harmless)."""
         keys = self.keys(sale_id)
-        result = await self.scripts.restock(keys=[keys.inventory, keys.meta], args=[delta])
+        result = await self.scripts.restock(keys=[keys.inventory, keys.meta], args=[stock])
         self._views.pop(sale_id, None)
         return [_text(result[0]), *result[1:]]
 

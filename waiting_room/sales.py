@@ -172,7 +172,10 @@ class Sales:
                 f"cannot be lower than what is sold or held ({figures['sold']} sold, "
                 f"{figures['held']} held)",
             ) from None
-        outcome, *rest = await self.room.restock(current.id, stock - current.stock)
+        # Redis inside the transaction, before the commit: a refusal there rolls PostgreSQL
+        # back. A commit that fails after it leaves Redis ahead, and the retry finds Redis at
+        # the new stock already (restock.lua is given the stock, not the change)
+        outcome, *rest = await self.room.restock(current.id, stock)
         if outcome == "short":
             raise ValidationError(
                 "stock", f"only {rest[0]} units are unsold and unheld; the cut is larger"

@@ -6,18 +6,19 @@ does no I/O of its own."""
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
 import asyncpg
 
 from flashsale.config import Settings
-from flashsale.waiting_room.db import UNAVAILABLE
 from flashsale.waiting_room.identity import IdentityVerifier
 from flashsale.waiting_room.payments import CircuitBreaker, GuardedProvider, make_provider
 from flashsale.waiting_room.pow import Proofs
 from flashsale.waiting_room.purchase import Purchases
 from flashsale.waiting_room.redis_client import RedisClient
+from flashsale.waiting_room.refreshed import Refreshed
 from flashsale.waiting_room.room import WaitingRoom
 from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.sales import SaleNotFound, Sales
@@ -44,7 +45,7 @@ class Services:
     identity: IdentityVerifier | None  # the shop's identity provider, when one is configured
     proofs: Proofs  # proof-of-work challenges of anonymous sales
     _unknown: dict[str, float] = field(default_factory=dict)
-    _sales: dict[str, tuple[float, Sale]] = field(default_factory=dict)
+    _sales: dict[str, Refreshed[Sale]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -99,26 +100,24 @@ class Services:
             raise
 
     async def sale_cached(self, sale_id: str) -> Sale:
-        """The sale, re-read from PostgreSQL at most once a second per process. While
-        PostgreSQL cannot be reached the copy in hand serves on (a sale's definition seldom
-        changes), so the hot path, which needs only Redis, goes on through an outage."""
+        """The sale, re-read from PostgreSQL at most once a second per process, in the
+        background (waiting_room/refreshed.py): while PostgreSQL is down or stalled the copy in hand
+        serves on (a sale's definition seldom changes), so the hot path, which needs only
+        Redis, goes on through an outage without waiting for it."""
         self._check_known(sale_id)
-        cached = self._sales.get(sale_id)
-        if cached and time.monotonic() - cached[0] < SALE_TTL_S:
-            return cached[1]
+        kept = self._sales.get(sale_id)
+        if kept is None:
+            if len(self._sales) >= _CACHE_LIMIT:
+                self._sales.clear()
+            kept = self._sales[sale_id] = Refreshed(
+                functools.partial(self.sales.get, sale_id), every=SALE_TTL_S, what="sale"
+            )
         try:
-            sale = await self.sales.get(sale_id)
+            return await kept.get()
         except SaleNotFound:
+            self._sales.pop(sale_id, None)
             self._remember_unknown(sale_id)
             raise
-        except UNAVAILABLE:
-            if cached is None:
-                raise
-            return cached[1]
-        if len(self._sales) >= _CACHE_LIMIT:
-            self._sales.clear()
-        self._sales[sale_id] = (time.monotonic(), sale)
-        return sale
 
     def _check_known(self, sale_id: str) -> None:
         until = self._unknown.get(sale_id)

@@ -148,7 +148,8 @@ class Stock:
             counted = one(
                 await conn.fetchrow(
                     """SELECT coalesce(sum(quantity) FILTER (WHERE status = 'held'), 0) AS held,
-                          coalesce(sum(quantity) FILTER (WHERE status = 'confirmed'), 0) AS sold
+                          coalesce(sum(quantity)
+                                   FILTER (WHERE status IN ('confirmed', 'cancelling')), 0) AS sold
                    FROM orders WHERE sale_id = $1""",
                     sale.id,
                 )

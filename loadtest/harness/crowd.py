@@ -348,8 +348,9 @@ class Crowd:
     joins: list[float] = field(default_factory=list)  # when each join was answered
     rate_limited: int = 0
     retries: int = 0
-    # every answer: (epoch seconds, kind, HTTP status or 0 when no answer came)
-    events: list[tuple[float, str, int]] = field(default_factory=list)
+    # every answer: (epoch seconds, kind, HTTP status or 0 when no answer came, and for a
+    # 5xx who gave it and why: `answered_by`)
+    events: list[tuple[float, str, int, str]] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     batches: dict[str, Batch] = field(default_factory=dict)
     checkout: Checkout = field(default_factory=Checkout)
@@ -387,12 +388,14 @@ class Crowd:
                         method, url, headers=headers, params=params, json=json_body
                     )
                 except httpx.TransportError as exc:
-                    self.events.append((time.time(), kind, 0))
+                    self.events.append((time.time(), kind, 0, ""))
                     unsent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
                     if attempt >= self.plan.retries or not (idempotent or unsent):
                         raise
                 else:
-                    self.events.append((time.time(), kind, response.status_code))
+                    self.events.append(
+                        (time.time(), kind, response.status_code, answered_by(response))
+                    )
                     self.latency.setdefault(kind, []).append(time.perf_counter() - started)
                     response.extensions["sent_at"] = sent_at
             if response is not None and response.status_code == 429:
@@ -542,6 +545,18 @@ def _retry_after(response: httpx.Response) -> float:
         return max(0.0, float(response.headers.get("retry-after", "1")))
     except ValueError:
         return 1.0
+
+
+def answered_by(response: httpx.Response) -> str:
+    """For a 5xx, who answered and why: `api <code>` with ` retry-after` when it says when to
+    come back (the API's designed answer to an outage), or `haproxy <code>` (no server to
+    take it, or a server's bad answer: HAProxy sets no X-Request-ID on its own answers);
+    "" for anything else."""
+    if response.status_code < 500:
+        return ""
+    origin = "api" if "x-request-id" in response.headers else "haproxy"
+    retry = " retry-after" if origin == "api" and "retry-after" in response.headers else ""
+    return f"{origin} {_error_code(response)}{retry}"
 
 
 def _error_code(response: httpx.Response) -> str:

@@ -186,4 +186,4 @@ async def test_a_shard_down_or_silent_stops_only_its_own_sales(
             await until(admits_again, within=15)
             await broken(down, nodes[2], kill=True)
             await admitter.per_sale.close()
-            await persister.per_sale.close()
+            await persister.close()

@@ -145,3 +145,26 @@ def test_the_ingress_routes_the_same_paths() -> None:
     assert f"acl public path {' '.join(exact)}\n" in config
     below = " ".join(f"{p}/" for p, kind in paths if kind == "Prefix")
     assert f"acl public path_beg {below}\n" in config
+
+
+def test_haproxy_checks_readiness_as_the_chart_does() -> None:
+    """HAProxy's health check is the chart's API readinessProbe: the same endpoint, asked as
+    often, out after as many failures (what /readyz requires is api/health.py's to decide, in
+    one place for both; tests/integration/test_postgres_down.py shows it stays 200 while
+    PostgreSQL is down)."""
+    with helm.Chart.load(REPO / "charts" / "flashsale") as chart:
+        manifests = chart.render({}, name="flashsale", namespace="shop", is_install=True)
+    (api,) = [
+        d
+        for name, text in manifests.items()
+        if not name.endswith("NOTES.txt")
+        for d in yaml.safe_load_all(text)
+        if d and d["kind"] == "Deployment" and d["metadata"]["name"] == "flashsale-api"
+    ]
+    probe = api["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    config = (REPO / "loadtest" / "haproxy.cfg").read_text()
+    assert f"option httpchk GET {probe['httpGet']['path']}\n" in config
+    assert "http-check expect status 200\n" in config
+    checks = next(line.split() for line in config.splitlines() if "default-server check" in line)
+    assert checks[checks.index("inter") + 1] == f"{probe['periodSeconds']}s"
+    assert checks[checks.index("fall") + 1] == str(probe["failureThreshold"])

@@ -184,7 +184,7 @@ async def test_breaker_opens_fails_fast_keeps_the_hold_and_recovers(
     assert await inventory(redis, room, sale) == {"avail": 2, "held": 3, "sold": 0}
     assert await stream_types(redis, room, sale) == ["hold"] * 3  # no release was ever emitted
     assert (await purchases.order(sale, shopper.visitor, order["id"]))["status"] == "held"
-    assert await purchases.sweep(sale) == {"expired": 0, "confirmed": 0, "kept": 0}
+    assert await purchases.sweep(sale) == {"expired": 0, "confirmed": 0, "kept": 0, "cancelled": 0}
     assert await pool.fetchval("SELECT count(*) FROM orders WHERE sale_id = $1", sale.id) == 0
 
     # the outage is over but the breaker still refuses until reset_after has passed
@@ -244,11 +244,21 @@ async def test_sweeper_keeps_holds_that_tried_to_pay_while_the_provider_is_down(
         clock.advance(600)  # both holds are long past their expiry
         assert len(await redis.zrangebyscore(keys.holds, "-inf", room.now_ms())) == 2
         # breaker open: the provider cannot be asked whether they were paid, so both stay
-        assert await purchases.sweep(sale) == {"expired": 0, "confirmed": 0, "kept": 2}
+        assert await purchases.sweep(sale) == {
+            "expired": 0,
+            "confirmed": 0,
+            "kept": 2,
+            "cancelled": 0,
+        }
         assert provider.calls == {"charge": 2}
         # half open: the one trial status call fails in the outage; still both stay
         breaker_clock.advance(10)
-        assert await purchases.sweep(sale) == {"expired": 0, "confirmed": 0, "kept": 2}
+        assert await purchases.sweep(sale) == {
+            "expired": 0,
+            "confirmed": 0,
+            "kept": 2,
+            "cancelled": 0,
+        }
         assert provider.calls == {"charge": 2, "status": 1}
         assert breaker.state == "open"
         for order_id in (a, b):
@@ -260,7 +270,7 @@ async def test_sweeper_keeps_holds_that_tried_to_pay_while_the_provider_is_down(
 
     # the provider answers again: the paid hold is confirmed, the unpaid one released
     breaker_clock.advance(10)
-    assert await purchases.sweep(sale) == {"expired": 1, "confirmed": 1, "kept": 0}
+    assert await purchases.sweep(sale) == {"expired": 1, "confirmed": 1, "kept": 0, "cancelled": 0}
     assert provider.calls == {"charge": 2, "status": 3}
     assert await redis.hget(keys.hold(a), "status") == "confirmed"
     assert (await redis.hgetall(keys.hold(b))).items() >= {

@@ -182,7 +182,8 @@ def used_keys() -> set[str]:
     for kind in re.findall(r"^\s*(\w+): \{", kinds.group(1), re.M):
         used |= {f"msg_{kind}_title", f"msg_{kind}_text"}
     used |= {
-        f"status_{s}" for s in ("held", "paying", "confirmed", "released", "failed", "cancelled")
+        f"status_{s}"
+        for s in ("held", "paying", "confirmed", "cancelling", "released", "failed", "cancelled")
     }
     used |= {"payment_unavailable", "payment_retry"}  # S.payRetryText
     for source in [*TEMPLATES, Path(pages.__file__)]:

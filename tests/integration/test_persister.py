@@ -19,8 +19,9 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from flashsale.config import Settings
+from flashsale.waiting_room import purchase as purchase_module
 from flashsale.waiting_room.persister import Persister
-from flashsale.waiting_room.purchase import Purchases
+from flashsale.waiting_room.purchase import PurchaseRefused, Purchases, Refusal
 from flashsale.waiting_room.room import WaitingRoom
 from flashsale.waiting_room.sale import Sale
 from flashsale.waiting_room.sales import Sales
@@ -536,3 +537,47 @@ async def test_a_failed_write_leaves_the_batch_read_ahead_for_take_over(
     monkeypatch.setattr(persister, "apply", real_apply)
     assert await persister.take_over(sale) == 30
     assert set(await orders_in_db(pool, sale)) == set(ids)
+
+
+async def test_a_payment_waits_for_a_persister_that_is_behind_rather_than_jump_the_stream(
+    make_sale: MakeSale,
+    admit: Admit,
+    purchases: Purchases,
+    sales: Sales,
+    redis: Redis,
+    pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A live persister behind the stream (stalled, or restarted with a backlog): a payment
+    is not recorded ahead of the releases before it. A's hold is written, A cancels it (the
+    release is read by the persister, which then stalls), B holds the unit A gave back and
+    pays. Recording B's hold now would count A's unit twice: PostgreSQL refused B's valid
+    order, refunded it, and Redis dropped the unit for good (seen in `make test`'s short chaos
+    run, `persister-kill9-backlog`). Now B hears 503 `confirmation_pending`, and once the
+    persister has caught up B's retry confirms the order on the same charge."""
+    monkeypatch.setattr(purchase_module, "PERSIST_WAIT_S", 0.5)
+    sale = await make_sale(stock=1, per_shopper_limit=1, price_cents=500)
+    await purchases.stock.prewarm(sale)
+    a, b = await admit(sale, 2)
+    persister = Persister(redis, pool, sales, purchases, consumer="behind")
+    first = (await purchases.hold(sale, a, quantity=1)).order["id"]
+    assert await persister.drain(sale) == 1  # A's hold is in PostgreSQL
+    await purchases.cancel(sale, a.visitor, first)
+    stream = purchases.keys(sale.id).orders_stream
+    read = await redis.xreadgroup(PERSISTER_GROUP, "behind", {stream: ">"})
+    assert len(read[0][1]) == 1  # A's release, read and not written: the persister stalls
+    second = (await purchases.hold(sale, b, quantity=1)).order["id"]
+
+    with pytest.raises(PurchaseRefused) as pending:
+        await purchases.pay(sale, b.visitor, second, "tok_approve")
+    assert (pending.value.kind, pending.value.code) == (Refusal.UNAVAILABLE, "confirmation_pending")
+    assert await orders_in_db(pool, sale) == {first: "held"}  # B's hold not recorded early
+
+    assert await persister.replay(sale) == 1  # the persister wakes: A's release,
+    assert await persister.drain(sale) == 1  # then B's hold
+    paid = await purchases.pay(sale, b.visitor, second, "tok_approve")
+    assert paid["status"] == "confirmed"
+    assert await orders_in_db(pool, sale) == {first: "cancelled", second: "confirmed"}
+    inventory = await redis.hgetall(purchases.keys(sale.id).inventory)
+    assert (inventory["avail"], inventory["held"], inventory["sold"]) == ("0", "0", "1")
+    assert (await purchases.stock.reconcile(sale)).ok

@@ -583,9 +583,9 @@ async def test_expired_hold_returns_stock_seats_and_units(
     assert await taken_seats(raw_redis, purchases, sale) == seats
     assert await drain(sale) == 1
     clock.advance(29)
-    assert await purchases.sweep(sale) == {"expired": 0, "confirmed": 0, "kept": 0}
+    assert await purchases.sweep(sale) == {"expired": 0, "confirmed": 0, "kept": 0, "cancelled": 0}
     clock.advance(2)
-    assert await purchases.sweep(sale) == {"expired": 1, "confirmed": 0, "kept": 0}
+    assert await purchases.sweep(sale) == {"expired": 1, "confirmed": 0, "kept": 0, "cancelled": 0}
     order = await purchases.order(sale, "expiry-a", held.order["id"])
     assert (order["status"], order["reason"]) == ("released", "hold expired")
     assert await inventory(redis, purchases, sale) == {
@@ -646,9 +646,9 @@ async def test_sweeper_confirms_an_expired_hold_whose_late_payment_went_through(
 
     # a refused payment attempt keeps the hold past its expiry for a grace period
     clock.advance(31)
-    assert await purchases.sweep(sale) == {"expired": 0, "confirmed": 0, "kept": 0}
+    assert await purchases.sweep(sale) == {"expired": 0, "confirmed": 0, "kept": 0, "cancelled": 0}
     clock.advance(40)
-    assert await purchases.sweep(sale) == {"expired": 1, "confirmed": 1, "kept": 0}
+    assert await purchases.sweep(sale) == {"expired": 1, "confirmed": 1, "kept": 0, "cancelled": 0}
     confirmed = await purchases.order(sale, "late-a", paid)
     assert confirmed["status"] == "confirmed"
     assert (await purchases.order(sale, "late-b", unpaid))["status"] == "released"
@@ -749,8 +749,9 @@ async def test_cancel_returns_stock_for_holds_and_refunds_confirmed_orders(
     twice = await refusal(purchases.cancel(sale, "cancel-b", order_id))
     assert (twice.kind, twice.code) == (Refusal.CONFLICT, "order_cancelled")
 
-    # the stream still carries both holds and A's cancellation: replaying them changes nothing
-    assert await drain(sale) == 3
+    # the stream still carries both holds and both cancellations (B's ends it from PostgreSQL's
+    # `cancelling`, which it no longer is): replaying them changes nothing
+    assert await drain(sale) == 4
     assert (await db_order(pool, hold_a.order["id"]))["status"] == "cancelled"
     assert await pg_inventory(pool, sale) == {"stock": 8, "held": 0, "sold": 0}
     report = await purchases.stock.reconcile(sale)

@@ -1,74 +1,81 @@
-"""A Redis that stops answering (stalled with SIGSTOP, or across a partition) makes FlashSale's
-Redis commands fail after FLASHSALE_REDIS_COMMAND_TIMEOUT_SECONDS instead of waiting until TCP
-gives up. Found by the chaos run (`make chaos`, faults `redis-stall` and
-`partition-api-redis`): only the auto-pipelined hot path had a timeout; every other command
-(payments, the sweeper, the admitter's reads) waited for as long as the stall lasted.
+"""A Redis that does not answer, or not yet, is an outage: FlashSale's commands fail fast and
+the API answers 503 with Retry-After, never a 500.
 
-The stall is real: the client reaches the real Redis through a TCP relay this test stops
-forwarding, as a stalled server or a partition would."""
+A stalled Redis (SIGSTOP, or across a partition) makes every Redis command fail after
+FLASHSALE_REDIS_COMMAND_TIMEOUT_SECONDS instead of waiting until TCP gives up. Found by the
+chaos run (`make chaos`, faults `redis-stall` and `partition-api-redis`): only the
+auto-pipelined hot path had a timeout; every other command (payments, the sweeper, the
+admitter's reads) waited for as long as the stall lasted. The stall is real: the client reaches
+the real Redis through a TCP relay (tests/support/relay.py) that stops forwarding.
+
+A Redis restarted with its data (AOF or RDB) answers every command with LOADING until it has
+read it back. Found by the chaos run (fault `redis-kill9-aof`): the hot path's auto-pipeline
+raised a plain ResponseError for it, and joins and holds answered 500."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
-from urllib.parse import urlsplit
+from pathlib import Path
 
 import pytest
 import redis.exceptions
+from redis.asyncio import Redis
 
+from flashsale.api.errors import api_error
 from flashsale.config import Settings
+from flashsale.waiting_room.autopipeline import AutoPipeline
 from flashsale.waiting_room.redis_client import connect_redis
-
-
-class StallingRelay:
-    """A TCP relay to Redis; `stall` stops it forwarding anything, connections stay open."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.stalled = asyncio.Event()
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._link, "127.0.0.1", 0)
-        port: int = self.server.sockets[0].getsockname()[1]
-        return port
-
-    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await src.read(65536):
-                    if self.stalled.is_set():
-                        await asyncio.Event().wait()  # swallowed: never arrives
-                    dst.write(data)
-                    await dst.drain()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    def close(self) -> None:
-        assert self.server is not None
-        self.server.close()
+from tests.support import redis_server
+from tests.support.relay import relayed
 
 
 async def test_a_command_to_a_stalled_redis_times_out(settings: Settings) -> None:
-    url = urlsplit(settings.redis_url)
-    relay = StallingRelay(url.hostname or "127.0.0.1", url.port or 6379)
-    port = await relay.start()
-    relayed = url._replace(netloc=f"127.0.0.1:{port}").geturl()
-    client = connect_redis(
-        dataclasses.replace(settings, redis_url=relayed, redis_command_timeout_seconds=0.5),
-        cluster=False,
-    )
-    try:
-        assert await client.ping()
-        relay.stalled.set()
-        started = time.monotonic()
-        with pytest.raises((redis.exceptions.TimeoutError, TimeoutError)):
-            await asyncio.wait_for(client.get(f"{settings.redis_prefix}:stall"), 10)
-        assert time.monotonic() - started < 2.5  # the command timeout, not some later one
-    finally:
-        relay.close()
-        await client.aclose(close_connection_pool=True)
+    async with relayed(settings.redis_url, 6379) as relay:
+        client = connect_redis(
+            dataclasses.replace(
+                settings,
+                redis_url=relay.url(settings.redis_url),
+                redis_command_timeout_seconds=0.5,
+            ),
+            cluster=False,
+        )
+        try:
+            assert await client.ping()
+            relay.stall()
+            started = time.monotonic()
+            with pytest.raises((redis.exceptions.TimeoutError, TimeoutError)):
+                await asyncio.wait_for(client.get(f"{settings.redis_prefix}:stall"), 10)
+            assert time.monotonic() - started < 2.5  # the command timeout, not some later one
+        finally:
+            await client.aclose(close_connection_pool=True)
+
+
+# a Redis that reads its data back slowly (a delay per key) and answers LOADING meanwhile
+SLOW_LOADING = ("--key-load-delay", "300", "--loading-process-events-interval-bytes", "1024")
+
+
+async def test_a_redis_loading_its_data_is_an_outage_answered_503(tmp_path: Path) -> None:
+    with redis_server(tmp_path, options=SLOW_LOADING) as first:
+        client = Redis.from_url(first.url)
+        async with client.pipeline(transaction=False) as pipe:
+            for n in range(10_000):
+                pipe.set(f"k{n}", "x" * 100)
+            await pipe.execute()
+        await client.save()
+        await client.aclose()
+    with redis_server(tmp_path, options=SLOW_LOADING) as again:  # 10,000 keys, 3 s to load
+        client = Redis.from_url(again.url)
+        hot_path = AutoPipeline.like(client, timeout=5)
+        errors: list[Exception] = []
+        for call in (lambda: hot_path.execute("GET", "k1"), lambda: client.get("k1")):
+            with pytest.raises(redis.exceptions.BusyLoadingError) as raised:
+                await call()
+            errors.append(raised.value)
+        for error in errors:  # the hot path's and redis-py's alike: 503, Retry-After
+            answer = api_error(error)
+            assert answer is not None and answer.status == 503, error
+            assert answer.headers.get("Retry-After"), answer.headers
+        await hot_path.aclose()
+        await client.aclose()

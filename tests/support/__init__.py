@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -107,10 +107,13 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def redis_server(folder: Path, *, password: str = "") -> Iterator[RedisServer]:
+def redis_server(
+    folder: Path, *, password: str = "", options: Sequence[str] = ()
+) -> Iterator[RedisServer]:
     """A Redis of a test's own on a free port, for what the shared one must not go through:
-    a password, an outage. Skips the test where no redis-server binary is installed (REDIS_URL
-    then points at a server made elsewhere)."""
+    a password, an outage, server `options`. It loads `folder`'s dump.rdb, if any; answering
+    TCP, it may still be loading it. Skips the test where no redis-server binary is installed
+    (REDIS_URL then points at a server made elsewhere)."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("no redis-server binary here to start a Redis of the test's own")
@@ -118,6 +121,7 @@ def redis_server(folder: Path, *, password: str = "") -> Iterator[RedisServer]:
     argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(folder)]
     if password:
         argv += ["--requirepass", password]
+    argv += options
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 20

@@ -16,7 +16,8 @@ ARGV[3]  reason (shown to the shopper)
 ARGV[4]  statuses it may leave, comma-separated (e.g. "held" or "held,paying")
 ARGV[5]  inventory counter the units leave: held | sold
 ARGV[6]  1: the units return to stock; 0: they do not
-ARGV[7]  1: append a release event to the stream for the persister; 0: do not
+ARGV[7]  1: append a release event to the stream for the persister (with the status it left:
+         the persister ends a `confirmed` one from PostgreSQL's `cancelling`); 0: do not
 ARGV[8]  sale id
 
 Returns {ok, quantity} | {missing} | {state, current status}
@@ -42,6 +43,6 @@ if ARGV[6] == '1' then
 end
 if ARGV[7] == '1' then
   redis.call('XADD', KEYS[7], '*', 'type', 'release', 'order', h[4], 'sale', ARGV[8],
-    'status', ARGV[2], 'reason', ARGV[3], 'at', ARGV[1])
+    'status', ARGV[2], 'reason', ARGV[3], 'at', ARGV[1], 'from', h[1])
 end
 return {'ok', qty}
