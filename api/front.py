@@ -155,12 +155,13 @@ class Front:
         tag = (REQUEST_ID, rid.encode())
         status = 0
 
-        async def tagged(message: Message) -> None:
+        def tagged(message: Message) -> Awaitable[None]:
+            # not a coroutine: the caller awaits the server's own `send`, one frame less
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), tag]
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, tagged)
@@ -235,7 +236,7 @@ class IndexedRouter(Router):
     _index: dict[str, list[BaseRoute]]
     _others: list[BaseRoute]
     _indexed = -1
-    _matched: dict[tuple[str, str], tuple[BaseRoute, Scope]]
+    _matched: dict[tuple[str, str], tuple[Route, Scope]]
 
     def _candidates(self, path: str) -> list[BaseRoute]:
         if self._indexed != len(self.routes):  # routes added since: index again
@@ -270,11 +271,12 @@ class IndexedRouter(Router):
         if plain and self._indexed == len(self.routes):
             known = self._matched.get(key)
             if known is not None:
-                route, child_scope = known
-                scope["route"] = route
+                hit, child_scope = known
+                scope["route"] = hit
                 scope.update(child_scope)
                 scope["path_params"] = dict(child_scope["path_params"])  # the endpoint's own
-                await route.handle(scope, receive, send)
+                # a full match allows the method: Route.handle would call its app straight away
+                await hit.app(scope, receive, send)
                 return
         partial = None
         for route in self._candidates(scope["path"]):
