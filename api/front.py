@@ -69,7 +69,7 @@ class Reply:
         self.headers = headers
 
     async def send(self, scope: Scope, send: Send) -> None:
-        headers = [*self.headers, (b"content-length", str(len(self.body)).encode())]
+        headers = [*self.headers, (b"content-length", b"%d" % len(self.body))]
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         body = b"" if scope["method"] == "HEAD" else self.body
         await send({"type": "http.response.body", "body": body})
