@@ -851,7 +851,9 @@ def main(argv: list[str] | None = None) -> int:
                     "FLASHSALE_ADMITTER_REFRESH_SECONDS": "0.2",
                 },
             )
-            sales = asyncio.run(prepare(settings, data, waiters=5000, admitted=3000))
+            # each target holds 3000 shoppers' worth (100 units each) from the one sale
+            admitted = 3000 * (len(targets_of(args)) if "http" not in skip else 1)
+            sales = asyncio.run(prepare(settings, data, waiters=5000, admitted=admitted))
             if "http" not in skip:
                 assert wrk is not None
                 targets = targets_of(args)
