@@ -8,6 +8,7 @@ Starlette's router tries the routes in order. Every request passes the front doo
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -61,6 +62,23 @@ ROUTES = [
 ]
 
 
+# gen0 collections once per this many new container objects instead of 700 (README
+# "Performance": the collector's share of a request, 4-5 µs, falls under 1 µs)
+YOUNG_GENERATION = 10_000
+
+
+def settle_heap() -> None:
+    """Once the process has started: what startup made (modules, the app, the connections)
+    lives as long as the process, so it leaves the collector's sight (`gc.freeze`) and a full
+    collection no longer walks it; and the youngest generation is collected every
+    YOUNG_GENERATION allocations, not every 700 (each request allocates a few hundred short-
+    lived objects, nearly none of them in a cycle). Measured under `make bench`'s load."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_GENERATION, middle, old)
+
+
 def create_app(
     settings: Settings,
     open_services: Callable[[], AbstractAsyncContextManager[Services]] | None = None,
@@ -76,6 +94,7 @@ def create_app(
             return
         async with open_services() as services:
             app.state.services = services
+            settle_heap()
             yield
 
     return App(ROUTES, lifespan=lifespan, access_log=settings.access_log)

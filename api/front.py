@@ -69,7 +69,7 @@ class Reply:
         self.headers = headers
 
     async def send(self, scope: Scope, send: Send) -> None:
-        headers = [*self.headers, (b"content-length", str(len(self.body)).encode())]
+        headers = [*self.headers, (b"content-length", b"%d" % len(self.body))]
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         body = b"" if scope["method"] == "HEAD" else self.body
         await send({"type": "http.response.body", "body": body})
@@ -155,12 +155,13 @@ class Front:
         tag = (REQUEST_ID, rid.encode())
         status = 0
 
-        async def tagged(message: Message) -> None:
+        def tagged(message: Message) -> Awaitable[None]:
+            # not a coroutine: the caller awaits the server's own `send`, one frame less
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), tag]
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, tagged)
@@ -223,11 +224,19 @@ class IndexedRouter(Router):
     """Starlette's Router, trying only the routes that can match: a route whose template ends
     in a literal segment (`.../status`) is tried only for paths ending in it. The order of the
     candidates, and so the first full match and the 405s, are Starlette's; the saving is the
-    regex of every other route (measured: README "Performance")."""
+    regex of every other route (measured: README "Performance").
+
+    A full match is also remembered by method and path (up to MATCHES_KEPT of them, then
+    forgotten all at once): a crowd polls, joins and holds on the few paths of a few sales,
+    and the next request on one of them takes the route and path parameters Starlette's
+    matching gave the last one, without matching again."""
+
+    MATCHES_KEPT = 4096
 
     _index: dict[str, list[BaseRoute]]
     _others: list[BaseRoute]
     _indexed = -1
+    _matched: dict[tuple[str, str], tuple[Route, Scope]]
 
     def _candidates(self, path: str) -> list[BaseRoute]:
         if self._indexed != len(self.routes):  # routes added since: index again
@@ -247,6 +256,7 @@ class IndexedRouter(Router):
                 for r in self.routes
                 if not isinstance(r, Route) or "{" in r.path.rsplit("/", 1)[-1]
             ]
+            self._matched = {}
             self._indexed = len(self.routes)
         return self._index.get(path.rsplit("/", 1)[-1], self._others)
 
@@ -255,10 +265,30 @@ class IndexedRouter(Router):
             await super().app(scope, receive, send)
             return
         scope.setdefault("router", self)
+        # what a match depends on besides the routes: none of these set (the app's own scope)
+        plain = not scope.get("root_path") and "path_params" not in scope
+        key = (scope["method"], scope["path"])
+        if plain and self._indexed == len(self.routes):
+            known = self._matched.get(key)
+            if known is not None:
+                hit, child_scope = known
+                scope["route"] = hit
+                scope.update(child_scope)
+                scope["path_params"] = dict(child_scope["path_params"])  # the endpoint's own
+                # a full match allows the method: Route.handle would call its app straight away
+                await hit.app(scope, receive, send)
+                return
         partial = None
         for route in self._candidates(scope["path"]):
             match, child_scope = route.matches(scope)
             if match is Match.FULL:
+                if plain and isinstance(route, Route):
+                    if len(self._matched) >= self.MATCHES_KEPT:
+                        self._matched.clear()
+                    self._matched[key] = (
+                        route,
+                        {**child_scope, "path_params": {**child_scope["path_params"]}},
+                    )
                 scope["route"] = route
                 scope.update(child_scope)
                 await route.handle(scope, receive, send)

@@ -41,6 +41,13 @@ def refusal(status: int) -> bytes:
     )
 
 
+# uvicorn's own callbacks, called directly: the parser calls these once per request and per
+# header, and super() would cost as much again as the counting
+_message_begin = HttpToolsProtocol.on_message_begin
+_url = HttpToolsProtocol.on_url
+_header = HttpToolsProtocol.on_header
+
+
 class JsonErrors(HttpToolsProtocol):
     """uvicorn's httptools protocol, refusing with JSON and bounding the request head."""
 
@@ -49,7 +56,7 @@ class JsonErrors(HttpToolsProtocol):
     _header_bytes = 0
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        _message_begin(self)
         self._refuse = 400
         self._target_bytes = self._header_bytes = 0
 
@@ -58,14 +65,14 @@ class JsonErrors(HttpToolsProtocol):
         if self._target_bytes > MAX_TARGET_BYTES:
             self._refuse = 414
             raise TooLarge
-        super().on_url(url)
+        _url(self, url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4  # ": " and CRLF
         if self._header_bytes > MAX_HEADER_BYTES:
             self._refuse = 431
             raise TooLarge
-        super().on_header(name, value)
+        _header(self, name, value)
 
     def send_400_response(self, msg: str) -> None:
         self.transport.write(refusal(self._refuse))

@@ -8,7 +8,12 @@ Method (the machine is small, shared and noisy, so only ratios measured within o
   row-lock purchase (`loadtest.apps:rowlock`) get the same server, settings and workers.
   `--servers granian,uvicorn` measures FlashSale and the bare endpoint under each HTTP server
   in the same rounds (the ratios of the first are the headline; each server's own ratios and
-  rates are printed beside them).
+  rates are printed beside them). `--against DIR` does the same for another checkout of
+  FlashSale (`git worktree add /tmp/base <commit>`): its own `loadtest.serve` serves its own
+  code (the same venv, its folder first on the path) on this run's sales, as `base`, so a
+  change is measured against the code before it in the same rounds. That works while the
+  other checkout reads the Redis and PostgreSQL this one writes (true of 231fa12, the commit
+  before the one front door).
 - The load generator is `wrk` (C, one thread, keep-alive connections, Lua scripts in
   `loadtest/wrk/` for headers, bodies and rotating tickets or tokens). With two or more CPUs
   the servers are pinned to the last CPU and wrk to the first (`taskset`), so the client never
@@ -127,6 +132,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=SERVERS[0],
         help=f"HTTP servers to measure, comma-separated, the first one the headline "
         f"(of {', '.join(SERVERS)}; default {SERVERS[0]})",
+    )
+    p.add_argument(
+        "--against",
+        default="",
+        help="another checkout of FlashSale to serve beside this one as `base` (its folder)",
     )
     p.add_argument("--connections", type=int, default=50, help="wrk keep-alive connections")
     p.add_argument(
@@ -706,28 +716,61 @@ async def drop_cluster(settings: Settings) -> None:
         await redis.aclose()
 
 
+@dataclass(frozen=True)
+class Target:
+    """What serves one set of kinds: a label (`uvicorn`, `granian`, `base`), the HTTP server,
+    and the checkout whose code it runs (None: this one)."""
+
+    label: str
+    server: str
+    tree: Path | None = None
+
+
+def targets_of(args: argparse.Namespace) -> list[Target]:
+    servers = [x for x in args.servers.split(",") if x]
+    targets = [Target(server, server) for server in servers]
+    if args.against:
+        targets.append(Target("base", servers[0], Path(args.against).resolve()))
+    return targets
+
+
+def describe(tree: Path) -> str:
+    """The commit a checkout is at (its folder when git cannot tell)."""
+    out = subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return out.stdout.strip() or str(tree)
+
+
 def start_servers(
     args: argparse.Namespace,
-    servers: list[str],
+    targets: list[Target],
     sales: dict[str, Any],
     data: Path,
     procs: Any,
     env: dict[str, str],
 ) -> tuple[list[Kind], list[str]]:
-    """Start the bare endpoint and FlashSale under each server, and the row-lock purchase
+    """Start the bare endpoint and FlashSale for each target, and the row-lock purchase
     under the first; the kinds of request to measure, and the names of the processes."""
     server_cpus = None if args.no_pin else str((os.cpu_count() or 1) - 1)
     poll, hold = sales["poll_sale"], sales["hold_sale"]
     ports: dict[str, int] = {}
     pids: dict[str, int] = {}
-    apps = [(server, app) for server in servers for app in ("loadtest.apps:bare", "flashsale")]
-    apps.append((servers[0], "loadtest.apps:rowlock"))
-    for server, app in apps:
-        name = f"{app.rsplit(':', 1)[-1]}@{server}"
+    apps = [(t, app) for t in targets for app in ("loadtest.apps:bare", "flashsale")]
+    apps.append((targets[0], "loadtest.apps:rowlock"))
+    for target, app in apps:
+        name = f"{app.rsplit(':', 1)[-1]}@{target.label}"
         port = ports[name] = free_port()
-        argv = [sys.executable, "-m", "loadtest.serve", app, "--server", server]
+        argv = [sys.executable, "-m", "loadtest.serve", app]
+        if target.tree is None:  # another checkout's serve.py may not know --server
+            argv += ["--server", target.server]
         argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers)]
-        pids[name] = procs.start(name, pinned(argv, server_cpus), env).pid
+        if target.tree is None:
+            pids[name] = procs.start(name, pinned(argv, server_cpus), env).pid
+        else:
+            tree = str(target.tree)
+            own = {**env, "PYTHONPATH": os.pathsep.join([tree, env.get("PYTHONPATH", "")])}
+            pids[name] = procs.start(name, pinned(argv, server_cpus), own, target.tree).pid
     for port in ports.values():
         wait_port(port, 60, procs)
     time.sleep(1)  # granian's worker starts after its port is bound
@@ -736,9 +779,9 @@ def start_servers(
     else:
         pids = {name: serving_process(pid) for name, pid in pids.items()}
     kinds = []
-    for server in servers:
-        at = "" if server == servers[0] else f"@{server}"
-        bare, fs = f"bare@{server}", f"flashsale@{server}"
+    for target in targets:
+        at = "" if target is targets[0] else f"@{target.label}"
+        bare, fs = f"bare@{target.label}", f"flashsale@{target.label}"
         kinds += [
             Kind(f"bare{at}", ports[bare], "bare", ("/",), pids[bare]),
             Kind(
@@ -757,7 +800,7 @@ def start_servers(
                 pids[fs],
             ),
         ]
-    rowlock = f"rowlock@{servers[0]}"
+    rowlock = f"rowlock@{targets[0].label}"
     kinds.append(
         Kind("rowlock", ports[rowlock], "rowlock", ("/rowlock/rowlock/purchase",), pids[rowlock])
     )
@@ -789,7 +832,8 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, Any] = {}
     log(
         f"bench: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; servers "
-        f"{'on CPU ' + server_cpus if server_cpus else 'unpinned'} ({args.servers}), "
+        f"{'on CPU ' + server_cpus if server_cpus else 'unpinned'} ({args.servers}"
+        f"{', and base ' + args.against if args.against else ''}), "
         f"{args.workers} worker(s) each; wrk -t1 -c{args.connections}; {args.rounds} rounds of "
         f"{args.seconds:g} s"
     )
@@ -807,11 +851,13 @@ def main(argv: list[str] | None = None) -> int:
                     "FLASHSALE_ADMITTER_REFRESH_SECONDS": "0.2",
                 },
             )
-            sales = asyncio.run(prepare(settings, data, waiters=5000, admitted=3000))
+            # each target holds 3000 shoppers' worth (100 units each) from the one sale
+            admitted = 3000 * (len(targets_of(args)) if "http" not in skip else 1)
+            sales = asyncio.run(prepare(settings, data, waiters=5000, admitted=admitted))
             if "http" not in skip:
                 assert wrk is not None
-                servers = [x for x in args.servers.split(",") if x]
-                kinds, names = start_servers(args, servers, sales, data, procs, env)
+                targets = targets_of(args)
+                kinds, names = start_servers(args, targets, sales, data, procs, env)
                 runs = http_rounds(args, wrk, kinds, data, redis_process(settings))
                 procs.stop(*names)
                 for name, rs in runs.items():
@@ -823,8 +869,9 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     figures[f"{name}_p99_ms"] = round(statistics.median(r.p99_ms for r in rs), 1)
                     figures[f"{name}_errors"] = sum(r.errors for r in rs)
-                for server in servers:
-                    at = "" if server == servers[0] else f"@{server}"
+                labels = [t.label for t in targets]
+                for label in labels:
+                    at = "" if label == labels[0] else f"@{label}"
                     bare = f"bare{at}"
                     figures[f"poll_ratio{at}"] = round(median_ratio(runs, f"poll{at}", bare), 3)
                     figures[f"join_ratio{at}"] = round(median_ratio(runs, f"join{at}", bare), 3)
@@ -832,7 +879,9 @@ def main(argv: list[str] | None = None) -> int:
                     figures[f"purchase_vs_rowlock{at}"] = round(
                         median_ratio(runs, f"hold{at}", "rowlock"), 2
                     )
-                figures["servers"] = servers
+                figures["servers"] = labels
+                if args.against:
+                    figures["against"] = describe(Path(args.against))
                 hold = sales["hold_sale"]
                 if "drain" not in skip:
                     log("bench: persister drain")
@@ -894,8 +943,9 @@ def main(argv: list[str] | None = None) -> int:
             ),
         ]
         for server in figures["servers"][1:]:
+            where = f"base {figures['against']}" if server == "base" else f"under {server}"
             lines.append(
-                f"  under {server}: bare {figures[f'bare@{server}_rps']} req/s, "
+                f"  {where}: bare {figures[f'bare@{server}_rps']} req/s, "
                 + ", ".join(
                     f"{kind} {figures[f'{kind}@{server}_rps']} req/s "
                     f"(ratio {figures[f'{ratio}@{server}']:.3f})"
@@ -905,6 +955,7 @@ def main(argv: list[str] | None = None) -> int:
                         ("hold", "purchase_ratio"),
                     )
                 )
+                + f", hold / row-lock {figures[f'purchase_vs_rowlock@{server}']:.2f}"
                 + "; CPU per request: "
                 + ", ".join(
                     f"{kind} {_us(figures.get(f'{kind}@{server}_server_cpu_us'))}"

@@ -240,12 +240,20 @@ class AutoPipeline:
         futures = [self._queue(connection, _pack(tuple(command))) for command in commands]
         replies: list[Any] = []
         error: Exception | None = None
-        for future in futures:  # every reply is awaited, so no error goes unretrieved
-            try:
-                replies.append(await future)
-            except Exception as exc:
-                replies.append(exc)
-                error = error or exc
+        try:
+            for future in futures:  # every reply is awaited, so no error goes unretrieved
+                try:
+                    replies.append(await future)
+                except Exception as exc:
+                    replies.append(exc)
+                    error = error or exc
+        except BaseException:  # the caller was cancelled: nobody reads the other replies
+            for future in futures:
+                if not future.done():
+                    future.cancel()  # its reply, when it comes, is dropped
+                elif not future.cancelled():
+                    future.exception()  # retrieved, so its error is not logged as lost
+            raise
         if error is not None and not errors_in_place:
             raise error
         return replies

@@ -8,7 +8,6 @@ them differently (401 and 410).
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
@@ -38,7 +37,7 @@ class TokenExpired(TokenError):
     """Genuine but past its expiry."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: built on every poll, 3x as fast
 class Claims:
     kind: str
     sale: str
@@ -50,12 +49,20 @@ class Claims:
         return {"k": self.kind, "s": self.sale, "v": self.visitor, "j": self.index, "e": self.exp}
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+def _b64(data: bytes) -> bytes:
+    """base64url without padding (binascii directly: the base64 module's wrappers cost more
+    than the encoding of a token)."""
+    return binascii.b2a_base64(data, newline=False).translate(_TO_URLSAFE).rstrip(b"=")
+
+
+def _unb64(data: bytes) -> bytes:
+    """The inverse of _b64; like base64.urlsafe_b64decode, characters outside the alphabet
+    are skipped (a signature is compared in its given spelling, so that changes nothing)."""
+    return binascii.a2b_base64(data.translate(_FROM_URLSAFE) + b"=" * (-len(data) % 4))
 
 
 class Signer:
@@ -69,7 +76,7 @@ class Signer:
 
     def sign(self, claims: Claims) -> str:
         body = _b64(orjson.dumps(claims.to_payload()))
-        return f"{body}.{_b64(_hmac(self._pads[0], body.encode()))}"
+        return (body + b"." + _b64(_hmac(self._pads[0], body))).decode()
 
     def verify(
         self, token: str, *, kind: Kind, sale: str, now: float, expired_ok: bool = False
@@ -80,22 +87,22 @@ class Signer:
         if not isinstance(token, str) or len(token) > 1024 or token.count(".") != 1:
             raise TokenInvalid("the token is malformed")
         body, _, sig = token.partition(".")
-        try:
-            given = _unb64(sig)
-        except (binascii.Error, ValueError):
-            raise TokenInvalid("the token is malformed") from None
-        if _b64(given) != sig:
-            # the last base64 character carries 2 unused bits: accept only the one spelling we
-            # issue, so a token cannot be altered and still verify
-            raise TokenInvalid("the token's signature does not match: it was altered or forged")
-        encoded = body.encode()
+        encoded = body.encode("utf-8", "surrogatepass")
+        # the signature is compared as spelt: only the one spelling we issue verifies (the
+        # last base64 character carries 2 unused bits), so a token cannot be altered and
+        # still verify; a character outside ASCII becomes '?', which no signature holds
+        given = sig.encode("ascii", "replace")
         for pads in self._pads:
-            if hmac.compare_digest(_hmac(pads, encoded), given):
+            if hmac.compare_digest(_b64(_hmac(pads, encoded)), given):
                 break
         else:
+            try:
+                _unb64(sig.encode("ascii"))
+            except (binascii.Error, ValueError):  # UnicodeEncodeError is a ValueError
+                raise TokenInvalid("the token is malformed") from None
             raise TokenInvalid("the token's signature does not match: it was altered or forged")
         try:
-            raw = orjson.loads(_unb64(body))
+            raw = orjson.loads(_unb64(encoded))
             claims = Claims(
                 kind=str(raw["k"]),
                 sale=str(raw["s"]),

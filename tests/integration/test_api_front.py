@@ -13,9 +13,11 @@ from typing import Any
 import httpx
 import pytest
 from redis.asyncio import Redis
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from flashsale.api.app import create_app
+from flashsale.api.front import App, IndexedRouter, Reply
 from flashsale.waiting_room.autopipeline import shared_for
 from flashsale.waiting_room.services import Services
 from flashsale.waiting_room.tokens import TICKET, Claims, Signer
@@ -285,6 +287,57 @@ async def test_middleware_added_to_the_app_sees_every_route_hot_or_not(
     assert [joined.status_code, polled.status_code, held.status_code] == [201, 200, 201]
     assert unknown.status_code == 404
     assert seen == [("POST", "join"), ("GET", "status"), ("POST", "holds"), ("GET", "nowhere")]
+
+
+async def test_a_remembered_match_answers_as_matching_did(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The router remembers full matches by method and path: a request on a path seen before
+    gets what Starlette's matching gave (route, its own path parameters), another method on
+    it is matched afresh (405, or another route), and a full memory starts again."""
+    seen: list[tuple[str, dict[str, str]]] = []
+
+    class Echo:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            seen.append((self.name, dict(scope["path_params"])))
+            scope["path_params"]["id"] = "changed by the endpoint"  # not seen by the next
+            await Reply(204, b"", []).send(scope, send)
+
+    routes = [
+        Route("/a/{id}/s", Echo("get-s"), methods=["GET"]),
+        Route("/a/{id}/{rest}", Echo("post-any"), methods=["POST"]),
+    ]
+    app = App(routes, lifespan=None, access_log=False)  # type: ignore[arg-type]
+    monkeypatch.setattr(IndexedRouter, "MATCHES_KEPT", 3)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        codes = [
+            (await http.request(method, path)).status_code
+            for method, path in [
+                ("GET", "/a/1/s"),
+                ("GET", "/a/1/s"),
+                ("POST", "/a/1/s"),
+                ("PUT", "/a/1/s"),
+                ("GET", "/a/2/s"),
+                ("GET", "/a/1/s"),
+                ("POST", "/a/3/x"),  # the memory is full (3): it starts again
+                ("GET", "/a/1/s"),
+                ("GET", "/a/2/s"),
+            ]
+        ]
+    assert codes == [204, 204, 204, 405, 204, 204, 204, 204, 204]
+    assert seen == [
+        ("get-s", {"id": "1"}),
+        ("get-s", {"id": "1"}),
+        ("post-any", {"id": "1", "rest": "s"}),
+        ("get-s", {"id": "2"}),
+        ("get-s", {"id": "1"}),
+        ("post-any", {"id": "3", "rest": "x"}),
+        ("get-s", {"id": "1"}),
+        ("get-s", {"id": "2"}),
+    ]
+    assert isinstance(app.router, IndexedRouter) and len(app.router._matched) <= 3
 
 
 async def test_the_access_log_changes_no_answer(

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import fields
 from typing import Any
@@ -17,7 +18,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from flashsale.api.app import YOUNG_GENERATION
 from flashsale.config import Settings
 from tests.support import ADMIN_TOKEN, REPO, free_port, sale_body
 
@@ -194,3 +197,75 @@ def test_a_body_over_the_admin_limit_is_a_413_not_a_reset(
     status, headers, body = raw(api, head, b" " * size)
     assert status == 413 and body["error"]["code"] == "too_large"
     assert headers["content-type"] == "application/json"
+
+
+def answered(api: str, route: str) -> dict[str, float]:
+    """The request-duration samples of `route`'s 200 GET answers on /metrics (either worker
+    serves it; both workers' files are summed), by sample name and bucket."""
+    text = httpx.get(f"{api}/metrics").text
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if (
+                s.name.startswith("flashsale_http_request_duration_seconds")
+                and s.labels.get("route") == route
+                and (s.labels["method"], s.labels["status"]) == ("GET", "200")
+            ):
+                found[s.name + s.labels.get("le", "")] = s.value
+    return found
+
+
+def test_metrics_count_every_answer_of_both_workers(api: str, sale_id: str) -> None:
+    """The workers tally their observations and write them to the shared folder once per
+    event-loop turn: after N answers from concurrent clients /metrics shows exactly N more,
+    with buckets that add up."""
+    route, n, clients = "/api/sales/{sale_id}", 120, 6
+    before = answered(api, route)
+
+    def client(_: int) -> list[int]:
+        with httpx.Client(base_url=api) as http:
+            return [http.get(f"/api/sales/{sale_id}").status_code for _ in range(n // clients)]
+
+    with ThreadPoolExecutor(clients) as pool:
+        codes = [code for codes in pool.map(client, range(clients)) for code in codes]
+    assert codes == [200] * n
+    count = "flashsale_http_request_duration_seconds_count"
+    deadline = time.monotonic() + 5  # the last answers' turn may still be ending
+    while (after := answered(api, route)).get(count, 0) - before.get(count, 0) < n:
+        assert time.monotonic() < deadline, (before, after)
+        time.sleep(0.05)
+    assert after[count] - before.get(count, 0) == n
+    buckets = [v for k, v in after.items() if k.startswith(f"{count[:-6]}_bucket")]
+    assert buckets == sorted(buckets) and buckets[-1] == after[count]  # cumulative, +Inf = count
+    assert after["flashsale_http_request_duration_seconds_sum"] > before.get(
+        "flashsale_http_request_duration_seconds_sum", 0
+    )
+
+
+STARTUP = """
+import asyncio, gc
+from flashsale.wiring import api_app
+
+async def main() -> None:
+    app = api_app()
+    before = gc.get_threshold()[0], gc.get_freeze_count()
+    async with app.router.lifespan_context(app):
+        print(*before, gc.get_threshold()[0], gc.get_freeze_count())
+
+asyncio.run(main())
+"""
+
+
+def test_startup_settles_the_heap(settings: Settings, database: None) -> None:
+    """Once the API has started (its services open), what startup made is frozen out of the
+    collector's sight and the youngest generation is collected less often (README
+    "Performance": the collector's share of a request)."""
+    environ = {**os.environ, **settings_env(settings, FLASHSALE_LOG_LEVEL="ERROR")}
+    out = subprocess.run(
+        [sys.executable, "-c", STARTUP], cwd=REPO, env=environ, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    threshold_before, frozen_before, threshold, frozen = map(int, out.stdout.split())
+    assert (threshold_before, frozen_before) == (700, 0)
+    assert threshold == YOUNG_GENERATION
+    assert frozen > 10_000  # the modules, the app, the connections

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import secrets
 import shutil
@@ -138,6 +139,39 @@ async def test_a_cancelled_caller_does_not_shift_the_replies(
         await impatient
     assert impatient.cancelled()
     await redis.delete(name)
+
+
+@pytest.mark.parametrize("then", ["replies", "connection lost"])
+async def test_a_caller_cancelled_in_a_batch_leaves_no_error_unretrieved(
+    pipe: AutoPipeline, redis: Redis, settings: Settings, then: str
+) -> None:
+    # the caller gives up while the batch's first command blocks; the commands behind it
+    # then fail (an error reply, or the connection dropped): nobody awaits them, and asyncio
+    # must not report "Future exception was never retrieved" (the chaos run saw it)
+    queue, text = key(settings, "q"), key(settings, "text")
+    await pipe.execute("SET", text, "not a number")
+    client_id = await pipe.execute("CLIENT", "ID")
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        caller = asyncio.ensure_future(
+            pipe.execute_many([("BLPOP", queue, 0.3), ("INCR", text), ("INCR", text)])
+        )
+        await asyncio.sleep(0.05)
+        caller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await caller
+        assert caller.cancelled()
+        if then == "connection lost":
+            assert await redis.client_kill_filter(_id=client_id) == 1
+        await asyncio.sleep(0.5)  # the BLPOP has timed out and the errors are in
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert reported == []
+    assert await pipe.execute("GET", text) == "not a number"  # the replies stayed in step
+    await redis.delete(text)
 
 
 async def test_a_silent_server_times_out_and_the_next_command_reconnects() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from flashsale.waiting_room.room import Places
 from flashsale.waiting_room.shuffle import Permutation, join_index_at, position_of
 
 KEY = bytes(range(16))
@@ -78,3 +79,26 @@ def test_position_of_and_join_index_at(prequeue: int) -> None:
         assert position_of(j, prequeue, KEY) == j
         assert join_index_at(j, prequeue, KEY) == j
     assert position_of(10**9, prequeue, KEY) == 10**9
+
+
+def test_places_of_a_room_are_the_permutation_worked_out_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The poll's memo of the pre-queue draw (waiting_room/room.py) gives the permutation's
+    places, and works each one out once however often its waiter polls."""
+    size = 5000
+    expected = [Permutation(KEY, size).forward(j) for j in range(size)]
+    forward = Permutation.forward
+    calls = []
+
+    def counted(self: Permutation, index: int) -> int:
+        calls.append(index)
+        return forward(self, index)
+
+    monkeypatch.setattr(Permutation, "forward", counted)
+    places = Places(KEY, size)
+    for _ in range(3):
+        assert [places.of(j) for j in range(size)] == expected
+    assert sorted(calls) == list(range(size))
+    with pytest.raises(ValueError):
+        places.of(-1)
