@@ -2,7 +2,7 @@
 #
 # FlashSale: one image, every role.
 #
-#   make image                                        # daemonless: buildah, no Docker (README)
+#   make image                                        # daemonless: buildah, no Docker (docs/kubernetes.md)
 #   docker build -t flashsale:dev .                   # or any Dockerfile builder
 #   docker run --rm -p 8000:8000 -e REDIS_URL=... -e DATABASE_URL=... flashsale:dev   # the API
 #   docker run --rm -e DATABASE_URL=... flashsale:dev migrate                         # any role

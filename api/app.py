@@ -62,8 +62,8 @@ ROUTES = [
 ]
 
 
-# gen0 collections once per this many new container objects instead of 700 (README
-# "Performance": the collector's share of a request, 4-5 µs, falls under 1 µs)
+# gen0 collections once per this many new container objects instead of 700
+# (docs/performance.md: the collector's share of a request, 4-5 µs, falls under 1 µs)
 YOUNG_GENERATION = 10_000
 
 

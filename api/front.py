@@ -3,7 +3,7 @@ request id, errors, metrics, access log) and the same router (Starlette's), and 
 by an endpoint written the same way (`endpoint`: a plain ASGI app around a function of an
 `Incoming` request that returns a `Reply`).
 
-Why this shape (measured with `make bench`, README "Performance"): under a spike nearly every
+Why this shape (measured with `make bench`, docs/performance.md): under a spike nearly every
 request is a status poll, a join or a hold, whose own work is small, so the framework's share
 decides their speed. Starlette's `Router` is kept (its matching is a regex per route, tried in
 order: the hot routes come first), and so are its routes, lifespan and state; what it adds
@@ -224,7 +224,7 @@ class IndexedRouter(Router):
     """Starlette's Router, trying only the routes that can match: a route whose template ends
     in a literal segment (`.../status`) is tried only for paths ending in it. The order of the
     candidates, and so the first full match and the 405s, are Starlette's; the saving is the
-    regex of every other route (measured: README "Performance").
+    regex of every other route (measured: docs/performance.md).
 
     A full match is also remembered by method and path (up to MATCHES_KEPT of them, then
     forgotten all at once): a crowd polls, joins and holds on the few paths of a few sales,

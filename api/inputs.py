@@ -3,7 +3,7 @@ parameters, query, headers, cookies, body, the caller's address) into typed valu
 bad input with the API's JSON error. The parsers are pure functions (tests/unit checks them
 with hypothesis); `Incoming` applies them to one request, each part parsed on first use.
 
-The rules, the same on every route (README, "HTTP API"):
+The rules, the same on every route (docs/http-api.md):
 - path: a sale id is a lowercase DNS label, else 404 `unknown_sale`. An order id is a UUID in
   any usual spelling (upper or lower case, with or without hyphens, in braces, as
   `urn:uuid:`) and is canonicalised (lowercase, hyphenated) before use; anything else is

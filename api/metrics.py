@@ -7,7 +7,7 @@ The hot path's observations (a request's duration, a poll's or a join's count) a
 in plain Python numbers and written to prometheus_client once per event-loop turn (`Tally`):
 in multi-process mode every `inc()` or `observe()` takes a lock, asks the pid (a fork check)
 and writes an mmap'd file, 1 µs a counter and 2 µs a histogram, measured; a busy worker
-answers many requests in one turn, so most of that is saved (README "Performance"). What a
+answers many requests in one turn, so most of that is saved (docs/performance.md). What a
 turn recorded is written at its end, before anything else runs, and `metrics_text` writes
 what is pending before it reads: /metrics never misses an answered request.
 """

@@ -217,7 +217,7 @@ class Parser(argparse.ArgumentParser):
 
 
 API_APP = "flashsale.wiring:api_app"
-SERVERS = ("uvicorn", "granian")  # the first is the default: README "Performance"
+SERVERS = ("uvicorn", "granian")  # the first is the default: docs/performance.md
 GRACE_SECONDS = 20  # in-flight requests get this long to finish on SIGTERM
 BACKLOG = 4096
 
@@ -225,7 +225,7 @@ BACKLOG = 4096
 def run_api(settings: Settings, args: argparse.Namespace) -> int:
     """Serve the API (or, for the benchmarks, another app: `--app`) with the HTTP server
     chosen by `--server` (uvicorn unless told; granian, from the `loadtest` extra, is there
-    to be measured against it: README "Performance").
+    to be measured against it: docs/performance.md).
     Either way: HTTP/1.1, uvloop, the same backlog and workers, no access log of its own, the
     client's address as the peer (the app walks X-Forwarded-For itself: api/inputs.py)."""
     workers = args.workers or settings.workers

@@ -12,7 +12,7 @@ Against a running API (`--url`), three sales (created through the admin API):
   number of fresh-cookie joins with one subject's token win one place; without a token, none.
 
 Prints one line of JSON with every figure. tests/system/test_scripted_joins.py runs it against
-a real API process and asserts the bounds; the README quotes its figures.
+a real API process and asserts the bounds; docs/waiting-room.md quotes its figures.
 
     python -m loadtest.scripted_joins --url http://127.0.0.1:8000 --admin-token "$T"
 """

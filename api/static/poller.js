@@ -4,7 +4,7 @@
  * comes. Browsers throttle the timers of a page in a background tab (Chrome: a chain of timers
  * runs at most once a minute after the tab has been hidden a while), and a poll that late
  * misses the window. A dedicated worker's timers are not throttled that way (measured: see the
- * README, "The page in a background tab"), so the page hands each poll to this worker: it waits
+ * docs/pages.md, "In a background tab"), so the page hands each poll to this worker: it waits
  * the delay the server asked for, fetches the status with the page's headers and cookie, and
  * posts back what the API answered. The page decides everything else.
  *

@@ -164,7 +164,7 @@ def test_chart_metadata() -> None:
     assert chart["version"] == "0.1.0"
     assert version and chart["appVersion"] == version.group(1)
     # `helm install flashsale ./charts/flashsale` from a clean clone: no dependency to fetch
-    # (the HAProxy ingress controller is installed on its own, README "HAProxy")
+    # (the HAProxy ingress controller is installed on its own: the chart README, "Install")
     assert "dependencies" not in chart
     assert not (CHART / "Chart.lock").exists() and not (CHART / "charts").exists()
     assert helm.dependency_list(CHART) == []

@@ -258,8 +258,8 @@ asyncio.run(main())
 
 def test_startup_settles_the_heap(settings: Settings, database: None) -> None:
     """Once the API has started (its services open), what startup made is frozen out of the
-    collector's sight and the youngest generation is collected less often (README
-    "Performance": the collector's share of a request)."""
+    collector's sight and the youngest generation is collected less often
+    (docs/performance.md: the collector's share of a request)."""
     environ = {**os.environ, **settings_env(settings, FLASHSALE_LOG_LEVEL="ERROR")}
     out = subprocess.run(
         [sys.executable, "-c", STARTUP], cwd=REPO, env=environ, capture_output=True, text=True

@@ -1,8 +1,8 @@
 """What a script with no identity and many fresh cookies from one address gets, measured
 against a real API process (default join limits): loadtest/scripted_joins.py, scaled down to
-2,000 joins per scenario to keep the suite short (SCRIPTED_JOINS=10000 runs the README's full
-figure). Asserts the bounds, never speed; the figures (places won, CPU per place) go to
-reports/scripted-joins.json and the test's output."""
+2,000 joins per scenario to keep the suite short (SCRIPTED_JOINS=10000 runs the full figure of
+docs/waiting-room.md). Asserts the bounds, never speed; the figures (places won, CPU per place)
+go to reports/scripted-joins.json and the test's output."""
 
 from __future__ import annotations
 
