@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from redis.exceptions import RedisError
 
@@ -53,6 +53,9 @@ class ProviderUnavailable(ProviderError):
     def __init__(self, retry_after: float) -> None:
         super().__init__(f"payment provider unavailable; retry in {retry_after:.0f} s")
         self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled as its argument, not its message
+        return (type(self), (self.retry_after,))
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,9 @@ class ProofRefused(Exception):
         self.code = code
         self.reason = reason
 
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled as its arguments, not its message
+        return (type(self), (self.code, self.reason))
+
 
 @dataclass(frozen=True)
 class Proof:

@@ -99,6 +99,11 @@ class PurchaseRefused(Exception):
         self.order = order
         self.extra = extra
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # an exception pickles as its class and `args` (here the message alone); a refusal
+        # raised in a worker process (multiprocessing) must arrive whole
+        return (type(self), (self.kind, self.code, self.message), self.__dict__)
+
 
 @dataclass(frozen=True)
 class Held:

@@ -41,6 +41,9 @@ class ValidationError(ValueError):
         self.field = field
         self.message = message
 
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled as its arguments, not its message
+        return (type(self), (self.field, self.message))
+
 
 @dataclass(frozen=True)
 class Sale:
