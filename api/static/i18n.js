@@ -1,6 +1,6 @@
 /* The shopper pages' strings, one table per language (English and Korean).
  *
- * The table between the markers is strict JSON (tests/test_pages.py parses it and checks that
+ * The table between the markers is strict JSON (tests/integration/test_pages.py parses it and checks that
  * every key exists in every language). To add a language, add a table with every key and an
  * <option> to the language switch in api/static/html/. {name} is replaced by a value.
  */
